@@ -91,9 +91,11 @@ def normalize(crops: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     and normalised with the config's mean and std."""
     if crops.dtype != np.uint8:
         raise InvalidInputError(f"normalize expects uint8 crops, got {crops.dtype}")
-    x = crops.astype(np.float32) * np.float32(1.0 / 255.0)
-    x = (x - np.asarray(config.mean, dtype=np.float32)) / np.asarray(config.std, dtype=np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    scale = np.float32(1.0 / 255.0)
+    mean = np.asarray(config.mean, dtype=np.float32)
+    std = np.asarray(config.std, dtype=np.float32)
+    x: np.ndarray = (crops.astype(np.float32) * scale - mean) / std
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3), dtype=np.float32)
 
 
 def crop_frames(images: Sequence[np.ndarray], boxes: np.ndarray, config: PreprocessConfig) -> np.ndarray:

@@ -1,0 +1,238 @@
+"""indexer.pipeline on a tiny COCO dataset written here, with a fake (numpy) encoder."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import indexer.pipeline as pipeline
+from indexer.pipeline import Embedder, delete_procedure, index_dataset
+from indexer.store import Store
+from indexer.vector_index import VectorIndex
+from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from model.errors import ConfigError, ImageReadError, InvalidInputError, ProcedureNotFoundError
+
+TRACKLETS = TrackletConfig(min_tracklet_length=3)
+W, H, N_FRAMES = 64, 48, 6
+# sequence -> identity -> (box, colour)
+LAYOUT = {
+    "001": {"p1": ((4, 8, 12, 12), (255, 40, 40)), "p2": ((40, 20, 14, 12), (40, 255, 40))},
+    "002": {"p3": ((20, 16, 16, 14), (40, 40, 255))},
+}
+
+
+class FakeEncoder:
+    """Mean-pooled crops projected by a fixed random matrix, L2-normalised."""
+
+    version = "fake-v1"
+    dim = 16
+    preprocess = PreprocessConfig(im_size=32, bbox_scale_factor=2.0)
+    fragment = FragmentConfig(stride=1, fragment_length=-1, max_frames=4)
+    reid_threshold = 0.5
+
+    def __init__(self) -> None:
+        self.projection = (
+            np.random.default_rng(0).normal(size=(3 * 4 * 4, self.dim)).astype(np.float32)
+        )
+        self.calls = 0
+
+    def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        self.calls += 1
+        feats = []
+        for seq in seqs:
+            assert seq.dtype == np.float32 and seq.shape[1:] == (3, 32, 32)
+            pooled = seq.mean(axis=0).reshape(3, 4, 8, 4, 8).mean(axis=(2, 4))
+            feats.append(pooled.reshape(-1))
+        out = np.stack(feats) @ self.projection
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, annotations = [], []
+    rng = np.random.default_rng(0)
+    for seq, identities in LAYOUT.items():
+        for frame in range(N_FRAMES):
+            image_id = len(images) + 1
+            name = f"{seq}_{frame:04d}.jpg"
+            pixels = rng.integers(0, 60, size=(H, W, 3), dtype=np.uint8)
+            for ident, ((x, y, w, h), colour) in identities.items():
+                pixels[y : y + h, x + frame : x + frame + w] = colour
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "bbox": [x + frame, y, w, h],
+                        "category_id": 1,
+                        "identity_id": ident,
+                        **({"size": 4.0, "histology": "adenoma"} if ident == "p1" else {}),
+                    }
+                )
+            assert cv2.imwrite(str(root / "images" / name), pixels)
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": name,
+                    "width": W,
+                    "height": H,
+                    "frame_id": frame,
+                    "sequence_id": seq,
+                    "dataset_id": "ds",
+                }
+            )
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "polyp"}],
+    }
+    (root / "annotations" / "instances_test.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+
+
+def _index_ids(index_dir: Path) -> list[int]:
+    return sorted(VectorIndex.load(index_dir).ids().tolist())
+
+
+def test_encoder_protocol_is_satisfied() -> None:
+    encoder: Embedder = FakeEncoder()
+    assert encoder.dim == 16
+
+
+def test_index_then_reindex(dataset: Path, store: Store, tmp_path: Path) -> None:
+    index_dir = tmp_path / "index"
+    encoder = FakeEncoder()
+    report = index_dataset(dataset, "test", store, index_dir, encoder, TRACKLETS, progress=False)
+    assert (report.procedures_indexed, report.procedures_skipped, report.tracklets) == (2, 0, 3)
+    assert report.indexed_uids == ("ds:001", "ds:002")
+    assert report.frames == 3 * 4  # 6 frames thinned to max_frames=4
+    assert report.images_decoded == 4 + 4  # the two polyps of 001 share their frames
+    assert report.index_size == 3 and report.encoder_version == "fake-v1"
+    assert [p.uid for p in store.list_procedures()] == ["ds:001", "ds:002"]
+    assert store.count_tracklets("fake-v1") == 3
+    store_ids = store.tracklet_ids("fake-v1").tolist()
+    assert _index_ids(index_dir) == store_ids
+
+    records = store.get_tracklets(store_ids)
+    by_key = {r.key: r for r in records.values()}
+    assert set(by_key) == {"001/p1/0", "001/p2/0", "002/p3/0"}
+    p1 = by_key["001/p1/0"]
+    assert (p1.procedure_uid, p1.identity_label, p1.start_frame, p1.end_frame, p1.n_frames) == (
+        "ds:001",
+        "p1",
+        0,
+        5,
+        6,
+    )
+    assert p1.size_mm == pytest.approx(4.0) and p1.histology == "adenoma"
+    assert p1.boxes["frame_ids"] == list(range(6)) and p1.boxes["sampled_frame_ids"] == [0, 2, 3, 5]
+    assert p1.boxes["first"] == [4.0, 8.0, 12.0, 12.0]
+    assert p1.thumbnail_path and (index_dir / p1.thumbnail_path).is_file()
+    index = VectorIndex.load(index_dir)
+    assert index.preprocess == encoder.preprocess and index.fragment == encoder.fragment
+    (hits,) = index.search(p1.embedding, 1)
+    assert hits[0][0] == p1.id and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+
+    again = index_dataset(dataset, "test", store, index_dir, encoder, TRACKLETS, progress=False)
+    assert (again.procedures_indexed, again.procedures_skipped, again.tracklets) == (0, 2, 0)
+    assert store.count_tracklets() == 3 and _index_ids(index_dir) == store_ids
+
+    forced = index_dataset(
+        dataset, "test", store, index_dir, encoder, TRACKLETS, force=True, progress=False
+    )
+    assert (forced.procedures_indexed, forced.tracklets, forced.index_size) == (2, 3, 3)
+    new_ids = store.tracklet_ids("fake-v1").tolist()
+    assert store.count_tracklets() == 3 and not set(new_ids) & set(store_ids)
+    assert _index_ids(index_dir) == new_ids
+
+
+def test_each_image_is_decoded_once_per_procedure(
+    dataset: Path, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: Counter[str] = Counter()
+    real = pipeline.read_image
+
+    def counting(path: str | Path) -> np.ndarray:
+        reads[str(path)] += 1
+        return real(path)
+
+    monkeypatch.setattr(pipeline, "read_image", counting)
+    index_dataset(
+        dataset, "test", store, tmp_path / "index", FakeEncoder(), TRACKLETS, progress=False
+    )
+    assert len(reads) == 8 and set(reads.values()) == {1}
+
+
+def test_procedure_filter(dataset: Path, store: Store, tmp_path: Path) -> None:
+    report = index_dataset(
+        dataset,
+        "test",
+        store,
+        tmp_path / "i",
+        FakeEncoder(),
+        TRACKLETS,
+        progress=False,
+        procedure_uids={"ds:002"},
+    )
+    assert report.indexed_uids == ("ds:002",) and store.count_tracklets() == 1
+    with pytest.raises(InvalidInputError, match="ds:999"):
+        index_dataset(
+            dataset,
+            "test",
+            store,
+            tmp_path / "i",
+            FakeEncoder(),
+            TRACKLETS,
+            progress=False,
+            procedure_uids=["ds:999"],
+        )
+
+
+def test_corrupt_jpeg_names_the_file_and_writes_nothing_for_its_procedure(
+    dataset: Path, store: Store, tmp_path: Path
+) -> None:
+    bad = dataset / "images" / "002_0003.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    index_dir = tmp_path / "index"
+    with pytest.raises(ImageReadError, match=r"002_0003\.jpg"):
+        index_dataset(dataset, "test", store, index_dir, FakeEncoder(), TRACKLETS, progress=False)
+    assert store.has_procedure("ds:001", "fake-v1")  # committed before the bad procedure
+    assert not store.has_procedure("ds:002")
+    assert (
+        store.count_tracklets() == 2
+        and _index_ids(index_dir) == store.tracklet_ids("fake-v1").tolist()
+    )
+
+
+def test_delete_procedure(dataset: Path, store: Store, tmp_path: Path) -> None:
+    index_dir = tmp_path / "index"
+    index_dataset(dataset, "test", store, index_dir, FakeEncoder(), TRACKLETS, progress=False)
+    removed = delete_procedure("ds:001", store, index_dir)
+    assert len(removed) == 2 and store.count_tracklets() == 1
+    assert _index_ids(index_dir) == store.tracklet_ids("fake-v1").tolist()
+    assert not set(removed) & set(_index_ids(index_dir))
+    with pytest.raises(ProcedureNotFoundError):
+        delete_procedure("ds:001", store, index_dir)
+
+
+def test_indexing_needs_whole_tracklet_fragments(
+    dataset: Path, store: Store, tmp_path: Path
+) -> None:
+    encoder = FakeEncoder()
+    encoder.fragment = FragmentConfig(stride=1, fragment_length=2)  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="fragment_length=-1"):
+        index_dataset(dataset, "test", store, tmp_path / "i", encoder, TRACKLETS, progress=False)
+    assert store.count_tracklets() == 0

@@ -1,0 +1,171 @@
+"""indexer.store on SQLite and PostgreSQL: round trip, idempotent replace, delete."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.store import Store, TrackletRow
+from model.errors import InvalidInputError, ProcedureNotFoundError, TrackletNotFoundError
+
+PG_URL = os.environ.get(
+    "POLYPINDEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+DIM = 8
+
+
+def _pg_schema_store() -> Iterator[Store]:
+    """A Store in a fresh PostgreSQL schema, dropped at teardown."""
+    try:
+        import psycopg
+        from sqlalchemy.engine import make_url
+    except ImportError as exc:  # pragma: no cover - the dev install has it
+        pytest.skip(f"psycopg is not installed: {exc}")
+    url = make_url(PG_URL)
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    schema = f"pi_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(
+            f"PostgreSQL not reachable at {url.render_as_string()} (set POLYPINDEX_TEST_PG_URL): {exc}"
+        )
+    try:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        store = Store(
+            url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+        )
+        try:
+            yield store
+        finally:
+            store.close()
+    finally:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'db' / 'store.sqlite'}")
+        try:
+            yield s
+        finally:
+            s.close()
+    else:
+        yield from _pg_schema_store()
+
+
+def _rows(n: int, seed: int = 0, prefix: str = "seq/p") -> list[TrackletRow]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        v = rng.normal(size=DIM).astype(np.float32)
+        rows.append(
+            TrackletRow(
+                key=f"{prefix}{i}/0",
+                start_frame=10 * i,
+                end_frame=10 * i + 5,
+                n_frames=6,
+                embedding=v / np.linalg.norm(v),
+                boxes={"first": [1.0, 2.0, 3.0, 4.0], "frame_ids": list(range(10 * i, 10 * i + 6))},
+                identity_label=f"p{i}",
+                thumbnail_path=f"thumbnails/x/{i}.jpg",
+                size_mm=3.5 if i == 0 else None,
+                histology="adenoma" if i == 0 else None,
+            )
+        )
+    return rows
+
+
+def test_round_trip(store: Store) -> None:
+    rows = _rows(3)
+    ids = store.replace_procedure("ds:001", "ds", "/data/ann.json", "enc-a", rows)
+    assert len(ids) == 3 and len(set(ids)) == 3
+    rec = store.get_tracklet(ids[0])
+    assert rec.id == ids[0] and rec.procedure_uid == "ds:001" and rec.key == rows[0].key
+    assert rec.identity_label == "p0" and rec.encoder_version == "enc-a"
+    assert (rec.start_frame, rec.end_frame, rec.n_frames) == (0, 5, 6)
+    assert rec.boxes == rows[0].boxes
+    assert rec.thumbnail_path == "thumbnails/x/0.jpg"
+    assert rec.size_mm == pytest.approx(3.5) and rec.histology == "adenoma"
+    assert rec.embedding.dtype == np.float32 and rec.embedding.shape == (DIM,)
+    np.testing.assert_array_equal(rec.embedding, rows[0].embedding)
+    assert store.get_tracklet(ids[1]).size_mm is None
+
+    assert set(store.get_tracklets([*ids, 999_999])) == set(ids)
+    assert store.tracklet_ids_for_procedure("ds:001") == sorted(ids)
+    assert store.has_procedure("ds:001", "enc-a") and store.has_procedure("ds:001")
+    assert not store.has_procedure("ds:001", "enc-b") and not store.has_procedure("ds:002")
+    assert store.count_tracklets() == 3 and store.count_tracklets("enc-b") == 0
+    assert store.encoder_versions() == ["enc-a"]
+    assert store.max_tracklet_id() == max(ids)
+    (proc,) = store.list_procedures()
+    assert (proc.uid, proc.dataset_id, proc.source, proc.n_tracklets) == (
+        "ds:001",
+        "ds",
+        "/data/ann.json",
+        3,
+    )
+
+    got_ids, got_vecs = zip(*store.iter_embeddings("enc-a", batch=2), strict=True)
+    assert [len(b) for b in got_ids] == [2, 1]
+    np.testing.assert_array_equal(np.concatenate(got_ids), sorted(ids))
+    np.testing.assert_array_equal(np.concatenate(got_vecs), np.stack([r.embedding for r in rows]))
+    after = list(store.iter_embeddings("enc-a", after_id=ids[1]))
+    assert [int(i) for b, _ in after for i in b] == [ids[2]]
+    with pytest.raises(TrackletNotFoundError):
+        store.get_tracklet(999_999)
+
+
+def test_replace_is_idempotent_and_ids_are_never_reused(store: Store) -> None:
+    first = store.replace_procedure("001", None, "src", "enc-a", _rows(3))
+    second = store.replace_procedure("001", None, "src", "enc-a", _rows(3))
+    assert store.count_tracklets() == 3
+    assert len(store.list_procedures()) == 1
+    assert store.tracklet_ids_for_procedure("001") == sorted(second)
+    assert min(second) > max(first), "row ids must never be reused (FAISS catch-up relies on it)"
+    assert not store.get_tracklets(first)
+
+
+def test_replace_checks_rows_and_rolls_back(store: Store) -> None:
+    store.replace_procedure("001", None, "src", "enc-a", _rows(2))
+    dup = _rows(2)
+    with pytest.raises(InvalidInputError, match="duplicate"):
+        store.replace_procedure("001", None, "src", "enc-a", [dup[0], dup[0]])
+    bad = TrackletRow(
+        key="k", start_frame=0, end_frame=1, n_frames=2, embedding=np.full(DIM, np.nan)
+    )
+    with pytest.raises(InvalidInputError, match="NaN"):
+        store.replace_procedure("001", None, "src", "enc-a", [bad])
+    assert store.count_tracklets() == 2
+
+
+def test_delete(store: Store) -> None:
+    keep = store.replace_procedure("001", None, "src", "enc-a", _rows(2))
+    gone = store.replace_procedure("002", None, "src", "enc-b", _rows(3, seed=1))
+    assert store.encoder_versions() == ["enc-a", "enc-b"]
+    assert sorted(store.delete_procedure("002")) == sorted(gone)
+    assert store.count_tracklets() == 2 and not store.has_procedure("002")
+    assert set(store.get_tracklets(keep + gone)) == set(keep)
+    with pytest.raises(ProcedureNotFoundError, match="002"):
+        store.delete_procedure("002")
+    with pytest.raises(ProcedureNotFoundError):
+        store.get_procedure("nope")
+    # a procedure with no tracklets is still a procedure
+    assert store.replace_procedure("003", None, "src", "enc-a", []) == []
+    assert store.has_procedure("003", "enc-a") and store.delete_procedure("003") == []
+
+
+def test_tracklet_ids_and_embeddings_for_ids(store: Store) -> None:
+    a = store.replace_procedure("001", None, "src", "enc-a", _rows(2))
+    b = store.replace_procedure("002", None, "src", "enc-b", _rows(2, seed=3))
+    np.testing.assert_array_equal(store.tracklet_ids("enc-a"), sorted(a))
+    ids, vecs = store.embeddings_for_ids([b[1], 999_999, a[0]])
+    np.testing.assert_array_equal(ids, sorted([a[0], b[1]]))
+    assert vecs.shape == (2, DIM)
