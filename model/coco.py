@@ -67,7 +67,9 @@ class CocoSplit:
         out: list[Tracklet] = []
         for (seq, ident), anns in sorted(groups.items()):
             anns.sort(key=lambda a: (int(self.coco.imgs[a["image_id"]]["frame_id"]), a["id"]))
-            frames = np.array([int(self.coco.imgs[a["image_id"]]["frame_id"]) for a in anns], dtype=np.int64)
+            frames = np.array(
+                [int(self.coco.imgs[a["image_id"]]["frame_id"]) for a in anns], dtype=np.int64
+            )
             boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
             meta = {k: anns[0][k] for k in METADATA_FIELDS if anns[0].get(k) is not None}
             for index, run in enumerate(split_runs(frames, boxes, config)):
@@ -78,7 +80,9 @@ class CocoSplit:
                         index=index,
                         frame_ids=frames[run],
                         boxes=boxes[run],
-                        image_paths=tuple(str(self.image_path(self.coco.imgs[anns[i]["image_id"]])) for i in run),
+                        image_paths=tuple(
+                            str(self.image_path(self.coco.imgs[anns[i]["image_id"]])) for i in run
+                        ),
                         metadata=dict(meta),
                     )
                 )
@@ -105,10 +109,18 @@ def validate_coco_dict(data: Any, path: Path, check_images_exist: bool = True) -
             raise _fail(path, f"images[{i}] (id={img.get('id')!r}) is missing field(s) {missing}")
         if img["id"] in images:
             raise _fail(path, f"duplicate image id {img['id']!r} (images[{i}])")
-        if not (isinstance(img["width"], int) and isinstance(img["height"], int)) or min(img["width"], img["height"]) <= 0:
-            raise _fail(path, f"image id={img['id']!r} has invalid width/height {img['width']!r}x{img['height']!r}")
+        if (
+            not (isinstance(img["width"], int) and isinstance(img["height"], int))
+            or min(img["width"], img["height"]) <= 0
+        ):
+            raise _fail(
+                path,
+                f"image id={img['id']!r} has invalid width/height {img['width']!r}x{img['height']!r}",
+            )
         if not isinstance(img["frame_id"], int) or isinstance(img["frame_id"], bool):
-            raise _fail(path, f"image id={img['id']!r} has non-integer frame_id {img['frame_id']!r}")
+            raise _fail(
+                path, f"image id={img['id']!r} has non-integer frame_id {img['frame_id']!r}"
+            )
         if check_images_exist:
             file = path.parent.parent / "images" / str(img["file_name"])
             if not file.is_file():
@@ -120,19 +132,32 @@ def validate_coco_dict(data: Any, path: Path, check_images_exist: bool = True) -
             raise _fail(path, f"annotations[{i}] is not an object")
         missing = [f for f in ANNOTATION_FIELDS if f not in ann]
         if missing:
-            raise _fail(path, f"annotations[{i}] (id={ann.get('id')!r}) is missing field(s) {missing}")
+            raise _fail(
+                path, f"annotations[{i}] (id={ann.get('id')!r}) is missing field(s) {missing}"
+            )
         if ann["id"] in seen_ann:
             raise _fail(path, f"duplicate annotation id {ann['id']!r} (annotations[{i}])")
         seen_ann.add(ann["id"])
         img = images.get(ann["image_id"])
         if img is None:
-            raise _fail(path, f"annotation id={ann['id']!r} refers to missing image_id {ann['image_id']!r}")
+            raise _fail(
+                path, f"annotation id={ann['id']!r} refers to missing image_id {ann['image_id']!r}"
+            )
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list | tuple) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
-            raise _fail(path, f"annotation id={ann['id']!r} has malformed bbox {bbox!r} (expected [x, y, w, h])")
+        if not (
+            isinstance(bbox, list | tuple)
+            and len(bbox) == 4
+            and all(isinstance(v, int | float) for v in bbox)
+        ):
+            raise _fail(
+                path,
+                f"annotation id={ann['id']!r} has malformed bbox {bbox!r} (expected [x, y, w, h])",
+            )
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
-            raise _fail(path, f"annotation id={ann['id']!r} has bbox {bbox!r} with non-positive size")
+            raise _fail(
+                path, f"annotation id={ann['id']!r} has bbox {bbox!r} with non-positive size"
+            )
         t = _BORDER_TOLERANCE
         if x < -t or y < -t or x + w > img["width"] + t or y + h > img["height"] + t:
             raise _fail(
@@ -150,7 +175,9 @@ def load_coco_split(root: str | Path, split: str, check_images_exist: bool = Tru
     """
     path = annotation_path(root, split)
     if not path.is_file():
-        raise InvalidAnnotationError(f"annotation file not found: {path} (expected ROOT/annotations/instances_{split}.json)")
+        raise InvalidAnnotationError(
+            f"annotation file not found: {path} (expected ROOT/annotations/instances_{split}.json)"
+        )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

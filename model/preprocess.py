@@ -64,7 +64,9 @@ def enlarged_box(
     return x0, y0, x1, y1
 
 
-def crop_frame(image: np.ndarray, bbox: Sequence[float] | np.ndarray, config: PreprocessConfig) -> np.ndarray:
+def crop_frame(
+    image: np.ndarray, bbox: Sequence[float] | np.ndarray, config: PreprocessConfig
+) -> np.ndarray:
     """Crop one frame around its box and resize to ``im_size``².
 
     Args:
@@ -98,7 +100,9 @@ def normalize(crops: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, -1, -3), dtype=np.float32)
 
 
-def crop_frames(images: Sequence[np.ndarray], boxes: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+def crop_frames(
+    images: Sequence[np.ndarray], boxes: np.ndarray, config: PreprocessConfig
+) -> np.ndarray:
     """Crop every frame of a sequence: returns uint8 ``(S, im_size, im_size, 3)``."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(images) != len(boxes):
@@ -108,7 +112,9 @@ def crop_frames(images: Sequence[np.ndarray], boxes: np.ndarray, config: Preproc
     return np.stack([crop_frame(img, box, config) for img, box in zip(images, boxes, strict=True)])
 
 
-def preprocess_frames(images: Sequence[np.ndarray], boxes: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+def preprocess_frames(
+    images: Sequence[np.ndarray], boxes: np.ndarray, config: PreprocessConfig
+) -> np.ndarray:
     """Frames + boxes → the encoder's input for one tracklet, float32 ``(S, 3, H, W)``."""
     return normalize(crop_frames(images, boxes, config), config)
 

@@ -6,6 +6,7 @@ Boxes are ``[x, y, w, h]`` in pixels throughout.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +91,9 @@ class Tracklet:
         return len(self.frame_ids)
 
 
-def split_runs(frame_ids: np.ndarray, boxes: np.ndarray, config: TrackletConfig) -> list[np.ndarray]:
+def split_runs(
+    frame_ids: np.ndarray, boxes: np.ndarray, config: TrackletConfig
+) -> list[np.ndarray]:
     """Cut one identity's instances into runs (SPEC §3).
 
     Args:
@@ -110,7 +113,7 @@ def split_runs(frame_ids: np.ndarray, boxes: np.ndarray, config: TrackletConfig)
         if gap > config.separation_thresh or box_iou(boxes[i - 1], boxes[i]) < config.iou_thresh:
             starts.append(i)
     starts.append(n)
-    runs = [np.arange(s, e) for s, e in zip(starts[:-1], starts[1:], strict=True)]
+    runs = [np.arange(s, e) for s, e in itertools.pairwise(starts)]
     return [r for r in runs if len(r) >= config.min_tracklet_length]
 
 

@@ -21,18 +21,39 @@ def _dataset(n_frames: int = 6) -> dict[str, Any]:
     images, anns = [], []
     for f in range(n_frames):
         images.append(
-            {"id": f + 1, "file_name": f"s1_{f:03d}.jpg", "width": 64, "height": 48,
-             "frame_id": f, "sequence_id": "001-001", "dataset_id": "t"}
+            {
+                "id": f + 1,
+                "file_name": f"s1_{f:03d}.jpg",
+                "width": 64,
+                "height": 48,
+                "frame_id": f,
+                "sequence_id": "001-001",
+                "dataset_id": "t",
+            }
         )
         anns.append(
-            {"id": 100 + f, "image_id": f + 1, "bbox": [10 + f, 10, 12, 12], "category_id": 1,
-             "identity_id": "p1", "size": 4.0, "histology": "adenoma"}
+            {
+                "id": 100 + f,
+                "image_id": f + 1,
+                "bbox": [10 + f, 10, 12, 12],
+                "category_id": 1,
+                "identity_id": "p1",
+                "size": 4.0,
+                "histology": "adenoma",
+            }
         )
     # a second polyp seen in two runs (gap at frame 3)
     for j, f in enumerate([0, 1, 2, 4, 5]):
         anns.append(
-            {"id": 200 + j, "image_id": f + 1, "bbox": [40, 20, 10, 10], "category_id": 1,
-             "identity_id": "p2", "size": 9.0, "histology": "hyperplastic"}
+            {
+                "id": 200 + j,
+                "image_id": f + 1,
+                "bbox": [40, 20, 10, 10],
+                "category_id": 1,
+                "identity_id": "p2",
+                "size": 9.0,
+                "histology": "hyperplastic",
+            }
         )
     return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "polyp"}]}
 
@@ -42,7 +63,9 @@ def _write(root: Path, data: dict[str, Any], split: str = "test") -> Path:
     (root / "images").mkdir(exist_ok=True)
     for img in data.get("images", []):
         if isinstance(img, dict) and "file_name" in img:
-            cv2.imwrite(str(root / "images" / img["file_name"]), np.full((48, 64, 3), 128, np.uint8))
+            cv2.imwrite(
+                str(root / "images" / img["file_name"]), np.full((48, 64, 3), 128, np.uint8)
+            )
     path = root / "annotations" / f"instances_{split}.json"
     path.write_text(json.dumps(data))
     return path
@@ -76,12 +99,27 @@ def _mutate(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("mutation", "message"),
     [
-        (lambda d: d["images"][2].pop("frame_id"), r"images\[2\] \(id=3\) is missing field\(s\) \['frame_id'\]"),
-        (lambda d: d["annotations"][1].pop("identity_id"), r"annotations\[1\] \(id=101\) is missing field\(s\) \['identity_id'\]"),
+        (
+            lambda d: d["images"][2].pop("frame_id"),
+            r"images\[2\] \(id=3\) is missing field\(s\) \['frame_id'\]",
+        ),
+        (
+            lambda d: d["annotations"][1].pop("identity_id"),
+            r"annotations\[1\] \(id=101\) is missing field\(s\) \['identity_id'\]",
+        ),
         (lambda d: d["images"].append(dict(d["images"][0])), "duplicate image id 1"),
-        (lambda d: d["annotations"].append(dict(d["annotations"][0])), "duplicate annotation id 100"),
-        (lambda d: d["annotations"][0].update(image_id=999), "annotation id=100 refers to missing image_id 999"),
-        (lambda d: d["annotations"][0].update(bbox=[60, 10, 12, 12]), r"annotation id=100 has bbox \[60, 10, 12, 12\] outside its image id=1 \(64x48\)"),
+        (
+            lambda d: d["annotations"].append(dict(d["annotations"][0])),
+            "duplicate annotation id 100",
+        ),
+        (
+            lambda d: d["annotations"][0].update(image_id=999),
+            "annotation id=100 refers to missing image_id 999",
+        ),
+        (
+            lambda d: d["annotations"][0].update(bbox=[60, 10, 12, 12]),
+            r"annotation id=100 has bbox \[60, 10, 12, 12\] outside its image id=1 \(64x48\)",
+        ),
         (lambda d: d["annotations"][0].update(bbox=[-5, 10, 12, 12]), "outside its image"),
         (lambda d: d["annotations"][0].update(bbox=[10, 10, 0, 12]), "non-positive size"),
         (lambda d: d["annotations"][0].update(bbox=[10, 10, 12]), "malformed bbox"),
@@ -90,7 +128,9 @@ def _mutate(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         (lambda d: d.pop("annotations"), "missing or non-list 'annotations'"),
     ],
 )
-def test_invalid_records_are_named(tmp_path: Path, mutation: Callable[[dict[str, Any]], None], message: str) -> None:
+def test_invalid_records_are_named(
+    tmp_path: Path, mutation: Callable[[dict[str, Any]], None], message: str
+) -> None:
     path = _write(tmp_path, _mutate(mutation))
     with pytest.raises(InvalidAnnotationError, match=message) as info:
         load_coco_split(tmp_path, "test")
@@ -100,7 +140,9 @@ def test_invalid_records_are_named(tmp_path: Path, mutation: Callable[[dict[str,
 def test_missing_image_file_is_named(tmp_path: Path) -> None:
     _write(tmp_path, _dataset())
     (tmp_path / "images" / "s1_002.jpg").unlink()
-    with pytest.raises(InvalidAnnotationError, match=r"image id=3: file .*s1_002.jpg does not exist"):
+    with pytest.raises(
+        InvalidAnnotationError, match=r"image id=3: file .*s1_002.jpg does not exist"
+    ):
         load_coco_split(tmp_path, "test")
 
 

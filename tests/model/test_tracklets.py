@@ -38,7 +38,9 @@ def test_box_iou_known_values() -> None:
         ([], [], TrackletConfig()),
     ],
 )
-def test_split_runs_gap_rule(frames: list[int], expected_lengths: list[int], config: TrackletConfig) -> None:
+def test_split_runs_gap_rule(
+    frames: list[int], expected_lengths: list[int], config: TrackletConfig
+) -> None:
     boxes = _moving_boxes(len(frames))
     runs = split_runs(np.array(frames, dtype=np.int64), boxes, config)
     assert [len(r) for r in runs] == expected_lengths
@@ -84,7 +86,11 @@ def test_link_detections_rejects_mismatched_inputs() -> None:
     [
         (32, FragmentConfig(stride=4, fragment_length=4), [[0, 4, 8, 12], [16, 20, 24, 28]]),
         (26, FragmentConfig(stride=4, fragment_length=4), [[0, 4, 8, 12]]),  # drop_last
-        (26, FragmentConfig(stride=4, fragment_length=4, drop_last=False), [[0, 4, 8, 12], [16, 20, 24, 24]]),
+        (
+            26,
+            FragmentConfig(stride=4, fragment_length=4, drop_last=False),
+            [[0, 4, 8, 12], [16, 20, 24, 24]],
+        ),
         (10, FragmentConfig(stride=3, fragment_length=-1), [[0, 3, 6, 9]]),
         (0, FragmentConfig(), []),
     ],

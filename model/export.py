@@ -1,0 +1,250 @@
+"""Export an encoder checkpoint to ONNX, with its metadata, and check parity with torch.
+
+The ONNX graph computes ``HMVE.embed``: input ``frames`` float32
+``[batch, seq, 3, H, W]`` (already cropped and normalised, see
+``model.preprocess``), output ``embedding`` float32 ``[batch, d_model]`` (the raw
+CLS output; :class:`model.runtime.OnnxEncoder` L2-normalises it). Batch and
+sequence length are dynamic.
+
+The model carries everything a consumer needs in ``metadata_props``:
+``polypindex.format``, ``polypindex.encoder_version``, ``polypindex.preprocess``,
+``polypindex.fragment`` (the indexing rule: training's stride and max_frames,
+``fragment_length=-1``), ``polypindex.encoder_config``,
+``polypindex.embedding_dim`` and ``polypindex.reid_threshold``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from model.config import FragmentConfig
+from model.encoder import HMVE, LoadedEncoder, load_encoder_checkpoint
+from model.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+ONNX_FORMAT = "polypindex-onnx/1"
+META_PREFIX = "polypindex."
+PARITY_ATOL = 1e-4
+DEFAULT_REID_THRESHOLD = 0.6
+INPUT_NAME = "frames"
+OUTPUT_NAME = "embedding"
+# Example used for tracing: batch >= 2 and seq >= 3 so neither dimension is specialised.
+EXAMPLE_BATCH = 2
+EXAMPLE_SEQ = 3
+# Parity inputs: sizes different from the example, to catch a frozen dimension.
+PARITY_SHAPES = ((3, 5), (1, 9))
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Result of :func:`export_onnx`.
+
+    Attributes:
+        path: the ONNX file written.
+        encoder_version: the exported encoder's version.
+        max_abs_diff: max |torch − ONNX Runtime| over the parity inputs (NaN if not checked).
+        opset: the ONNX opset of the default domain in the written model.
+        seconds: wall time of export + check.
+    """
+
+    path: Path
+    encoder_version: str
+    max_abs_diff: float
+    opset: int
+    seconds: float
+
+
+class _Embed(nn.Module):
+    """Wraps ``HMVE.embed`` as the module's forward, for the exporter."""
+
+    def __init__(self, encoder: HMVE) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.encoder.embed(frames)
+
+
+def indexing_fragment(fragment: FragmentConfig) -> FragmentConfig:
+    """The fragment rule for indexing/evaluation: training's stride and max_frames, whole tracklet."""
+    return dataclasses.replace(fragment, fragment_length=-1)
+
+
+def resolve_reid_threshold(loaded: LoadedEncoder, reid_threshold: float | None = None) -> float:
+    """The threshold to store: the argument, else the checkpoint's ``extra["reid_threshold"]``,
+    else :data:`DEFAULT_REID_THRESHOLD` (with a warning)."""
+    if reid_threshold is not None:
+        value = float(reid_threshold)
+    elif isinstance(loaded.extra.get("reid_threshold"), int | float):
+        value = float(loaded.extra["reid_threshold"])
+    else:
+        logger.warning(
+            "checkpoint %s has no reid_threshold and none was given; storing the default %.2f",
+            loaded.path,
+            DEFAULT_REID_THRESHOLD,
+        )
+        value = DEFAULT_REID_THRESHOLD
+    if not 0.0 <= value <= 1.0 or value != value:
+        raise ModelLoadError(f"reid_threshold must be a probability in [0, 1], got {value}")
+    return value
+
+
+def build_metadata(loaded: LoadedEncoder, reid_threshold: float) -> dict[str, str]:
+    """The ``metadata_props`` written into the ONNX model (all values are strings)."""
+    return {
+        f"{META_PREFIX}format": ONNX_FORMAT,
+        f"{META_PREFIX}encoder_version": loaded.encoder_version,
+        f"{META_PREFIX}preprocess": loaded.preprocess.to_json(),
+        f"{META_PREFIX}fragment": json.dumps(
+            indexing_fragment(loaded.fragment).to_dict(), sort_keys=True
+        ),
+        f"{META_PREFIX}encoder_config": loaded.encoder_config.to_json(),
+        f"{META_PREFIX}embedding_dim": str(loaded.encoder_config.d_model),
+        f"{META_PREFIX}reid_threshold": repr(float(reid_threshold)),
+    }
+
+
+def _export_proto(encoder: HMVE, im_size: int, opset: int | None) -> onnx.ModelProto:
+    example = torch.randn(
+        EXAMPLE_BATCH, EXAMPLE_SEQ, 3, im_size, im_size, generator=torch.Generator().manual_seed(0)
+    )
+    batch = torch.export.Dim("batch", min=1)
+    seq = torch.export.Dim("seq", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            _Embed(encoder).eval(),
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"frames": {0: batch, 1: seq}},
+            opset_version=opset,
+            verbose=False,
+        )
+    if program is None:
+        raise ModelLoadError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+def _check_dynamic(proto: onnx.ModelProto) -> None:
+    """Raise if the batch or sequence dimension of the input got frozen to a number."""
+    (inp,) = [i for i in proto.graph.input if i.name == INPUT_NAME]
+    dims = inp.type.tensor_type.shape.dim
+    frozen = [name for name, d in zip(("batch", "seq"), dims[:2], strict=True) if not d.dim_param]
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    if out_dims and not out_dims[0].dim_param:
+        frozen.append("output batch")
+    if frozen:
+        shape = [d.dim_param or d.dim_value for d in dims]
+        raise ModelLoadError(
+            f"ONNX export froze dimension(s) {frozen} of {INPUT_NAME} (shape {shape})"
+        )
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
+
+
+def check_parity(encoder: HMVE, onnx_path: Path, im_size: int, seed: int = 0) -> float:
+    """Max |torch ``embed`` − ONNX Runtime| over inputs of shapes :data:`PARITY_SHAPES`."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for b, s in PARITY_SHAPES:
+        x = torch.randn(b, s, 3, im_size, im_size, generator=gen)
+        with torch.no_grad():
+            expected = encoder.embed(x).numpy()
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        if got.shape != expected.shape:
+            raise ModelLoadError(
+                f"ONNX output shape {got.shape} != torch {expected.shape} for input b={b}, s={s}"
+            )
+        worst = max(worst, float(np.max(np.abs(got - expected))))
+    return worst
+
+
+def export_onnx(
+    checkpoint: Path,
+    out: Path,
+    opset: int | None = None,
+    reid_threshold: float | None = None,
+    check: bool = True,
+) -> ExportReport:
+    """Export an encoder checkpoint to ONNX with dynamic batch and sequence length.
+
+    The graph is ``HMVE.embed`` (raw CLS output, not normalised); the input is
+    the already-normalised crops, so consumers must not normalise twice. The
+    file is written atomically and only after the checks pass.
+
+    Args:
+        checkpoint: a file written by :func:`model.encoder.save_encoder_checkpoint`.
+        out: the ``.onnx`` path to write.
+        opset: ONNX opset; ``None`` lets the exporter choose.
+        reid_threshold: same-polyp probability threshold to store; default the
+            checkpoint's ``extra["reid_threshold"]``, else 0.6 (with a warning).
+        check: run the parity check: torch vs ONNX Runtime (CPU) on two random
+            inputs, ``(b, s) = (3, 5)`` and ``(1, 9)``, sizes unlike the trace
+            example; fails above ``PARITY_ATOL = 1e-4`` max absolute difference.
+
+    Returns:
+        An :class:`ExportReport`.
+
+    Raises:
+        ModelLoadError: unreadable checkpoint, export failure, a frozen dynamic
+            dimension, or a parity difference above ``PARITY_ATOL``.
+    """
+    start = time.perf_counter()
+    checkpoint, out = Path(checkpoint), Path(out)
+    loaded = load_encoder_checkpoint(checkpoint)
+    threshold = resolve_reid_threshold(loaded, reid_threshold)
+    encoder = loaded.encoder.eval()
+    im_size = loaded.preprocess.im_size
+    try:
+        proto = _export_proto(encoder, im_size, opset)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"ONNX export of {checkpoint} failed: {exc}") from exc
+    _check_dynamic(proto)
+    for key, value in build_metadata(loaded, threshold).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        onnx.save_model(proto, str(tmp))
+        diff = check_parity(encoder, tmp, im_size) if check else float("nan")
+        if check and not diff <= PARITY_ATOL:
+            raise ModelLoadError(
+                f"ONNX export of {checkpoint}: torch vs ONNX Runtime max |diff| = {diff:.3g} "
+                f"exceeds {PARITY_ATOL:g}"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report = ExportReport(
+        out, loaded.encoder_version, diff, _opset(proto), time.perf_counter() - start
+    )
+    logger.info("exported %s (%s), parity max |diff| %.2e", out, loaded.encoder_version, diff)
+    return report
