@@ -3,6 +3,8 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Extras to install: dev (CI, developers: training + tests) or postgres (the serving image).
+EXTRAS ?= dev
 STAMP  := $(VENV)/.installed
 
 .PHONY: serve test lint venv demo clean
@@ -11,7 +13,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -24,6 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy model training indexer service benchmarks polypindex
+	$(BIN)/hadolint Dockerfile
 
 test: $(STAMP)
 	$(MAKE) lint

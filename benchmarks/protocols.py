@@ -1,0 +1,185 @@
+"""The paper's evaluation protocols (SPEC §6) over a dataset split, for one or more
+ONNX encoders plus the reference rows (chance, colour histogram).
+
+Each tracklet is one item, embedded whole with the same functions the product
+uses (``load_coco_split`` → ``CropCache``/``normalize`` → ``OnnxEncoder``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from model.coco import load_coco_split
+from model.config import PreprocessConfig, TrackletConfig
+from model.errors import InvalidInputError
+from model.evaluation import (
+    chance_average_precision,
+    chance_retrieval_map,
+    color_histogram_embedding,
+    reid_metrics,
+    retrieval_metrics,
+    save_curves_png,
+)
+from model.preprocess import CropCache, normalize
+from model.runtime import OnnxEncoder
+from model.tracklets import Tracklet, fragment_indices
+
+HISTOGRAM_CROP = PreprocessConfig(im_size=64)
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and library versions, stored with every result."""
+    import faiss
+    import onnxruntime
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "faiss": getattr(faiss, "__version__", "unknown"),
+    }
+
+
+def embed_tracklets_onnx(
+    encoder: OnnxEncoder, tracklets: list[Tracklet], cache_dir: Path, progress: bool = True
+) -> np.ndarray:
+    """Embed each tracklet whole with the encoder's own preprocessing → (N, D)."""
+    cache = CropCache(cache_dir, encoder.preprocess)
+    seqs = []
+    for t in tqdm(tracklets, desc="crop", disable=not progress, leave=False):
+        (idx,) = fragment_indices(len(t), encoder.fragment)
+        crops = cache.get([t.image_paths[i] for i in idx], t.boxes[idx])
+        seqs.append(normalize(crops, encoder.preprocess))
+    return encoder.embed_sequences(seqs)
+
+
+def color_histogram_tracklets(
+    tracklets: list[Tracklet], cache_dir: Path, stride: int = 4
+) -> np.ndarray:
+    """The non-learned reference row: centre-of-crop RGB histograms → (N, 512)."""
+    cache = CropCache(cache_dir, HISTOGRAM_CROP)
+    return np.stack(
+        [
+            color_histogram_embedding(cache.get(list(t.image_paths[::stride]), t.boxes[::stride]))
+            for t in tracklets
+        ]
+    )
+
+
+def _evaluate_embeddings(
+    name: str, emb: np.ndarray, identities: list[str], protocols: Iterable[str], out: Path
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": name}
+    if "retrieval" in protocols:
+        row["retrieval"] = retrieval_metrics(emb, identities).to_json_dict()
+    if "reid" in protocols:
+        reid = reid_metrics(emb, identities)
+        row["reid"] = reid.to_json_dict()
+        row["reid"]["curves"] = [str(p) for p in save_curves_png(reid, out / f"{name}", title=name)]
+    return row
+
+
+def evaluate(
+    data: Path,
+    split: str,
+    models: Mapping[str, Path],
+    out: Path,
+    protocols: Iterable[str] = ("retrieval", "reid"),
+    reference_rows: bool = True,
+    tracklet_config: TrackletConfig | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the protocols on ``data``'s ``split`` for each named ONNX encoder.
+
+    Returns (and writes to ``out/results.json``) a dict with the environment,
+    the dataset summary and one row per model / reference.
+    """
+    protocols = tuple(protocols)
+    unknown = set(protocols) - {"retrieval", "reid"}
+    if unknown:
+        raise InvalidInputError(
+            f"unknown protocol(s) {sorted(unknown)}; choose retrieval and/or reid"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = cache_dir or out / "crop_cache"
+    tracklets = load_coco_split(data, split).tracklets(tracklet_config or TrackletConfig())
+    if len(tracklets) < 2:
+        raise InvalidInputError(
+            f"{data} split {split!r} has {len(tracklets)} tracklet(s); need at least 2"
+        )
+    identities = [str(t.identity_id) for t in tracklets]
+    rows = []
+    if reference_rows:
+        chance: dict[str, Any] = {"name": "chance"}
+        if "retrieval" in protocols:
+            chance["retrieval"] = {"map": chance_retrieval_map(identities)}
+        if "reid" in protocols:
+            n_pos = sum(a == b for i, a in enumerate(identities) for b in identities[i + 1 :])
+            n_pairs = len(identities) * (len(identities) - 1) // 2
+            chance["reid"] = {"auroc": 0.5, "aupr": chance_average_precision(n_pairs, n_pos)}
+        rows.append(chance)
+        t0 = time.perf_counter()
+        hist = color_histogram_tracklets(tracklets, cache_dir)
+        row = _evaluate_embeddings("color_histogram", hist, identities, protocols, out)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+    for name, path in models.items():
+        encoder = OnnxEncoder(path)
+        t0 = time.perf_counter()
+        emb = embed_tracklets_onnx(encoder, tracklets, cache_dir, progress=progress)
+        row = _evaluate_embeddings(name, emb, identities, protocols, out)
+        row.update(
+            model=str(path), encoder_version=encoder.version, seconds=time.perf_counter() - t0
+        )
+        rows.append(row)
+    results = {
+        "data": str(data),
+        "split": split,
+        "n_tracklets": len(tracklets),
+        "n_identities": len(set(identities)),
+        "environment": environment(),
+        "rows": rows,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    return results
+
+
+def format_table(results: Mapping[str, Any], protocol: str | None = None) -> str:
+    """A Markdown table of the rows (mAP, HR@1, HR@5, AUROC, AUPR as available)."""
+    header = "| row | mAP | HR@1 | HR@5 | AUROC | AUPR |"
+    lines = [header, "|---|---|---|---|---|---|"]
+
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, int | float) else "–"
+
+    for row in results["rows"]:
+        r = row.get("retrieval", {}) if protocol in (None, "retrieval") else {}
+        d = row.get("reid", {}) if protocol in (None, "reid") else {}
+        hr = r.get("hit_rate", {})
+        lines.append(
+            f"| {row['name']} | {fmt(r.get('map'))} | {fmt(hr.get('1', hr.get(1)))} | "
+            f"{fmt(hr.get('5', hr.get(5)))} | {fmt(d.get('auroc'))} | {fmt(d.get('aupr'))} |"
+        )
+    return "\n".join(lines)

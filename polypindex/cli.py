@@ -1,0 +1,308 @@
+"""The ``polypindex`` command line. Each command parses its options and calls one
+library function; heavy imports (torch, the web stack) happen inside commands so
+``polypindex --help`` is instant and serving never imports torch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from model.errors import PolypIndexError
+from polypindex.paths import layout
+
+app = typer.Typer(
+    name="polypindex",
+    help="Self-supervised tracklet embeddings for colonoscopy polyp re-identification.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(
+    help="Offline evaluation (SPEC §6) and speed benchmarks.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="Artefact folder (default: $POLYPINDEX_HOME or ./var)."),
+]
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"override {pair!r} must look like key=value (e.g. epochs=3)")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output dataset folder (images/ + annotations/).")],
+    seed: Annotated[int, typer.Option(help="Random seed; same seed gives the same dataset.")] = 0,
+    procedures: Annotated[int, typer.Option(help="Number of procedures (videos).")] = 20,
+    frames: Annotated[int, typer.Option(help="Frames per procedure.")] = 600,
+    width: Annotated[int, typer.Option(help="Frame width in pixels.")] = 320,
+    height: Annotated[int, typer.Option(help="Frame height in pixels.")] = 256,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: up to 2).")
+    ] = None,
+) -> None:
+    """Generate a synthetic colonoscopy dataset in the COCO-with-video format."""
+    from polypindex.synth import SynthConfig, generate
+
+    try:
+        kwargs: dict[str, Any] = dict(
+            n_procedures=procedures,
+            frames_per_procedure=frames,
+            image_width=width,
+            image_height=height,
+            seed=seed,
+        )
+        if workers is not None:
+            kwargs["workers"] = workers
+        report = generate(out, SynthConfig(**kwargs))
+    except (PolypIndexError, ValueError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(json.dumps({k: report[k] for k in report if k != "config"}, indent=2, default=str))
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset folder with train/val splits.")],
+    out: Annotated[Path, typer.Option(help="Output folder for encoder.pt, history.json, logs.")],
+    config: Annotated[
+        str,
+        typer.Option(
+            help="Named config in training/configs (demo, paper, supervised...) or a YAML path."
+        ),
+    ] = "demo",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config field: key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """Train the tracklet encoder (self-supervised by default) and keep the best checkpoint."""
+    from training.train import load_train_config
+    from training.train import train as run_train
+
+    try:
+        overrides = _parse_overrides(set_ or [])
+        overrides.update(data_root=str(data), out_dir=str(out))
+        result = run_train(load_train_config(config, overrides))
+    except (PolypIndexError, ValueError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"best checkpoint: {result.best_checkpoint}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="encoder.pt written by `polypindex train`.")],
+    out: Annotated[Path, typer.Option(help="Output .onnx path.")],
+    reid_threshold: Annotated[
+        float | None, typer.Option(help="Override the stored same-polyp threshold.")
+    ] = None,
+) -> None:
+    """Export the encoder to ONNX (dynamic batch and length) and check parity with torch."""
+    from model.export import export_onnx
+
+    try:
+        report = export_onnx(checkpoint, out, reid_threshold=reid_threshold)
+    except PolypIndexError as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"wrote {report.path} (encoder {report.encoder_version}); "
+        f"torch vs ONNX Runtime max |diff| = {report.max_abs_diff:.2e}"
+    )
+
+
+@app.command()
+def index(
+    data: Annotated[Path, typer.Argument(help="COCO dataset folder (images/ + annotations/).")],
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split(s) to index (repeatable; default: test).")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Encoder .onnx (default: the demo model).")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite under --home).")
+    ] = None,
+    index_dir: Annotated[
+        Path | None, typer.Option(help="FAISS index folder (default: under --home).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Re-embed procedures that are already indexed.")
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Index the procedures of a dataset: tracklets → embeddings → SQL rows + FAISS index."""
+    from indexer.pipeline import index_dataset
+    from indexer.store import Store
+    from model.runtime import OnnxEncoder
+
+    lay = layout(home)
+    try:
+        encoder = OnnxEncoder(model or lay.demo_model_dir / "encoder.onnx")
+        store = Store(database_url or lay.database_url)
+        for s in split or ["test"]:
+            report = index_dataset(data, s, store, index_dir or lay.index_dir, encoder, force=force)
+            typer.echo(
+                json.dumps(
+                    report.to_dict() if hasattr(report, "to_dict") else vars(report), default=str
+                )
+            )
+    except PolypIndexError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def delete(
+    procedure_uid: Annotated[str, typer.Argument(help="UID of the procedure to remove.")],
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite under --home).")
+    ] = None,
+    index_dir: Annotated[
+        Path | None, typer.Option(help="FAISS index folder (default: under --home).")
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Remove a procedure's rows and its vectors from the index."""
+    from indexer.pipeline import delete_procedure
+    from indexer.store import Store
+
+    lay = layout(home)
+    try:
+        removed = delete_procedure(
+            procedure_uid, Store(database_url or lay.database_url), index_dir or lay.index_dir
+        )
+    except PolypIndexError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"deleted procedure {procedure_uid}: {len(removed)} tracklets removed")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    model: Annotated[
+        Path | None, typer.Option(help="Encoder .onnx (default: the demo model).")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite under --home).")
+    ] = None,
+    index_dir: Annotated[
+        Path | None, typer.Option(help="FAISS index folder (default: under --home).")
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Serve the HTTP API (search, re-identification, health) with uvicorn."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    lay = layout(home)
+    settings = Settings(
+        home=lay.home,
+        model_path=model or lay.demo_model_dir / "encoder.onnx",
+        database_url=database_url or lay.database_url,
+        index_dir=index_dir or lay.index_dir,
+    )
+    uvicorn.run(create_app(settings), host=host, port=port)
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="Build everything, then exit.")
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Synthetic data → demo model (built once) → index → API. What `make serve` runs."""
+    from polypindex.demo import build_demo
+
+    lay = layout(home)
+    try:
+        build_demo(lay)
+    except PolypIndexError as exc:
+        raise _fail(exc) from exc
+    if not no_serve:
+        serve(host=host, port=port, model=None, database_url=None, index_dir=None, home=lay.home)
+
+
+@bench_app.command("retrieval")
+def bench_retrieval(
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    model: Annotated[
+        list[str], typer.Option(help="Encoder .onnx, or a name=path pair; repeatable.")
+    ],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    out: Annotated[Path, typer.Option(help="Output folder for JSON and PNGs.")] = Path("var/bench"),
+    reference_rows: Annotated[
+        bool, typer.Option(help="Add chance and colour-histogram rows.")
+    ] = True,
+) -> None:
+    """Retrieval protocol (mAP, HR@1, HR@5) on a split, with reference rows."""
+    _bench("retrieval", data, model, split, out, reference_rows)
+
+
+@bench_app.command("reid")
+def bench_reid(
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    model: Annotated[
+        list[str], typer.Option(help="Encoder .onnx, or a name=path pair; repeatable.")
+    ],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    out: Annotated[Path, typer.Option(help="Output folder for JSON and PNGs.")] = Path("var/bench"),
+    reference_rows: Annotated[
+        bool, typer.Option(help="Add chance and colour-histogram rows.")
+    ] = True,
+) -> None:
+    """Re-identification protocol (AUROC, AUPR, ROC/PR curves) on a split."""
+    _bench("reid", data, model, split, out, reference_rows)
+
+
+def _bench(
+    kind: str, data: Path, models: list[str], split: str, out: Path, reference_rows: bool
+) -> None:
+    from benchmarks.protocols import evaluate, format_table
+
+    named = {}
+    for m in models:
+        name, _, path = m.rpartition("=") if "=" in m else (Path(m).stem, "", m)
+        named[name] = Path(path)
+    try:
+        results = evaluate(
+            data, split, named, out, protocols=(kind,), reference_rows=reference_rows
+        )
+    except PolypIndexError as exc:
+        raise _fail(exc) from exc
+    typer.echo(format_table(results, kind))
+    typer.echo(f"results written under {out}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
