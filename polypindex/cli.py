@@ -211,7 +211,6 @@ def serve(
 ) -> None:
     """Serve the HTTP API (search, re-identification, health) with uvicorn."""
     import uvicorn
-
     from service.app import create_app
     from service.settings import Settings
 

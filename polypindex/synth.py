@@ -264,8 +264,10 @@ def _mucosa(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             float(rng.uniform(0.4, 1.0)),
             thickness=int(rng.integers(1, 3)),
         )
-    vessels = cv2.GaussianBlur(vessels, (3, 3), 0)[..., None]
-    canvas = canvas * (1 - 0.35 * vessels) + np.array([150, 30, 40], np.float32) * 0.35 * vessels
+    vessel_mask = cv2.GaussianBlur(vessels, (3, 3), 0)[..., None]
+    canvas = (
+        canvas * (1 - 0.35 * vessel_mask) + np.array([150, 30, 40], np.float32) * 0.35 * vessel_mask
+    )
     canvas += rng.normal(0, 3, size=canvas.shape).astype(np.float32)
     return np.clip(canvas, 0, 255)
 
@@ -409,8 +411,11 @@ def _render_procedure(args: tuple[int, SynthConfig, list[PolypSpec], str]) -> di
             st.angle += st.spin
             scale = diameter / (0.66 * SPRITE)
             rgb, alpha = sprites[spec.identity_id]
-            m = cv2.getRotationMatrix2D(((SPRITE - 1) / 2, (SPRITE - 1) / 2), st.angle, scale)
-            m[:, 2] += st.center - (SPRITE - 1) / 2
+            m = np.asarray(
+                cv2.getRotationMatrix2D(((SPRITE - 1) / 2, (SPRITE - 1) / 2), st.angle, scale),
+                np.float64,
+            )
+            m[:, 2] = m[:, 2] + st.center - (SPRITE - 1) / 2
             a = cv2.warpAffine(alpha, m, (w, h), flags=cv2.INTER_LINEAR)
             ys, xs = np.nonzero(a > 0.5)
             if len(xs) < 4:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_labels_cover_both_classes_and_tracklets_interleave() -> None:
     interleaved = 0
     for proc in procs:
         runs = sorted((s, p.identity_id) for p in proc for s, _ in p.runs)
-        interleaved += sum(a[1] != b[1] for a, b in zip(runs, runs[1:], strict=False))
+        interleaved += sum(a[1] != b[1] for a, b in itertools.pairwise(runs))
     assert interleaved > 10
 
 
