@@ -1,0 +1,210 @@
+"""Contrastive losses (SPEC §5): MIL-NCE over noisy temporal bags, and the supervised
+multi-positive contrastive loss it is compared against.
+
+All losses take cosine similarities over a temperature, exclude self pairs, and
+compute in float32 whatever the input dtype (safe under mixed precision).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.errors import ConfigError, InvalidInputError
+
+
+def _pair_masks(
+    embeddings: Tensor, labels: Tensor, ignore_mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cosine-similarity logits and the (N, N) masks of candidate and positive pairs."""
+    if embeddings.ndim != 2:
+        raise InvalidInputError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
+    n = embeddings.shape[0]
+    if labels.shape != (n,):
+        raise InvalidInputError(
+            f"labels must be ({n},) to match embeddings, got {tuple(labels.shape)}"
+        )
+    z = F.normalize(embeddings.float(), dim=-1)
+    sim = z @ z.T
+    eye = torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    valid = ~eye
+    if ignore_mask is not None:
+        if ignore_mask.shape != (n, n):
+            raise InvalidInputError(
+                f"ignore_mask must be ({n}, {n}), got {tuple(ignore_mask.shape)}"
+            )
+        valid = valid & ~ignore_mask.to(device=embeddings.device, dtype=torch.bool)
+    positive = valid & (labels[:, None] == labels[None, :])
+    return sim, valid, positive
+
+
+def mil_nce(
+    embeddings: Tensor,
+    bag_labels: Tensor,
+    temperature: float = 0.07,
+    ignore_mask: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """MIL-NCE: per anchor, −(logsumexp over its bag members − logsumexp over all others).
+
+    For anchor ``i`` with positives ``P_i = {j ≠ i : label_j = label_i}`` and
+    candidates ``A_i = {j ≠ i}`` (both minus ignored pairs),
+    ``loss_i = −(LSE_{j∈P_i} s_ij − LSE_{j∈A_i} s_ij)`` with ``s_ij = cos(z_i, z_j) / τ``.
+
+    Args:
+        embeddings: (N, D) vectors (normalised here).
+        bag_labels: (N,) int labels; items sharing a label are positives.
+        temperature: τ.
+        ignore_mask: optional (N, N) bool, True where a pair is excluded from both
+            sums (e.g. the same fragment drawn into two bags).
+        reduction: ``"mean"`` or ``"none"``.
+
+    Returns:
+        ``"mean"``: scalar, the mean over anchors with at least one positive (0 if
+        none). ``"none"``: (N,) per-anchor losses, 0 for anchors without a positive.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    if reduction not in ("mean", "none"):
+        raise ConfigError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    sim, valid, positive = _pair_masks(embeddings, bag_labels, ignore_mask)
+    logits = sim / temperature
+    neg_inf = torch.finfo(logits.dtype).min
+    pos_lse = torch.logsumexp(logits.masked_fill(~positive, neg_inf), dim=1)
+    all_lse = torch.logsumexp(logits.masked_fill(~valid, neg_inf), dim=1)
+    has_pos = positive.any(dim=1)
+    per_anchor = torch.where(has_pos, all_lse - pos_lse, torch.zeros_like(pos_lse))
+    if reduction == "none":
+        return per_anchor
+    if not bool(has_pos.any()):
+        return embeddings.sum() * 0.0
+    return per_anchor[has_pos].mean()
+
+
+def multi_positive_contrastive(
+    embeddings: Tensor,
+    labels: Tensor,
+    temperature: float = 0.07,
+    ignore_mask: Tensor | None = None,
+) -> Tensor:
+    """Supervised multi-positive contrastive loss.
+
+    Cross-entropy between the softmax over non-self similarities and a target spread
+    uniformly over the same-label non-self items:
+    ``loss_i = −(1/|P_i|) Σ_{j∈P_i} log softmax_{k∈A_i}(s_ik)_j``.
+
+    Args:
+        embeddings: (N, D) vectors (normalised here).
+        labels: (N,) int labels.
+        temperature: τ.
+        ignore_mask: optional (N, N) bool of pairs to exclude.
+
+    Returns:
+        Scalar: the mean over anchors with at least one positive (0 if none).
+    """
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    sim, valid, positive = _pair_masks(embeddings, labels, ignore_mask)
+    logits = (sim / temperature).masked_fill(~valid, torch.finfo(sim.dtype).min)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    n_pos = positive.sum(dim=1)
+    has_pos = n_pos > 0
+    if not bool(has_pos.any()):
+        return embeddings.sum() * 0.0
+    pos_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
+
+
+class MilNceLoss(nn.Module):
+    """The three-term MIL-NCE of SPEC §5 over projected tokens.
+
+    1. fragment level: CLS projections, labelled by bag;
+    2. frame level across fragments: every frame token labelled by its bag
+       (optionally ignoring pairs of frames from the same fragment);
+    3. frame level within a fragment: frames of one fragment are positives.
+
+    Args:
+        temperature: τ of every term.
+        fragment_weight: weight of term 1.
+        frame_across_weight: weight of term 2 (0 skips it).
+        frame_within_weight: weight of term 3 (0 skips it).
+        ignore_same_fragment_pairs: in term 2, exclude pairs of frames of one
+            fragment, so the positives are frames of the *other* bag members.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        fragment_weight: float = 1.0,
+        frame_across_weight: float = 1.0,
+        frame_within_weight: float = 1.0,
+        ignore_same_fragment_pairs: bool = True,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        weights = {
+            "fragment_weight": fragment_weight,
+            "frame_across_weight": frame_across_weight,
+            "frame_within_weight": frame_within_weight,
+        }
+        negative = {k: v for k, v in weights.items() if v < 0}
+        if negative:
+            raise ConfigError(f"loss weights must be >= 0, got {negative}")
+        if sum(weights.values()) <= 0:
+            raise ConfigError("at least one MIL-NCE term needs a positive weight")
+        self.temperature = temperature
+        self.fragment_weight = fragment_weight
+        self.frame_across_weight = frame_across_weight
+        self.frame_within_weight = frame_within_weight
+        self.ignore_same_fragment_pairs = ignore_same_fragment_pairs
+
+    def forward(
+        self, projections: Tensor, bag_labels: Tensor, ignore_mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Weighted sum of the three terms.
+
+        Args:
+            projections: (b, 1+s, d_proj), token 0 the CLS projection.
+            bag_labels: (b,) int bag label per fragment.
+            ignore_mask: optional (b, b) bool of fragment pairs to exclude in terms 1
+                and 2 (e.g. one fragment drawn into two bags of the batch).
+
+        Returns:
+            ``(loss, terms)`` with ``terms`` holding each unweighted term (detached).
+        """
+        if projections.ndim != 3 or projections.shape[1] < 2:
+            raise InvalidInputError(
+                f"projections must be (b, 1+s, d) with s >= 1, got {tuple(projections.shape)}"
+            )
+        b, t, d = projections.shape
+        s = t - 1
+        device = projections.device
+        terms: dict[str, Tensor] = {}
+        total = projections.new_zeros((), dtype=torch.float32)
+        if self.fragment_weight > 0:
+            frag = mil_nce(projections[:, 0], bag_labels, self.temperature, ignore_mask)
+            terms["fragment"] = frag.detach()
+            total = total + self.fragment_weight * frag
+        frames = projections[:, 1:].reshape(b * s, d)
+        fragment_of = torch.arange(b, device=device).repeat_interleave(s)
+        if self.frame_across_weight > 0:
+            frame_ignore = None
+            if ignore_mask is not None:
+                frame_ignore = ignore_mask.to(device=device, dtype=torch.bool)[fragment_of][
+                    :, fragment_of
+                ]
+            if self.ignore_same_fragment_pairs:
+                same = fragment_of[:, None] == fragment_of[None, :]
+                frame_ignore = same if frame_ignore is None else frame_ignore | same
+            across = mil_nce(
+                frames, bag_labels.to(device)[fragment_of], self.temperature, frame_ignore
+            )
+            terms["frame_across"] = across.detach()
+            total = total + self.frame_across_weight * across
+        if self.frame_within_weight > 0 and s > 1:
+            within = mil_nce(frames, fragment_of, self.temperature)
+            terms["frame_within"] = within.detach()
+            total = total + self.frame_within_weight * within
+        return total, terms

@@ -1,0 +1,190 @@
+"""The LightningModule: HMVE + a training-only projector, trained with MIL-NCE or the
+supervised multi-positive loss, validated by retrieval mAP on whole tracklets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.encoder import HMVE, EncoderConfig
+from model.errors import ConfigError, InvalidInputError
+from model.evaluation import retrieval_metrics
+from training.losses import MilNceLoss, multi_positive_contrastive
+
+LOSS_KINDS = ("mil_nce", "multi_positive")
+
+
+class Projector(nn.Module):
+    """``d_model → d_model → ReLU → d_proj``, applied to every token (not exported)."""
+
+    def __init__(self, d_model: int, d_proj: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.ReLU(inplace=True), nn.Linear(d_model, d_proj)
+        )
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """``[..., d_model] → [..., d_proj]``."""
+        return self.net(tokens)
+
+
+def duplicate_fragment_mask(fragment_ids: Tensor) -> Tensor:
+    """(B, B) bool: off-diagonal pairs that are the same fragment drawn twice in a batch."""
+    same = fragment_ids[:, None] == fragment_ids[None, :]
+    return same & ~torch.eye(len(fragment_ids), dtype=torch.bool, device=fragment_ids.device)
+
+
+class HmveModule(L.LightningModule):
+    """HMVE encoder + projector.
+
+    Args:
+        encoder_config: the HMVE architecture.
+        loss: ``"mil_nce"`` (three-term, bag labels) or ``"multi_positive"``
+            (fragment level, labels = bag labels; identity codes with identity bags).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        d_proj: projector output size.
+        loss_temperature: τ of the contrastive losses.
+        fragment_weight, frame_across_weight, frame_within_weight,
+        ignore_same_fragment_pairs: :class:`training.losses.MilNceLoss` settings.
+
+    Batches: training ``(frames [B, s, 3, H, W], labels [B], fragment ids [B])``;
+    validation loader 0 ``(frames [b, s, 3, H, W], tracklet idx [b], identity code [b])``
+    (embedded for mAP), loader 1 like training (val loss).
+
+    After each validation epoch, :attr:`last_eval` holds ``val_map``, ``val_hit_rate_1``,
+    ``val_hit_rate_5`` and ``val_loss`` (NaN without val bags).
+    """
+
+    def __init__(
+        self,
+        encoder_config: EncoderConfig,
+        loss: str = "mil_nce",
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        d_proj: int = 128,
+        loss_temperature: float = 0.07,
+        fragment_weight: float = 1.0,
+        frame_across_weight: float = 1.0,
+        frame_within_weight: float = 1.0,
+        ignore_same_fragment_pairs: bool = True,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSS_KINDS:
+            raise ConfigError(f"unknown loss {loss!r}; choose one of {LOSS_KINDS}")
+        if lr <= 0 or weight_decay < 0:
+            raise ConfigError(
+                f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}"
+            )
+        self.save_hyperparameters(
+            {
+                "encoder_config": encoder_config.to_dict(),
+                "loss": loss,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "d_proj": d_proj,
+                "loss_temperature": loss_temperature,
+            }
+        )
+        self.encoder_config = encoder_config
+        self.encoder = HMVE(encoder_config)
+        self.projector = Projector(encoder_config.d_model, d_proj)
+        self.loss_kind = loss
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.loss_temperature = loss_temperature
+        self.mil_nce = MilNceLoss(
+            loss_temperature,
+            fragment_weight,
+            frame_across_weight,
+            frame_within_weight,
+            ignore_same_fragment_pairs,
+        )
+        self.last_eval: dict[str, float] = {}
+        self._train_losses: list[float] = []
+        self._val_losses: list[float] = []
+        self._val_embeddings: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """``[b, s, 3, H, W] → [b, 1+s, d_proj]`` projected tokens."""
+        return self.projector(self.encoder(frames))
+
+    def compute_loss(
+        self, frames: Tensor, labels: Tensor, fragment_ids: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The configured loss on one bag batch; pairs of one fragment drawn twice are ignored."""
+        proj = self(frames)
+        ignore = duplicate_fragment_mask(fragment_ids)
+        if self.loss_kind == "mil_nce":
+            return self.mil_nce(proj, labels, ignore)
+        loss = multi_positive_contrastive(proj[:, 0], labels, self.loss_temperature, ignore)
+        return loss, {"multi_positive": loss.detach()}
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        frames, labels, fragment_ids = batch
+        loss, terms = self.compute_loss(frames, labels, fragment_ids)
+        size = frames.shape[0]
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        for name, value in terms.items():
+            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+        self._train_losses.append(float(loss.detach()))
+        return loss
+
+    @property
+    def epoch_train_loss(self) -> float:
+        """Mean training loss of the current (or last) epoch's batches."""
+        return float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+
+    def on_train_epoch_start(self) -> None:
+        self._train_losses = []
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_losses = []
+        self._val_embeddings = []
+
+    def validation_step(
+        self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if dataloader_idx == 0:
+            frames, tracklet_idx, identity = batch
+            emb = self.encoder.embed(frames).float()
+            self._val_embeddings.append(
+                (tracklet_idx.cpu().numpy(), emb.cpu().numpy(), identity.cpu().numpy())
+            )
+        else:
+            frames, labels, fragment_ids = batch
+            loss, _ = self.compute_loss(frames, labels, fragment_ids)
+            self._val_losses.append(float(loss))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metrics = {
+            "val_loss": float(np.mean(self._val_losses)) if self._val_losses else float("nan")
+        }
+        if self._val_embeddings:
+            order = np.concatenate([i for i, _, _ in self._val_embeddings])
+            emb = np.concatenate([e for _, e, _ in self._val_embeddings])[np.argsort(order)]
+            ident = np.concatenate([c for _, _, c in self._val_embeddings])[np.argsort(order)]
+            try:
+                result = retrieval_metrics(emb, ident.tolist())
+            except InvalidInputError:  # no polyp seen in two validation tracklets
+                metrics.update(
+                    val_map=float("nan"), val_hit_rate_1=float("nan"), val_hit_rate_5=float("nan")
+                )
+            else:
+                metrics.update(
+                    val_map=float(result.map),
+                    val_hit_rate_1=float(result.hit_rate[1]),
+                    val_hit_rate_5=float(result.hit_rate[5]),
+                )
+        self.last_eval = metrics
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name in ("val_map", "val_loss"))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
