@@ -54,7 +54,7 @@ def synth(
     out: Annotated[Path, typer.Option(help="Output dataset folder (images/ + annotations/).")],
     seed: Annotated[int, typer.Option(help="Random seed; same seed gives the same dataset.")] = 0,
     procedures: Annotated[int, typer.Option(help="Number of procedures (videos).")] = 20,
-    frames: Annotated[int, typer.Option(help="Frames per procedure.")] = 600,
+    frames: Annotated[int, typer.Option(help="Frames per procedure.")] = 1200,
     width: Annotated[int, typer.Option(help="Frame width in pixels.")] = 320,
     height: Annotated[int, typer.Option(help="Frame height in pixels.")] = 256,
     workers: Annotated[
@@ -211,6 +211,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (search, re-identification, health) with uvicorn."""
     import uvicorn
+
     from service.app import create_app
     from service.settings import Settings
 

@@ -56,13 +56,14 @@ class SynthConfig:
     """Generator settings; validated on construction."""
 
     n_procedures: int = 20
-    frames_per_procedure: int = 600
+    frames_per_procedure: int = 1200
     image_width: int = 320
     image_height: int = 256
     polyps_per_procedure: tuple[int, int] = (1, 5)
     tracklets_per_polyp: tuple[int, int] = (1, 6)
     tracklet_length: tuple[int, int] = (30, 150)
     lookalike_fraction: float = 0.3
+    interleave: float = 0.25
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     jpeg_quality: int = 90
     seed: int = 0
@@ -87,6 +88,8 @@ class SynthConfig:
                 f"frames_per_procedure ({self.frames_per_procedure}) must be at least the shortest "
                 f"tracklet ({self.tracklet_length[0]}); raise it or lower tracklet_length"
             )
+        if not 0.0 <= self.interleave <= 1.0:
+            raise bad(f"interleave must be in [0, 1], got {self.interleave}")
         if not 0.0 <= self.lookalike_fraction <= 1.0:
             raise bad(f"lookalike_fraction must be in [0, 1], got {self.lookalike_fraction}")
         if (
@@ -166,21 +169,60 @@ def _perturb(look: PolypLook, rng: np.random.Generator) -> PolypLook:
     )
 
 
-def _schedule(
-    rng: np.random.Generator, n_runs: int, config: SynthConfig
-) -> tuple[tuple[int, int], ...]:
-    """Non-overlapping runs (with gaps) of one polyp on the procedure timeline."""
-    frames = config.frames_per_procedure
+def _timeline(
+    rng: np.random.Generator, runs_per_polyp: list[int], config: SynthConfig
+) -> list[list[tuple[int, int]]]:
+    """Lay the polyps' runs on the procedure timeline, as an endoscopist's visits.
+
+    A polyp's runs are visited one after the other (the camera loses it and finds
+    it again), polyp after polyp; with probability ``interleave`` two neighbouring
+    visits swap (the camera goes back to an earlier polyp) and, when they belong to
+    different polyps, with probability ``interleave / 2`` the next visit starts
+    before the previous one ends (two polyps in view). Visits that do not fit in
+    the procedure are dropped, never a polyp's last one while another can go.
+
+    Returns:
+        Per polyp, its ``(start frame, length)`` runs in time order (may be empty).
+    """
     lo, hi = config.tracklet_length
-    runs: list[tuple[int, int]] = []
-    for _ in range(n_runs * 20):
-        if len(runs) == n_runs:
+    visits = [j for j, n in enumerate(runs_per_polyp) for _ in range(n)]
+    for i in range(len(visits) - 1):
+        if rng.random() < config.interleave:
+            visits[i], visits[i + 1] = visits[i + 1], visits[i]
+    lengths = [int(rng.integers(lo, hi + 1)) for _ in visits]
+    gaps = [0] + [
+        -int(rng.integers(5, 21))
+        if visits[i] != visits[i - 1] and rng.random() < config.interleave / 2
+        else int(rng.integers(MIN_GAP, 4 * MIN_GAP + 1))
+        for i in range(1, len(visits))
+    ]
+
+    def total() -> int:
+        return sum(lengths) + sum(gaps)
+
+    while total() > config.frames_per_procedure and len(visits) > 1:
+        counts = {v: visits.count(v) for v in visits}
+        drop = next(
+            (i for i in range(len(visits) - 1, -1, -1) if counts[visits[i]] > 1), len(visits) - 1
+        )
+        del visits[drop], lengths[drop], gaps[drop]
+        gaps[0] = 0
+        if drop < len(gaps) and drop > 0 and gaps[drop] < 0 and visits[drop] == visits[drop - 1]:
+            gaps[drop] = MIN_GAP  # a polyp never overlaps itself
+    if total() > config.frames_per_procedure:
+        lengths = [min(length, config.frames_per_procedure) for length in lengths]
+    t = int(rng.integers(0, max(0, config.frames_per_procedure - total()) + 1))
+    out: list[list[tuple[int, int]]] = [[] for _ in runs_per_polyp]
+    last_end = {j: -(10**9) for j in range(len(runs_per_polyp))}
+    for v, length, gap in zip(visits, lengths, gaps, strict=True):
+        t = max(t + gap, last_end[v] + MIN_GAP, 0)
+        length = min(length, config.frames_per_procedure - t)
+        if length < lo:
             break
-        length = int(rng.integers(lo, min(hi, frames) + 1))
-        start = int(rng.integers(0, frames - length + 1))
-        if all(start + length + MIN_GAP <= s or s + n + MIN_GAP <= start for s, n in runs):
-            runs.append((start, length))
-    return tuple(sorted(runs))
+        out[v].append((t, length))
+        last_end[v] = t + length
+        t += length
+    return out
 
 
 def plan(config: SynthConfig) -> list[list[PolypSpec]]:
@@ -191,15 +233,19 @@ def plan(config: SynthConfig) -> list[list[PolypSpec]]:
         n_polyps = int(
             rng.integers(config.polyps_per_procedure[0], config.polyps_per_procedure[1] + 1)
         )
+        n_runs = [
+            int(rng.integers(config.tracklets_per_polyp[0], config.tracklets_per_polyp[1] + 1))
+            for _ in range(n_polyps)
+        ]
+        timeline = _timeline(rng, n_runs, config)
         polyps = []
         for j in range(n_polyps):
             histology = str(rng.choice(HISTOLOGIES, p=HISTOLOGY_P))
             diminutive = rng.random() < 0.4
             size = float(rng.uniform(2.0, 5.0) if diminutive else rng.uniform(5.5, 20.0))
-            n_runs = int(
-                rng.integers(config.tracklets_per_polyp[0], config.tracklets_per_polyp[1] + 1)
-            )
-            runs = _schedule(rng, n_runs, config)
+            runs = tuple(timeline[j])
+            if not runs:
+                continue
             polyps.append(
                 PolypSpec(
                     identity_id=f"{p + 1:03d}-001_p{j + 1}",
