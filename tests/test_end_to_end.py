@@ -31,7 +31,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     generate(
         data,
         SynthConfig(
-            n_procedures=5, frames_per_procedure=300, image_width=128, image_height=104, seed=7, workers=1
+            n_procedures=5,
+            frames_per_procedure=300,
+            image_width=128,
+            image_height=104,
+            seed=7,
+            workers=1,
         ),
         progress=False,
     )
@@ -48,7 +53,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for split in SPLITS:
         index_dataset(data, split, store, root / "index", encoder, progress=False)
     store.close()
-    return {"root": root, "data": data, "onnx": onnx_path, "db": Path(db_url.removeprefix("sqlite:///"))}
+    return {
+        "root": root,
+        "data": data,
+        "onnx": onnx_path,
+        "db": Path(db_url.removeprefix("sqlite:///")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +118,10 @@ def test_query_by_frames_matches_query_by_id(client: TestClient, built: dict[str
         if t.key == record.key and proc.uid.endswith(t.sequence_id)
     )
     frames = [
-        {"image_b64": base64.b64encode(Path(p).read_bytes()).decode(), "bbox": [float(v) for v in b]}
+        {
+            "image_b64": base64.b64encode(Path(p).read_bytes()).decode(),
+            "bbox": [float(v) for v in b],
+        }
         for p, b in zip(tracklet.image_paths, tracklet.boxes, strict=True)
     ]
     by_frames = client.post("/search", json={"query": {"frames": frames}, "k": 3}).json()["results"]
