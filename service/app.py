@@ -1,0 +1,89 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Nothing is loaded at import time. The lifespan loads the ONNX encoder, opens the
+store and the vector index (catching up from the store) and puts them on
+``app.state`` (``settings``, ``encoder``, ``store``, ``index``, ``problems``). If
+one cannot be loaded the app still starts: ``GET /healthz`` says "degraded" and
+why, and the endpoints that need it answer 503 ``not_ready``.
+
+An encoder placed on ``app.state.encoder`` before start-up is used instead of
+loading ``settings.model_path`` (tests, other runtimes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.backend import load_resources
+from service.errors import install_error_handlers
+from service.routers import health, reid, search
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Colonoscopy polyp re-identification over indexed tracklets.
+
+- `POST /search`: the nearest indexed tracklets of a query tracklet (by id, frames or embedding).
+- `POST /reid`: whether two tracklets show the same polyp.
+- `GET /healthz`: what is loaded; when degraded, what is missing and how to build it.
+
+Every error has the body `{"error": {"code": "...", "message": "..."}}`.
+"""
+
+
+def _version() -> str:
+    try:
+        return package_version("polypindex")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model, store and index load when it starts (``lifespan``).
+
+    Args:
+        settings: the service settings; default: read from ``POLYPINDEX_*`` environment variables.
+    """
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        injected = getattr(app.state, "encoder", None)
+        resources = await run_in_threadpool(load_resources, settings, injected)
+        app.state.encoder = resources.encoder
+        app.state.store = resources.store
+        app.state.index = resources.index
+        app.state.problems = resources.problems
+        if resources.problems:
+            logger.warning("starting degraded: %s", "; ".join(resources.problems.values()))
+        try:
+            yield
+        finally:
+            resources.close()
+            app.state.store = None
+            app.state.index = None
+
+    app = FastAPI(
+        title="PolypIndex",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.encoder = None
+    app.state.store = None
+    app.state.index = None
+    app.state.problems = {"startup": "the service has not started yet"}
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(search.router)
+    app.include_router(reid.router)
+    return app

@@ -1,0 +1,338 @@
+"""Everything the service does with the model runtime and the read side of the indexer.
+
+This is the only module of ``service/`` that touches ``indexer`` (``Store``,
+``VectorIndex``), so a change there is adapted here. Routers receive the loaded
+objects through :mod:`service.deps` and call these functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from indexer.store import Store, TrackletRecord
+from indexer.vector_index import VectorIndex
+from model.errors import (
+    EncoderMismatchError,
+    ImageReadError,
+    IndexNotReadyError,
+    InvalidInputError,
+    PolypIndexError,
+    ProcedureNotFoundError,
+)
+from model.preprocess import decode_image
+from service.errors import field_error
+from service.schemas import FrameInput, TrackletInput
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Encoder",
+    "Resources",
+    "Store",
+    "TrackletRecord",
+    "VectorIndex",
+    "decode_frames",
+    "embed_input",
+    "load_resources",
+    "search",
+]
+
+HOW_TO_BUILD_MODEL = (
+    "build the demo model with `polypindex demo`, or point POLYPINDEX_MODEL_PATH "
+    "(`polypindex serve --model`) at an exported encoder.onnx"
+)
+HOW_TO_BUILD_INDEX = "index procedures with `polypindex index` (or run `polypindex demo`)"
+
+
+class Encoder(Protocol):
+    """What the service needs of an encoder (``model.runtime.OnnxEncoder`` in production)."""
+
+    version: str
+    dim: int
+    reid_threshold: float
+
+    def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        """RGB uint8 frames + ``(s, 4)`` boxes → float32 ``(D,)``, L2-normalised."""
+        ...
+
+
+@dataclass
+class Resources:
+    """What the lifespan loaded; ``None`` where loading failed, with the reason in ``problems``."""
+
+    encoder: Encoder | None = None
+    store: Store | None = None
+    index: VectorIndex | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resources:
+    """Load the encoder, open the store and the index; never raises.
+
+    Args:
+        settings: where the artefacts are.
+        encoder: an already built encoder to use instead of loading ``settings.model_path``.
+
+    Returns:
+        The loaded objects; each missing one has a message in ``problems``
+        (keys ``"model"``, ``"store"``, ``"index"``) saying what is missing and how to build it.
+    """
+    res = Resources(encoder=encoder)
+    if res.encoder is None:
+        from model.runtime import OnnxEncoder
+
+        try:
+            res.encoder = OnnxEncoder(settings.model_path)
+        except PolypIndexError as exc:
+            res.problems["model"] = f"encoder model not loaded: {exc}; {HOW_TO_BUILD_MODEL}"
+            logger.warning("%s", res.problems["model"])
+    try:
+        res.store = Store(settings.database_url)
+        res.store.count_tracklets()
+    except Exception as exc:
+        logger.exception("cannot open the database")
+        if res.store is not None:
+            res.store.close()
+            res.store = None
+        res.problems["store"] = (
+            f"database not available: {type(exc).__name__}: {exc}; check POLYPINDEX_DATABASE_URL, "
+            f"then {HOW_TO_BUILD_INDEX}"
+        )
+    if res.encoder is None or res.store is None:
+        res.problems["index"] = (
+            "vector index not loaded: it needs the encoder model and the database"
+        )
+        return res
+    try:
+        res.index = VectorIndex.open_or_rebuild(
+            settings.index_dir, res.store, res.encoder.version, res.encoder.dim
+        )
+    except Exception as exc:
+        logger.exception("cannot open the vector index")
+        res.problems["index"] = (
+            f"vector index not loaded from {settings.index_dir}: {exc}; rebuild it: {HOW_TO_BUILD_INDEX}"
+        )
+    return res
+
+
+# -- reads -------------------------------------------------------------------------------
+
+
+def index_size(index: VectorIndex) -> int:
+    return len(index)
+
+
+def store_ok(store: Store) -> bool:
+    """Whether the database answers a query now."""
+    try:
+        store.count_tracklets()
+    except Exception:
+        logger.exception("the database does not answer")
+        return False
+    return True
+
+
+def empty_index_problem(index: VectorIndex, encoder: Encoder) -> str | None:
+    if len(index) == 0:
+        return f"the index holds no tracklets of encoder {encoder.version!r}; {HOW_TO_BUILD_INDEX}"
+    return None
+
+
+def require_searchable(index: VectorIndex, encoder: Encoder) -> None:
+    """Raise IndexNotReadyError when the index is empty."""
+    problem = empty_index_problem(index, encoder)
+    if problem:
+        raise IndexNotReadyError(problem)
+
+
+def get_tracklet(store: Store, tracklet_id: int) -> TrackletRecord:
+    """The stored tracklet; TrackletNotFoundError (404) when unknown."""
+    return store.get_tracklet(tracklet_id)
+
+
+def get_tracklets(store: Store, ids: Sequence[int]) -> dict[int, TrackletRecord]:
+    return store.get_tracklets(ids)
+
+
+def procedure_tracklet_ids(store: Store, uid: str) -> list[int]:
+    return store.tracklet_ids_for_procedure(uid)
+
+
+def tracklet_ids_of_procedures(store: Store, uids: Sequence[str]) -> set[int]:
+    """The tracklet ids of these procedures; ProcedureNotFoundError (404) names unknown UIDs."""
+    ids: set[int] = set()
+    empty = []
+    for uid in dict.fromkeys(uids):
+        found = store.tracklet_ids_for_procedure(uid)
+        if not found:
+            empty.append(uid)
+        ids.update(found)
+    if empty:
+        known = {p.uid for p in store.list_procedures()}
+        unknown = [uid for uid in empty if uid not in known]
+        if unknown:
+            raise ProcedureNotFoundError(f"no procedure with uid {', '.join(map(repr, unknown))}")
+    return ids
+
+
+def search(
+    index: VectorIndex,
+    query: np.ndarray,
+    k: int,
+    exclude: set[int],
+    allowed: set[int] | None = None,
+) -> list[tuple[int, float]]:
+    """Top-``k`` ``(id, cosine)`` of one query, best first.
+
+    Args:
+        index: the loaded index.
+        query: float32 ``(D,)``.
+        k: results wanted.
+        exclude: ids never returned.
+        allowed: when given, only these ids are returned; the search widens until
+            ``k`` of them are found or the whole index was ranked, so filtering
+            never returns fewer results than available.
+    """
+    n = len(index)
+    if n == 0:
+        return []
+    want = k
+    if allowed is not None:
+        allowed = allowed - exclude
+        want = min(k, len(allowed))
+        if want == 0:
+            return []
+    fetch = min(n, want if allowed is None else max(4 * want, want + 64))
+    while True:
+        hits = index.search(query, fetch, exclude_ids=exclude or None)[0]
+        if allowed is not None:
+            hits = [(i, s) for i, s in hits if i in allowed]
+        if len(hits) >= want or fetch >= n:
+            return hits[:want]
+        fetch = min(n, fetch * 4)
+
+
+# -- query embedding ---------------------------------------------------------------------
+
+
+def _b64_bytes(text: str, where: str, max_bytes: int) -> bytes:
+    if text.startswith("data:") and "," in text[:100]:
+        text = text.split(",", 1)[1]
+    text = "".join(text.split())  # line-wrapped base64
+    if len(text) // 4 * 3 > max_bytes + 2:
+        raise InvalidInputError(
+            f"{where}: the image is about {len(text) // 4 * 3} bytes, over the limit of "
+            f"{max_bytes} bytes per frame"
+        )
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"{where}: not valid base64 ({exc})") from exc
+    if len(data) > max_bytes:
+        raise InvalidInputError(
+            f"{where}: the image is {len(data)} bytes, over the limit of {max_bytes} bytes per frame"
+        )
+    return data
+
+
+def decode_frames(
+    frames: Sequence[FrameInput], where: str, settings: Settings
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Decode a query's frames: RGB uint8 ``(H, W, 3)`` images and ``(s, 4)`` float boxes.
+
+    Raises:
+        RequestValidationError: more frames than ``settings.max_frames_per_request``.
+        InvalidInputError / ImageReadError: invalid base64 or an undecodable image; the
+            message names the frame (``body.query.frames.3.image_b64: ...``).
+    """
+    if len(frames) > settings.max_frames_per_request:
+        raise field_error(
+            (*where.split("."), "frames"),
+            f"{len(frames)} frames, at most {settings.max_frames_per_request} per request",
+        )
+    images = []
+    for i, frame in enumerate(frames):
+        path = f"{where}.frames.{i}.image_b64"
+        data = _b64_bytes(frame.image_b64, path, settings.max_image_bytes)
+        try:
+            images.append(decode_image(data))
+        except ImageReadError as exc:
+            raise ImageReadError(f"{path}: {exc}") from exc
+    boxes = np.asarray([f.bbox for f in frames], dtype=np.float64).reshape(-1, 4)
+    return images, boxes
+
+
+@dataclass(frozen=True)
+class EmbeddedInput:
+    """A query tracklet as a vector, and the stored tracklet it is (if given by id)."""
+
+    vector: np.ndarray
+    record: TrackletRecord | None = None
+
+
+def embed_input(
+    value: TrackletInput,
+    where: str,
+    encoder: Encoder,
+    store: Store | None,
+    settings: Settings,
+) -> EmbeddedInput:
+    """A :class:`TrackletInput` → its float32 ``(D,)`` L2-normalised embedding.
+
+    Args:
+        value: the input (exactly one of id, frames, embedding).
+        where: its field path for messages, e.g. ``"body.query"``.
+        encoder: the loaded encoder (embeds frames; says the expected dim and version).
+        store: the store (needed for ``tracklet_id`` inputs).
+        settings: the request limits.
+
+    Raises:
+        TrackletNotFoundError: unknown id (404).
+        EncoderMismatchError: the stored tracklet was embedded by another encoder version (409).
+        RequestValidationError: wrong embedding size or too many frames (422).
+        InvalidInputError: undecodable frames (422).
+        IndexNotReadyError: a ``tracklet_id`` input while the store is not loaded (503).
+    """
+    if value.tracklet_id is not None:
+        if store is None:
+            raise IndexNotReadyError("the database is not loaded; see GET /healthz")
+        record = store.get_tracklet(value.tracklet_id)
+        if record.encoder_version != encoder.version:
+            raise EncoderMismatchError(
+                f"tracklet {record.id} was embedded by encoder {record.encoder_version!r} but the "
+                f"service runs {encoder.version!r}; re-index it with `polypindex index`"
+            )
+        return EmbeddedInput(_normalized(record.embedding, where), record)
+    if value.embedding is not None:
+        if len(value.embedding) != encoder.dim:
+            raise field_error(
+                (*where.split("."), "embedding"),
+                f"embedding has {len(value.embedding)} values; the model "
+                f"{encoder.version!r} expects {encoder.dim}",
+            )
+        return EmbeddedInput(_normalized(np.asarray(value.embedding, dtype=np.float32), where))
+    assert value.frames is not None
+    images, boxes = decode_frames(value.frames, where, settings)
+    vector = np.asarray(encoder.embed_tracklet(images, boxes), dtype=np.float32).reshape(-1)
+    return EmbeddedInput(_normalized(vector, where))
+
+
+def _normalized(vector: np.ndarray, where: str) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(v))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise InvalidInputError(f"{where}: the embedding is zero or not finite")
+    return v / np.float32(norm)

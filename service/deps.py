@@ -1,0 +1,62 @@
+"""FastAPI dependencies: the settings and the objects the lifespan put on ``app.state``.
+
+``EncoderDep``, ``StoreDep`` and ``IndexDep`` answer 503 ``not_ready`` (with what
+is missing and how to build it) when that object could not be loaded; tests can
+replace them with ``app.dependency_overrides[get_encoder] = ...``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from model.errors import IndexNotReadyError
+from service.backend import Encoder, Store, VectorIndex
+from service.settings import Settings
+
+
+def _problem(request: Request, key: str, default: str) -> str:
+    problems: dict[str, str] = getattr(request.app.state, "problems", {}) or {}
+    return problems.get(key, default)
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_encoder(request: Request) -> Encoder:
+    encoder: Encoder | None = getattr(request.app.state, "encoder", None)
+    if encoder is None:
+        raise IndexNotReadyError(_problem(request, "model", "the encoder model is not loaded"))
+    return encoder
+
+
+def get_store(request: Request) -> Store:
+    store: Store | None = getattr(request.app.state, "store", None)
+    if store is None:
+        raise IndexNotReadyError(_problem(request, "store", "the database is not loaded"))
+    return store
+
+
+def get_index(request: Request) -> VectorIndex:
+    index: VectorIndex | None = getattr(request.app.state, "index", None)
+    if index is None:
+        raise IndexNotReadyError(_problem(request, "index", "the vector index is not loaded"))
+    return index
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EncoderDep = Annotated[Encoder, Depends(get_encoder)]
+StoreDep = Annotated[Store, Depends(get_store)]
+IndexDep = Annotated[VectorIndex, Depends(get_index)]
+
+
+def get_store_if_loaded(request: Request) -> Store | None:
+    """The store, or ``None`` (for endpoints that need it only for some inputs)."""
+    store: Store | None = getattr(request.app.state, "store", None)
+    return store
+
+
+OptionalStoreDep = Annotated[Store | None, Depends(get_store_if_loaded)]

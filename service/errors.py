@@ -1,0 +1,147 @@
+"""The one boundary where exceptions become HTTP responses (STYLE.md "Errors").
+
+:data:`ERROR_TABLE` maps the library's exceptions (``model.errors``) to a status
+and a short snake_case code; the first matching row wins, so subclasses come
+before their bases. Every error response has one body shape::
+
+    {"error": {"code": "tracklet_not_found", "message": "no tracklet with id 7"}}
+
+Request validation errors (422, ``validation_error``) use it too, with a message
+naming the field path (``body.query.frames.0.bbox: ...``). Anything not in the
+table is a 500 ``internal_error`` with a generic message; its traceback is
+logged, never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.errors import (
+    EncoderMismatchError,
+    IndexNotReadyError,
+    InvalidInputError,
+    ModelLoadError,
+    NotFoundError,
+    PolypIndexError,
+    ProcedureNotFoundError,
+    TrackletNotFoundError,
+)
+
+logger = logging.getLogger(__name__)
+
+# exception class -> (HTTP status, error code); first match wins (subclasses first).
+ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
+    (TrackletNotFoundError, 404, "tracklet_not_found"),
+    (ProcedureNotFoundError, 404, "procedure_not_found"),
+    (NotFoundError, 404, "not_found"),
+    (InvalidInputError, 422, "invalid_input"),  # includes ImageReadError
+    (EncoderMismatchError, 409, "encoder_mismatch"),
+    (IndexNotReadyError, 503, "not_ready"),
+    (ModelLoadError, 503, "not_ready"),
+)
+INTERNAL_ERROR_MESSAGE = "internal server error; the details are in the server log"
+_MAX_LISTED_VALIDATION_ERRORS = 5
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable code for programs, a message for people."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message))
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def classify(exc: BaseException) -> tuple[int, str] | None:
+    """The ``(status, code)`` row of :data:`ERROR_TABLE` for ``exc``, or ``None``."""
+    for cls, status, code in ERROR_TABLE:
+        if isinstance(exc, cls):
+            return status, code
+    return None
+
+
+def field_error(loc: Sequence[str | int], message: str) -> RequestValidationError:
+    """A request validation error on one field, for checks that need the settings or
+    the loaded model (limits, embedding size); answered like the schema's own checks."""
+    return RequestValidationError([{"loc": tuple(loc), "msg": message, "type": "value_error"}])
+
+
+def _validation_message(errors: Sequence[Any]) -> str:
+    parts = []
+    for err in errors[:_MAX_LISTED_VALIDATION_ERRORS]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    if len(errors) > _MAX_LISTED_VALIDATION_ERRORS:
+        parts.append(f"and {len(errors) - _MAX_LISTED_VALIDATION_ERRORS} more")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _handle_validation(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, "validation_error", _validation_message(exc.errors()))
+
+
+async def _handle_http(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    response = error_response(
+        exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
+    )
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _handle_known(request: Request, exc: Exception) -> JSONResponse:
+    row = classify(exc)
+    if row is None:  # a PolypIndexError outside the table (e.g. a ConfigError): a server fault
+        return await _handle_unexpected(request, exc)
+    status, code = row
+    return error_response(status, code, str(exc))
+
+
+async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the table's handlers, request validation, HTTP errors and the 500 fallback."""
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(StarletteHTTPException, _handle_http)
+    app.add_exception_handler(PolypIndexError, _handle_known)  # looked up in ERROR_TABLE
+    # Runs in Starlette's outermost middleware, which re-raises after answering so the
+    # server logs it too.
+    app.add_exception_handler(Exception, _handle_unexpected)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses an endpoint can return."""
+    descriptions = {
+        404: "An id or procedure that does not exist (`tracklet_not_found`, `procedure_not_found`).",
+        409: "Stored embeddings were made by another encoder version (`encoder_mismatch`).",
+        422: "Malformed request (`validation_error`) or unusable content such as an "
+        "undecodable image (`invalid_input`).",
+        500: "Unexpected server fault (`internal_error`); no internals in the body.",
+        503: "The encoder model or the index is not loaded (`not_ready`); the message says "
+        "how to build it.",
+    }
+    return {s: {"model": ErrorBody, "description": descriptions[s]} for s in statuses}

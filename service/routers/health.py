@@ -1,0 +1,40 @@
+"""``GET /healthz``: what is loaded, and what is missing and how to build it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service import backend
+from service.schemas import HealthResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/healthz",
+    response_model=HealthResponse,
+    summary="Service health",
+    description='Always HTTP 200: `status` is "ok", or "degraded" with `reasons` naming what '
+    "is missing (model, database, index) and the command that builds it.",
+)
+def healthz(request: Request) -> HealthResponse:
+    state = request.app.state
+    encoder: backend.Encoder | None = getattr(state, "encoder", None)
+    store: backend.Store | None = getattr(state, "store", None)
+    index: backend.VectorIndex | None = getattr(state, "index", None)
+    reasons = list((getattr(state, "problems", None) or {}).values())
+    store_ok = store is not None and backend.store_ok(store)
+    if store is not None and not store_ok:
+        reasons.append("the database does not answer; see the server log")
+    if index is not None and encoder is not None:
+        empty = backend.empty_index_problem(index, encoder)
+        if empty:
+            reasons.append(empty)
+    return HealthResponse(
+        status="degraded" if reasons else "ok",
+        encoder_version=encoder.version if encoder is not None else None,
+        embedding_dim=encoder.dim if encoder is not None else None,
+        index_size=backend.index_size(index) if index is not None else None,
+        store_ok=store_ok,
+        reasons=reasons,
+    )

@@ -1,0 +1,65 @@
+"""``POST /search``: the indexed tracklets nearest to a query tracklet."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+
+from service import backend
+from service.deps import EncoderDep, IndexDep, SettingsDep, StoreDep
+from service.errors import error_responses, field_error
+from service.schemas import SEARCH_EXAMPLES, SearchHit, SearchRequest, SearchResponse
+
+router = APIRouter(tags=["search"])
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    summary="Find the nearest indexed tracklets",
+    description="The query is an indexed tracklet id, frames (base64 images + boxes) or an "
+    "embedding. Results are the top-`k` tracklets by cosine similarity, best first. A query "
+    "by id never returns itself; `exclude_same_procedure` also leaves out the rest of its "
+    "procedure; `procedure_uids` restricts the results to those procedures.",
+    responses=error_responses(404, 409, 422, 500, 503),
+)
+def search(
+    body: Annotated[SearchRequest, Body(openapi_examples=SEARCH_EXAMPLES)],
+    settings: SettingsDep,
+    encoder: EncoderDep,
+    store: StoreDep,
+    index: IndexDep,
+) -> SearchResponse:
+    # Sync endpoint: FastAPI runs it in the thread pool (decoding, ONNX, FAISS are CPU-bound).
+    if body.k > settings.max_k:
+        raise field_error(("body", "k"), f"k must be between 1 and {settings.max_k}, got {body.k}")
+    backend.require_searchable(index, encoder)
+    query = backend.embed_input(body.query, "body.query", encoder, store, settings)
+    exclude = {int(i) for i in body.exclude_tracklet_ids}
+    if query.record is not None:
+        exclude.add(query.record.id)
+        if body.exclude_same_procedure:
+            exclude.update(backend.procedure_tracklet_ids(store, query.record.procedure_uid))
+    allowed = (
+        backend.tracklet_ids_of_procedures(store, body.procedure_uids)
+        if body.procedure_uids is not None
+        else None
+    )
+    hits = backend.search(index, query.vector, body.k, exclude, allowed)
+    records = backend.get_tracklets(store, [i for i, _ in hits])
+    results = [
+        SearchHit(
+            tracklet_id=tid,
+            score=score,
+            procedure_uid=rec.procedure_uid,
+            key=rec.key,
+            start_frame=rec.start_frame,
+            end_frame=rec.end_frame,
+            n_frames=rec.n_frames,
+            identity_label=rec.identity_label,
+        )
+        for tid, score in hits
+        if (rec := records.get(tid)) is not None  # a row deleted since the index was loaded
+    ]
+    return SearchResponse(encoder_version=encoder.version, results=results)
