@@ -31,8 +31,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     generate(
         data,
         SynthConfig(
-            n_procedures=5,
-            frames_per_procedure=300,
+            n_procedures=6,
+            frames_per_procedure=600,
+            tracklet_length=(30, 60),
             image_width=128,
             image_height=104,
             seed=7,
