@@ -2,9 +2,11 @@
 
 Nothing is loaded at import time. The lifespan loads the ONNX encoder, opens the
 store and the vector index (catching up from the store) and puts them on
-``app.state`` (``settings``, ``encoder``, ``store``, ``index``, ``problems``). If
-one cannot be loaded the app still starts: ``GET /healthz`` says "degraded" and
-why, and the endpoints that need it answer 503 ``not_ready``.
+``app.state`` (``settings``, ``encoder``, ``store``, ``index``, ``index_refresher``,
+``problems``; ``embedding_slots`` is made with the app). If one cannot be loaded
+the app still starts: ``GET /healthz`` says "degraded" and why, and the endpoints
+that need it answer 503 ``not_ready``. While serving, the index catches up with
+procedures indexed or deleted in the store (every ``index_refresh_seconds``).
 
 An encoder placed on ``app.state.encoder`` before start-up is used instead of
 loading ``settings.model_path`` (tests, other runtimes).
@@ -13,6 +15,7 @@ loading ``settings.model_path`` (tests, other runtimes).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError
@@ -61,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.encoder = resources.encoder
         app.state.store = resources.store
         app.state.index = resources.index
+        app.state.index_refresher = resources.refresher
         app.state.problems = resources.problems
         if resources.problems:
             logger.warning("starting degraded: %s", "; ".join(resources.problems.values()))
@@ -70,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resources.close()
             app.state.store = None
             app.state.index = None
+            app.state.index_refresher = None
 
     app = FastAPI(
         title="PolypIndex",
@@ -78,9 +83,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.embedding_slots = threading.BoundedSemaphore(settings.max_concurrent_embeddings)
     app.state.encoder = None
     app.state.store = None
     app.state.index = None
+    app.state.index_refresher = None
     app.state.problems = {"startup": "the service has not started yet"}
     install_error_handlers(app)
     app.include_router(health.router)

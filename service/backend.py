@@ -11,7 +11,10 @@ import base64
 import binascii
 import logging
 import math
+import threading
+import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Encoder",
+    "IndexRefresher",
     "Resources",
     "Store",
     "TrackletRecord",
@@ -65,6 +69,72 @@ class Encoder(Protocol):
         ...
 
 
+# FAISS indexes are not safe to search while they are being modified: searches and the
+# refresher's sync take this lock (one loaded index per process).
+INDEX_LOCK = threading.Lock()
+
+
+class IndexRefresher:
+    """Keeps the loaded index equal to the store while the service runs.
+
+    Procedures indexed or deleted by the command line (or another process) after
+    start-up show up in the store's highest tracklet id or in its count of this
+    encoder version's tracklets. At most every ``interval_s`` seconds one request
+    compares both with what was seen last and, when either changed, syncs the
+    index with the store (:meth:`VectorIndex.sync_with_store`). A failure is
+    logged and the loaded index keeps serving.
+
+    Args:
+        index: the loaded index.
+        store: its source of truth.
+        interval_s: least time between two checks (``0``: every call).
+        seen: the store's :meth:`fingerprint` taken *before* the index was loaded
+            (so a change during loading is caught); default: taken now.
+    """
+
+    def __init__(
+        self,
+        index: VectorIndex,
+        store: Store,
+        interval_s: float,
+        seen: tuple[int, int] | None = None,
+    ) -> None:
+        self.index = index
+        self.store = store
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._last_check = time.monotonic()
+        self._seen = seen if seen is not None else self.fingerprint(store, index.encoder_version)
+
+    @staticmethod
+    def fingerprint(store: Store, encoder_version: str) -> tuple[int, int]:
+        """``(highest tracklet id, tracklets of encoder_version)``: changes with any
+        insert (ids are never reused) or delete."""
+        return store.max_tracklet_id(), store.count_tracklets(encoder_version)
+
+    def maybe_refresh(self) -> bool:
+        """Sync the index if the check is due and the store changed; ``True`` if it synced."""
+        if time.monotonic() - self._last_check < self.interval_s:
+            return False
+        if not self._lock.acquire(blocking=False):  # another request is checking right now
+            return False
+        try:
+            self._last_check = time.monotonic()
+            seen = self.fingerprint(self.store, self.index.encoder_version)
+            if seen == self._seen:
+                return False
+            with INDEX_LOCK:
+                added, removed = self.index.sync_with_store(self.store)
+            self._seen = seen
+            logger.info("index caught up with the store: %d added, %d removed", added, removed)
+            return True
+        except Exception:
+            logger.exception("cannot sync the index with the store; serving the loaded index")
+            return False
+        finally:
+            self._lock.release()
+
+
 @dataclass
 class Resources:
     """What the lifespan loaded; ``None`` where loading failed, with the reason in ``problems``."""
@@ -72,6 +142,7 @@ class Resources:
     encoder: Encoder | None = None
     store: Store | None = None
     index: VectorIndex | None = None
+    refresher: IndexRefresher | None = None
     problems: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -96,9 +167,12 @@ def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resour
 
         try:
             res.encoder = OnnxEncoder(settings.model_path)
-        except PolypIndexError as exc:
+        except Exception as exc:  # the app must start anyway; healthz and 503s say why
             res.problems["model"] = f"encoder model not loaded: {exc}; {HOW_TO_BUILD_MODEL}"
-            logger.warning("%s", res.problems["model"])
+            if isinstance(exc, PolypIndexError):
+                logger.warning("%s", res.problems["model"])
+            else:
+                logger.exception("%s", res.problems["model"])
     try:
         res.store = Store(settings.database_url)
         res.store.count_tracklets()
@@ -117,8 +191,12 @@ def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resour
         )
         return res
     try:
+        seen = IndexRefresher.fingerprint(res.store, res.encoder.version)
         res.index = VectorIndex.open_or_rebuild(
             settings.index_dir, res.store, res.encoder.version, res.encoder.dim
+        )
+        res.refresher = IndexRefresher(
+            res.index, res.store, settings.index_refresh_seconds, seen=seen
         )
     except Exception as exc:
         logger.exception("cannot open the vector index")
@@ -217,7 +295,8 @@ def search(
             return []
     fetch = min(n, want if allowed is None else max(4 * want, want + 64))
     while True:
-        hits = index.search(query, fetch, exclude_ids=exclude or None)[0]
+        with INDEX_LOCK:
+            hits = index.search(query, fetch, exclude_ids=exclude or None)[0]
         if allowed is not None:
             hits = [(i, s) for i, s in hits if i in allowed]
         if len(hits) >= want or fetch >= n:
@@ -289,6 +368,7 @@ def embed_input(
     encoder: Encoder,
     store: Store | None,
     settings: Settings,
+    slots: AbstractContextManager[object] | None = None,
 ) -> EmbeddedInput:
     """A :class:`TrackletInput` → its float32 ``(D,)`` L2-normalised embedding.
 
@@ -298,6 +378,8 @@ def embed_input(
         encoder: the loaded encoder (embeds frames; says the expected dim and version).
         store: the store (needed for ``tracklet_id`` inputs).
         settings: the request limits.
+        slots: held while frames are decoded and embedded (a semaphore bounding how
+            many requests do that at once); ``None``: no bound.
 
     Raises:
         TrackletNotFoundError: unknown id (404).
@@ -325,8 +407,10 @@ def embed_input(
             )
         return EmbeddedInput(_normalized(np.asarray(value.embedding, dtype=np.float32), where))
     assert value.frames is not None
-    images, boxes = decode_frames(value.frames, where, settings)
-    vector = np.asarray(encoder.embed_tracklet(images, boxes), dtype=np.float32).reshape(-1)
+    with slots if slots is not None else nullcontext():
+        images, boxes = decode_frames(value.frames, where, settings)
+        vector = np.asarray(encoder.embed_tracklet(images, boxes), dtype=np.float32).reshape(-1)
+        del images
     return EmbeddedInput(_normalized(vector, where))
 
 

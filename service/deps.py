@@ -7,12 +7,13 @@ replace them with ``app.dependency_overrides[get_encoder] = ...``.
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from model.errors import IndexNotReadyError
-from service.backend import Encoder, Store, VectorIndex
+from service.backend import Encoder, IndexRefresher, Store, VectorIndex
 from service.settings import Settings
 
 
@@ -41,13 +42,26 @@ def get_store(request: Request) -> Store:
 
 
 def get_index(request: Request) -> VectorIndex:
+    """The loaded index, first caught up with the store if that changed (at most every
+    ``index_refresh_seconds``)."""
     index: VectorIndex | None = getattr(request.app.state, "index", None)
     if index is None:
         raise IndexNotReadyError(_problem(request, "index", "the vector index is not loaded"))
+    refresher: IndexRefresher | None = getattr(request.app.state, "index_refresher", None)
+    if refresher is not None:
+        refresher.maybe_refresh()
     return index
 
 
+def get_embedding_slots(request: Request) -> threading.Semaphore:
+    """The semaphore bounding concurrent frame decoding + embedding
+    (``settings.max_concurrent_embeddings``)."""
+    slots: threading.Semaphore = request.app.state.embedding_slots
+    return slots
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+EmbeddingSlotsDep = Annotated[threading.Semaphore, Depends(get_embedding_slots)]
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
 StoreDep = Annotated[Store, Depends(get_store)]
 IndexDep = Annotated[VectorIndex, Depends(get_index)]

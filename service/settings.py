@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         max_frames_per_request: most frames one tracklet query may carry.
         max_k: largest ``k`` accepted by ``POST /search``.
         max_image_bytes: largest encoded image accepted per frame, in bytes.
+        max_concurrent_embeddings: requests decoding and embedding frames at the same
+            time; more wait their turn (bounds memory: every frame of a request is
+            decoded at once, and ONNX Runtime already uses all cores per call).
+        index_refresh_seconds: how often, at most, a request checks the store for
+            procedures indexed or deleted since the index was loaded (and then syncs
+            the index with it); ``0`` checks on every request.
     """
 
     model_config = SettingsConfigDict(env_prefix="POLYPINDEX_", frozen=True, extra="ignore")
@@ -51,6 +57,8 @@ class Settings(BaseSettings):
     max_frames_per_request: int = Field(default=256, ge=1)
     max_k: int = Field(default=100, ge=1)
     max_image_bytes: int = Field(default=8_000_000, ge=1)
+    max_concurrent_embeddings: int = Field(default=2, ge=1)
+    index_refresh_seconds: float = Field(default=10.0, ge=0)
 
     @field_validator("home", mode="after")
     @classmethod

@@ -22,6 +22,9 @@ def healthz(request: Request) -> HealthResponse:
     encoder: backend.Encoder | None = getattr(state, "encoder", None)
     store: backend.Store | None = getattr(state, "store", None)
     index: backend.VectorIndex | None = getattr(state, "index", None)
+    refresher: backend.IndexRefresher | None = getattr(state, "index_refresher", None)
+    if refresher is not None:
+        refresher.maybe_refresh()
     reasons = list((getattr(state, "problems", None) or {}).values())
     store_ok = store is not None and backend.store_ok(store)
     if store is not None and not store_ok:

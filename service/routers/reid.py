@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 
 from service import backend
-from service.deps import EncoderDep, OptionalStoreDep, SettingsDep
+from service.deps import EmbeddingSlotsDep, EncoderDep, OptionalStoreDep, SettingsDep
 from service.errors import error_responses
 from service.schemas import REID_EXAMPLES, ReidRequest, ReidResponse
 
@@ -31,11 +31,12 @@ def sigmoid(x: float) -> float:
 def reid(
     body: Annotated[ReidRequest, Body(openapi_examples=REID_EXAMPLES)],
     settings: SettingsDep,
+    slots: EmbeddingSlotsDep,
     encoder: EncoderDep,
     store: OptionalStoreDep,  # needed only for inputs given by id
 ) -> ReidResponse:
-    a = backend.embed_input(body.a, "body.a", encoder, store, settings)
-    b = backend.embed_input(body.b, "body.b", encoder, store, settings)
+    a = backend.embed_input(body.a, "body.a", encoder, store, settings, slots)
+    b = backend.embed_input(body.b, "body.b", encoder, store, settings, slots)
     similarity = float(min(1.0, max(-1.0, float(a.vector @ b.vector))))
     probability = sigmoid(similarity)
     threshold = float(encoder.reid_threshold)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 
 from service import backend
-from service.deps import EncoderDep, IndexDep, SettingsDep, StoreDep
+from service.deps import EmbeddingSlotsDep, EncoderDep, IndexDep, SettingsDep, StoreDep
 from service.errors import error_responses, field_error
 from service.schemas import SEARCH_EXAMPLES, SearchHit, SearchRequest, SearchResponse
 
@@ -27,6 +27,7 @@ router = APIRouter(tags=["search"])
 def search(
     body: Annotated[SearchRequest, Body(openapi_examples=SEARCH_EXAMPLES)],
     settings: SettingsDep,
+    slots: EmbeddingSlotsDep,
     encoder: EncoderDep,
     store: StoreDep,
     index: IndexDep,
@@ -35,7 +36,7 @@ def search(
     if body.k > settings.max_k:
         raise field_error(("body", "k"), f"k must be between 1 and {settings.max_k}, got {body.k}")
     backend.require_searchable(index, encoder)
-    query = backend.embed_input(body.query, "body.query", encoder, store, settings)
+    query = backend.embed_input(body.query, "body.query", encoder, store, settings, slots)
     exclude = {int(i) for i in body.exclude_tracklet_ids}
     if query.record is not None:
         exclude.add(query.record.id)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,6 +266,38 @@ def test_procedure_filter_with_the_query_procedure_excludes_itself(
     _assert_same_ranking(body["results"], expected)
 
 
+def test_index_catches_up_with_procedures_indexed_and_deleted_while_serving(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(home=tmp_path, index_refresh_seconds=0)
+    writer = Store(settings.database_url)
+    rng = np.random.default_rng(11)
+    first = writer.replace_procedure("p/1", "test", "synthetic", VERSION, _unit_rows(rng, "p/1", 3))
+    query = {"query": {"embedding": [1.0] * DIM}, "k": MAX_K}
+    with _started(settings, FakeEncoder()) as c:
+        assert {r["tracklet_id"] for r in _search(c, **query)["results"]} == set(first)
+        second = writer.replace_procedure(
+            "p/2", "test", "synthetic", VERSION, _unit_rows(rng, "p/2", 2)
+        )
+        assert {r["tracklet_id"] for r in _search(c, **query)["results"]} == {*first, *second}
+        writer.delete_procedure("p/1")
+        assert {r["tracklet_id"] for r in _search(c, **query)["results"]} == set(second)
+        assert c.get("/healthz").json()["index_size"] == len(second)
+    writer.close()
+
+
+def test_index_refresh_waits_for_its_interval(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, index_refresh_seconds=3600)
+    writer = Store(settings.database_url)
+    rng = np.random.default_rng(12)
+    first = writer.replace_procedure("p/1", "test", "synthetic", VERSION, _unit_rows(rng, "p/1", 2))
+    with _started(settings, FakeEncoder()) as c:
+        writer.replace_procedure("p/2", "test", "synthetic", VERSION, _unit_rows(rng, "p/2", 2))
+        body = _search(c, query={"embedding": [1.0] * DIM}, k=MAX_K)
+    assert {r["tracklet_id"] for r in body["results"]} == set(first)
+    writer.close()
+
+
 # -- reid ----------------------------------------------------------------------------------
 
 
@@ -304,6 +338,43 @@ def test_reid_decision_at_the_threshold(setup: Setup) -> None:
         above = c.post("/reid", json=body).json()
     assert at["same_polyp"] is True and at["threshold"] == probability
     assert above["same_polyp"] is False
+
+
+class SlowEncoder(FakeEncoder):
+    """Records how many ``embed_tracklet`` calls run at the same time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)
+        with self._lock:
+            self.running -= 1
+        return super().embed_tracklet(images, boxes)
+
+
+def test_frame_embedding_concurrency_is_bounded(setup: Setup) -> None:
+    settings = setup.settings.model_copy(update={"max_concurrent_embeddings": 1})
+    encoder = SlowEncoder()
+    with _started(settings, encoder) as c:
+        codes: list[int] = []
+        body = {"a": {"frames": [frame()]}, "b": {"frames": [frame()]}}
+        threads = [
+            threading.Thread(target=lambda: codes.append(c.post("/reid", json=body).status_code))
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert codes == [200, 200, 200]
+    assert encoder.most == 1
 
 
 # -- health --------------------------------------------------------------------------------
@@ -496,6 +567,17 @@ def test_model_missing_is_503(setup: Setup) -> None:
         reid = c.post("/reid", json={"a": {"tracklet_id": 1}, "b": {"tracklet_id": 2}})
     for r in (search, reid):
         _assert_error(r, 503, "not_ready", "encoder model not loaded", "polypindex demo")
+
+
+def test_corrupt_model_file_starts_degraded_and_answers_503(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    settings.model_path.parent.mkdir(parents=True)
+    settings.model_path.write_bytes(b"not an onnx model")
+    with _started(settings, None) as c:
+        health = c.get("/healthz").json()
+        r = c.post("/reid", json={"a": {"embedding": [1.0]}, "b": {"embedding": [1.0]}})
+    assert health["status"] == "degraded" and health["encoder_version"] is None
+    _assert_error(r, 503, "not_ready", str(settings.model_path), "polypindex demo")
 
 
 def test_database_missing_is_503(tmp_path: Path) -> None:
