@@ -67,6 +67,21 @@ def untrained_checkpoint(config: TrainConfig, out: Path) -> Path:
     return path
 
 
+def _train_or_reuse(config: TrainConfig, reuse: bool) -> tuple[Path, dict[str, Any]]:
+    """Train, or with ``reuse`` take a finished run's ``encoder.pt`` + ``history.json``."""
+    out = Path(config.out_dir)
+    if reuse and (out / "encoder.pt").is_file() and (out / "history.json").is_file():
+        print(f"reusing the finished run in {out}")
+    else:
+        t0 = time.perf_counter()
+        train(config)
+        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    history = json.loads((out / "history.json").read_text())
+    wall = out / "wall_seconds.txt"
+    history["wall_seconds"] = float(wall.read_text()) if wall.is_file() else None
+    return out / "encoder.pt", history
+
+
 def _value(row: dict[str, Any], protocol: str, metric: str) -> float | None:
     part = row.get(protocol, {})
     if metric in ("hr1", "hr5"):
@@ -81,6 +96,7 @@ def run(
     ssl_config: str,
     sup_config: str,
     overrides: dict[str, Any],
+    reuse: bool = False,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     per_seed: list[dict[str, Any]] = []
@@ -98,22 +114,13 @@ def run(
             sup_config, {**common, "out_dir": str(out / f"seed{seed}" / "supervised")}
         )
         untrained = untrained_checkpoint(ssl, out / f"seed{seed}" / "untrained")
-        t0 = time.perf_counter()
-        ssl_result = train(ssl)
-        t1 = time.perf_counter()
-        sup_result = train(sup)
-        t2 = time.perf_counter()
-        compute[f"seed{seed}"] = {
-            "ssl_train_seconds": t1 - t0,
-            "ssl_seconds_per_epoch": ssl_result.seconds_per_epoch,
-            "supervised_train_seconds": t2 - t1,
-            "ssl_history": ssl_result.history,
-            "supervised_history": sup_result.history,
-        }
+        ssl_ckpt, ssl_history = _train_or_reuse(ssl, reuse)
+        sup_ckpt, sup_history = _train_or_reuse(sup, reuse)
+        compute[f"seed{seed}"] = {"ssl": ssl_history, "supervised": sup_history}
         for name, ckpt in (
             ("untrained", untrained),
-            ("self_supervised", ssl_result.best_checkpoint),
-            ("supervised_upper_bound", sup_result.best_checkpoint),
+            ("self_supervised", ssl_ckpt),
+            ("supervised_upper_bound", sup_ckpt),
         ):
             onnx_path = ckpt.with_suffix(".onnx")
             export_onnx(ckpt, onnx_path)
