@@ -2,66 +2,117 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
+import re
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from model.coco import load_coco_split
-from model.config import TrackletConfig
-from polypindex.synth import SynthConfig, generate, plan, split_procedures
+from polypindex.synth import (
+    HISTOLOGIES,
+    MIN_GAP,
+    SynthConfig,
+    generate,
+    plan,
+    split_procedures,
+)
 
 TINY = SynthConfig(
-    n_procedures=3, frames_per_procedure=160, image_width=96, image_height=80, seed=0, workers=1
+    n_procedures=3,
+    frames_per_procedure=160,
+    image_width=96,
+    image_height=80,
+    tracklet_length=(30, 60),
+    seed=0,
+    workers=1,
 )
 SPLITS = ("train", "val", "test")
+Dataset = tuple[Path, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     out = tmp_path_factory.mktemp("synth")
     return out, generate(out, TINY, progress=False)
+
+
+def _load(root: Path, split: str) -> dict[str, Any]:
+    return json.loads((root / "annotations" / f"instances_{split}.json").read_text())
 
 
 def _digest(root: Path) -> str:
     h = hashlib.sha256()
     for split in SPLITS:
         h.update((root / "annotations" / f"instances_{split}.json").read_bytes())
-    for p in sorted((root / "images").glob("*.jpg"))[::25]:
+    for p in sorted((root / "images").glob("*.jpg"))[::20]:
         h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()
 
 
-def test_same_seed_same_bytes_other_seed_differs(tiny: tuple[Path, dict], tmp_path: Path) -> None:
-    root, _ = tiny
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _spec_tracklets(data: dict[str, Any]) -> dict[str, list[list[tuple[int, list[float]]]]]:
+    """SPEC §3 per identity: split when the frame gap > 1 or IoU with the previous box < 0.1."""
+    frame_of = {img["id"]: img["frame_id"] for img in data["images"]}
+    per_identity: dict[str, list[tuple[int, list[float]]]] = defaultdict(list)
+    for ann in data["annotations"]:
+        per_identity[ann["identity_id"]].append((frame_of[ann["image_id"]], ann["bbox"]))
+    out: dict[str, list[list[tuple[int, list[float]]]]] = {}
+    for identity, items in per_identity.items():
+        items.sort(key=lambda fb: fb[0])
+        tracklets = [[items[0]]]
+        for prev, cur in itertools.pairwise(items):
+            if cur[0] - prev[0] > 1 or _iou(prev[1], cur[1]) < 0.1:
+                tracklets.append([])
+            tracklets[-1].append(cur)
+        out[identity] = tracklets
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny: Dataset, tmp_path: Path) -> None:
+    root, report = tiny
     again = tmp_path / "again"
-    generate(again, TINY, progress=False)
+    assert generate(again, TINY, progress=False) == report
     assert _digest(again) == _digest(root)
     other = tmp_path / "other"
-    generate(other, SynthConfig(**{**TINY.__dict__, "seed": 1}), progress=False)
+    generate(other, dataclasses.replace(TINY, seed=1), progress=False)
+    assert _load(other, "train") != _load(root, "train")
     assert _digest(other) != _digest(root)
 
 
-def test_parallel_workers_give_the_same_dataset(tiny: tuple[Path, dict], tmp_path: Path) -> None:
+def test_parallel_workers_give_the_same_dataset(tiny: Dataset, tmp_path: Path) -> None:
     root, _ = tiny
     par = tmp_path / "par"
-    generate(par, SynthConfig(**{**TINY.__dict__, "workers": 2}), progress=False)
+    generate(par, dataclasses.replace(TINY, workers=2), progress=False)
     assert _digest(par) == _digest(root)
 
 
-def test_format_loads_in_pycocotools_and_validates(tiny: tuple[Path, dict]) -> None:
+def test_format_has_every_field_and_loads_in_pycocotools(tiny: Dataset) -> None:
     root, report = tiny
+    image_ids: set[int] = set()
+    ann_ids: set[int] = set()
     for split in SPLITS:
         path = root / "annotations" / f"instances_{split}.json"
         coco = COCO(str(path))
-        assert len(coco.imgs) == report["splits"][split]["frames"]
-        data = json.loads(path.read_text())
+        data = _load(root, split)
+        assert data["categories"] == [{"id": 1, "name": "polyp"}]
+        assert data["info"]["split"] == split and data["info"]["seed"] == TINY.seed
+        assert len(coco.imgs) == report["splits"][split]["frames"] == len(data["images"])
+        assert len(coco.anns) == report["splits"][split]["annotations"]
         for img in data["images"]:
-            assert {
+            assert set(img) == {
                 "id",
                 "file_name",
                 "width",
@@ -69,66 +120,141 @@ def test_format_loads_in_pycocotools_and_validates(tiny: tuple[Path, dict]) -> N
                 "frame_id",
                 "sequence_id",
                 "dataset_id",
-            } <= set(img)
+            }
+            assert (img["width"], img["height"]) == (TINY.image_width, TINY.image_height)
+            assert img["dataset_id"] == "synth"
+            assert re.fullmatch(r"\d{3}-001", img["sequence_id"])
+            assert img["file_name"] == f"{img['sequence_id']}_{img['frame_id']:06d}.jpg"
+            assert 0 <= img["frame_id"] < TINY.frames_per_procedure
+            assert (root / "images" / img["file_name"]).is_file()
+            assert coco.getAnnIds(imgIds=[img["id"]]), "only frames showing a polyp are written"
         for ann in data["annotations"]:
             assert {
                 "id",
                 "image_id",
                 "bbox",
+                "area",
+                "iscrowd",
                 "category_id",
                 "identity_id",
                 "size",
                 "histology",
+                "morphology",
+                "location",
             } <= set(ann)
-            img = coco.imgs[ann["image_id"]]
-            x, y, w, h = ann["bbox"]
-            assert w > 0 and h > 0 and x >= 0 and y >= 0
-            assert x + w <= img["width"] and y + h <= img["height"]
-        load_coco_split(root, split)  # our validator agrees (it also checks the files exist)
+            assert ann["category_id"] == 1 and ann["iscrowd"] == 0
+            assert ann["histology"] in HISTOLOGIES
+            assert isinstance(ann["size"], float) and ann["size"] > 0
+            assert ann["identity_id"].startswith(coco.imgs[ann["image_id"]]["sequence_id"] + "_p")
+        image_ids |= set(coco.imgs)
+        ann_ids |= set(coco.anns)
+    assert len(image_ids) == sum(report["splits"][s]["frames"] for s in SPLITS)
+    assert len(ann_ids) == sum(report["splits"][s]["annotations"] for s in SPLITS)
 
 
-def test_each_generated_run_is_one_tracklet_under_the_spec_rule(tiny: tuple[Path, dict]) -> None:
-    root, report = tiny
+def test_every_box_is_inside_its_image_with_positive_size(tiny: Dataset) -> None:
+    root, _ = tiny
+    touching_edge = 0
     for split in SPLITS:
-        tracklets = load_coco_split(root, split).tracklets(TrackletConfig(min_tracklet_length=1))
-        assert len(tracklets) == report["splits"][split]["tracklets"]
-        lo, hi = TINY.tracklet_length
-        assert all(lo <= len(t) <= hi for t in tracklets)
+        data = _load(root, split)
+        size = {img["id"]: (img["width"], img["height"]) for img in data["images"]}
+        for ann in data["annotations"]:
+            x, y, w, h = ann["bbox"]
+            width, height = size[ann["image_id"]]
+            assert w > 0 and h > 0 and x >= 0 and y >= 0, ann
+            assert x + w <= width and y + h <= height, ann
+            assert ann["area"] == pytest.approx(w * h)
+            touching_edge += x == 0 or y == 0 or x + w == width or y + h == height
+    assert touching_edge > 0, "polyps partly outside the frame should be clipped, not avoided"
 
 
-def test_splits_are_disjoint_by_procedure(tiny: tuple[Path, dict]) -> None:
+def test_each_generated_run_is_one_spec_tracklet(tiny: Dataset) -> None:
+    root, report = tiny
+    planned = {spec.identity_id: spec.runs for proc in plan(TINY) for spec in proc}
+    lo, hi = TINY.tracklet_length
+    for split in SPLITS:
+        tracklets = _spec_tracklets(_load(root, split))
+        assert sum(map(len, tracklets.values())) == report["splits"][split]["tracklets"]
+        for identity, runs in tracklets.items():
+            assert [(t[0][0], len(t)) for t in runs] == list(planned[identity])
+            for t in runs:
+                assert lo <= len(t) <= hi
+                assert all(b[0] - a[0] == 1 for a, b in itertools.pairwise(t))
+                assert min(_iou(a[1], b[1]) for a, b in itertools.pairwise(t)) >= 0.5
+            for a, b in itertools.pairwise(runs):  # the camera loses it in between
+                assert b[0][0] - a[-1][0] > MIN_GAP
+
+
+def test_splits_are_disjoint_by_procedure(tiny: Dataset) -> None:
     root, report = tiny
     seqs = [set(report["splits"][s]["sequence_ids"]) for s in SPLITS]
-    assert all(seqs) and not (seqs[0] & seqs[1] or seqs[0] & seqs[2] or seqs[1] & seqs[2])
-    ids = [
-        set(a["identity_id"] for a in load_coco_split(root, s).coco.anns.values()) for s in SPLITS
-    ]
+    assert all(len(s) == 1 for s in seqs)
+    assert set.union(*seqs) == {"001-001", "002-001", "003-001"}
+    for split, expected in zip(SPLITS, seqs, strict=True):
+        data = _load(root, split)
+        assert {img["sequence_id"] for img in data["images"]} == expected
+    ids = [{a["identity_id"] for a in _load(root, s)["annotations"]} for s in SPLITS]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    ten = split_procedures(dataclasses.replace(TINY, n_procedures=10))
+    assert [len(ten[s]) for s in SPLITS] == [6, 2, 2]
+    assert sorted(ten["train"] + ten["val"] + ten["test"]) == list(range(10))
+
+
+def test_report_counts_match_the_annotations(tiny: Dataset) -> None:
+    root, report = tiny
+    assert json.loads((root / "synth_report.json").read_text()) == report
+    assert report["seed"] == TINY.seed and report["config"]["n_procedures"] == 3
+    for split in SPLITS:
+        anns = _load(root, split)["annotations"]
+        polyps = {a["identity_id"]: a for a in anns}
+        row = report["splits"][split]
+        assert row["polyps"] == len(polyps)
+        assert row["diminutive_le_5mm"] + row["larger_gt_5mm"] == len(polyps)
+        assert row["diminutive_le_5mm"] == sum(a["size"] <= 5 for a in polyps.values())
+        assert row["adenoma"] == sum(a["histology"] == "adenoma" for a in polyps.values())
 
 
 def test_labels_cover_both_classes_and_tracklets_interleave() -> None:
     procs = plan(SynthConfig(n_procedures=12, seed=3))
     polyps = [p for proc in procs for p in proc]
-    assert {p.size_mm <= 5 for p in polyps} == {True, False}
+    assert 0.2 < np.mean([p.size_mm <= 5 for p in polyps]) < 0.6
     assert {p.histology == "adenoma" for p in polyps} == {True, False}
-    # within at least one procedure, runs of different polyps overlap or alternate in time
-    interleaved = 0
+    alternations = overlaps = 0
     for proc in procs:
-        runs = sorted((s, p.identity_id) for p in proc for s, _ in p.runs)
-        interleaved += sum(a[1] != b[1] for a, b in itertools.pairwise(runs))
-    assert interleaved > 10
+        runs = sorted((s, s + n, p.identity_id) for p in proc for s, n in p.runs)
+        for a, b in itertools.pairwise(runs):
+            alternations += a[2] != b[2]
+            overlaps += b[0] < a[1]  # two polyps in view at once
+    assert alternations > 10 and overlaps > 0
 
 
-def test_lookalikes_share_appearance_across_procedures() -> None:
-    procs = plan(SynthConfig(n_procedures=10, seed=0, lookalike_fraction=1.0))
-    looks = [(i, p.look.pattern, p.look.color) for i, proc in enumerate(procs) for p in proc]
-    close = 0
-    for i, pat, col in looks:
-        for j, pat2, col2 in looks:
-            if i != j and pat == pat2 and np.abs(np.subtract(col, col2)).max() < 20:
-                close += 1
-    assert close > 0
-    assert split_procedures(SynthConfig(n_procedures=10))["test"]
+def test_colour_alone_does_not_identify_a_polyp() -> None:
+    polyps = [p for proc in plan(SynthConfig(n_procedures=12, seed=5)) for p in proc]
+    colors = np.array([p.look.color for p in polyps])
+    nearest = [
+        np.sort(np.abs(colors - c).max(axis=1))[1] for c in colors
+    ]  # distance to the closest other polyp's base colour
+    assert np.median(nearest) < 12
+
+
+def test_lookalikes_copy_another_procedures_polyp() -> None:
+    config = SynthConfig(n_procedures=6, seed=0, lookalike_fraction=1.0)
+    procs = plan(config)
+    originals = {
+        spec.identity_id: spec
+        for proc in plan(dataclasses.replace(config, lookalike_fraction=0.0))
+        for spec in proc
+    }
+    for proc in procs:
+        for spec in proc:
+            assert spec.lookalike_of is not None
+            source = originals[spec.lookalike_of]
+            assert source.identity_id.split("_")[0] != spec.identity_id.split("_")[0]
+            assert spec.look.pattern == source.look.pattern
+            assert spec.histology == source.histology
+            assert np.abs(np.subtract(spec.look.color, source.look.color)).max() < 20
+            assert spec.look != source.look
+    assert all(s.lookalike_of is None for s in originals.values())
 
 
 @pytest.mark.parametrize(
@@ -137,12 +263,16 @@ def test_lookalikes_share_appearance_across_procedures() -> None:
         ({"n_procedures": 0}, "n_procedures"),
         ({"image_width": 10}, "image size"),
         ({"tracklet_length": (50, 10)}, "tracklet_length"),
+        ({"polyps_per_procedure": (0, 3)}, "polyps_per_procedure"),
         ({"frames_per_procedure": 10}, "frames_per_procedure"),
         ({"lookalike_fraction": 1.5}, "lookalike_fraction"),
+        ({"interleave": -0.1}, "interleave"),
         ({"split_fractions": (0.5, -0.1, 0.6)}, "split_fractions"),
+        ({"jpeg_quality": 0}, "jpeg_quality"),
+        ({"seed": -1}, "seed"),
         ({"workers": 0}, "workers"),
     ],
 )
-def test_invalid_config_is_explained(kwargs: dict, message: str) -> None:
+def test_invalid_config_is_explained(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SynthConfig(**kwargs)
