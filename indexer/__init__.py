@@ -2,22 +2,45 @@
 
 The store (:mod:`indexer.store`) is the source of truth; the vector index
 (:mod:`indexer.vector_index`) is derived from it and rebuildable; the pipeline
-(:mod:`indexer.pipeline`) writes both. Imports only the ``model`` runtime, never torch.
+(:mod:`indexer.pipeline`) writes both, from the inputs of :mod:`indexer.sources`;
+:mod:`indexer.jobs` runs it in the background with its state in the database.
+Imports only the ``model`` runtime, never torch. See ``docs/store.md``.
 """
 
-from indexer.pipeline import Embedder, IndexReport, delete_procedure, index_dataset, procedure_uid
+from indexer.jobs import JobRecord, JobRunner
+from indexer.pipeline import (
+    Embedder,
+    IndexReport,
+    Progress,
+    delete_procedure,
+    index_dataset,
+    index_sources,
+    procedure_uid,
+)
+from indexer.sources import ProcedureSource, coco_sources, frames_source, video_source
 from indexer.store import ProcedureRecord, Store, TrackletRecord, TrackletRow
-from indexer.vector_index import VectorIndex
+from indexer.vector_index import IndexPolicy, VectorIndex, generation_dir, rebuild_generation
 
 __all__ = [
     "Embedder",
+    "IndexPolicy",
     "IndexReport",
+    "JobRecord",
+    "JobRunner",
     "ProcedureRecord",
+    "ProcedureSource",
+    "Progress",
     "Store",
     "TrackletRecord",
     "TrackletRow",
     "VectorIndex",
+    "coco_sources",
     "delete_procedure",
+    "frames_source",
+    "generation_dir",
     "index_dataset",
+    "index_sources",
     "procedure_uid",
+    "rebuild_generation",
+    "video_source",
 ]

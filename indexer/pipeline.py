@@ -1,9 +1,16 @@
-"""Indexing pipeline: COCO split → tracklets → crops → encoder → store + FAISS (SPEC §8).
+"""Indexing pipeline: procedures → tracklets → crops → encoder → store + FAISS (SPEC §8).
 
-Per procedure, the SQL transaction commits first and the index snapshot is
-saved after it; the index catches up from the store when it is opened, so a
-crash between the two loses nothing. Re-indexing a procedure replaces it
-atomically (same UID twice = no duplicates).
+Inputs (:mod:`indexer.sources`): a COCO split, a video + detections CSV, a
+frames folder + detections CSV. Frames are streamed in frame order and each
+tracklet is embedded as soon as its last frame is cropped, so memory holds the
+crops of the tracklets still open, never a whole video.
+
+Per procedure, the SQL transaction commits first and the index is updated
+after it; the snapshot is saved every ``snapshot_every_s`` seconds and at the
+end, and the index catches up from the store when it is opened, so a crash
+anywhere loses nothing and duplicates nothing. Re-indexing a procedure replaces
+it atomically (same UID twice = same rows); a batch is resumable because
+procedures already stored with this encoder are skipped.
 
 The pipeline depends only on the :class:`Embedder` protocol (``model.runtime.OnnxEncoder``
 satisfies it), never on torch.
@@ -18,8 +25,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,13 +34,13 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from indexer.sources import ProcedureSource, coco_sources, procedure_uid
 from indexer.store import Store, TrackletRow
-from indexer.vector_index import VectorIndex
-from model.coco import annotation_path, load_coco_split
+from indexer.vector_index import IndexPolicy, VectorIndex, list_generations
 from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
 from model.errors import ConfigError, EncoderMismatchError, InvalidInputError, PolypIndexError
-from model.preprocess import crop_frame, normalize, read_image
-from model.tracklets import Tracklet, fragment_indices
+from model.preprocess import crop_frame, normalize
+from model.tracklets import fragment_indices
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +98,60 @@ class IndexReport:
     encoder_version: str
     indexed_uids: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def tracklets_per_s(self) -> float:
+        return self.tracklets / self.seconds if self.seconds > 0 else 0.0
 
-def procedure_uid(sequence_id: str, dataset_id: str | None) -> str:
-    """The procedure UID: ``dataset_id:sequence_id``, or ``sequence_id`` without a dataset id."""
-    return f"{dataset_id}:{sequence_id}" if dataset_id else str(sequence_id)
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["indexed_uids"] = list(self.indexed_uids)
+        out["tracklets_per_s"] = round(self.tracklets_per_s, 3)
+        out["frames_per_s"] = round(self.frames_per_s, 3)
+        return out
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a batch stands (given to ``on_progress`` after each procedure).
+
+    Attributes:
+        procedures_done: procedures indexed or skipped so far.
+        procedures_total: procedures in the batch (``None`` if unknown).
+        current_uid: the procedure just finished.
+        tracklets: tracklets written so far.
+        frames: frames embedded so far.
+        elapsed_s: seconds since the batch started.
+        tracklets_per_s: throughput so far.
+        eta_s: estimated seconds left (``None`` until one procedure was embedded).
+    """
+
+    procedures_done: int
+    procedures_total: int | None
+    current_uid: str | None
+    tracklets: int
+    frames: int
+    elapsed_s: float
+    tracklets_per_s: float
+    eta_s: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+__all__ = [
+    "Embedder",
+    "IndexReport",
+    "Progress",
+    "delete_procedure",
+    "index_dataset",
+    "index_sources",
+    "procedure_uid",
+    "summarize_boxes",
+]
 
 
 def summarize_boxes(
@@ -148,55 +205,85 @@ class _ProcedureEmbedding:
     images_decoded: int
 
 
+def _selected_frames(n_frames: int, encoder: Embedder) -> np.ndarray:
+    pieces = fragment_indices(n_frames, encoder.fragment)
+    if len(pieces) != 1 or len(pieces[0]) == 0:
+        raise ConfigError(
+            f"indexing embeds each tracklet whole: the encoder's fragment config must have "
+            f"fragment_length=-1, got {encoder.fragment}"
+        )
+    return pieces[0]
+
+
 def _embed_procedure(
-    uid: str,
-    tracklets: Sequence[Tracklet],
+    procedure: ProcedureSource,
     encoder: Embedder,
     batch_size: int,
     index_dir: Path | None,
 ) -> _ProcedureEmbedding:
-    """Read, crop and embed every tracklet of one procedure (nothing is written to the store)."""
+    """Stream, crop and embed every tracklet of one procedure (nothing is written to the store).
+
+    Frames come in increasing order from ``procedure.frames``; a tracklet is
+    embedded (in chunks of ``_EMBED_CHUNK``) as soon as its last needed frame
+    is cropped, and its crops are then dropped. Thumbnails are written only
+    once every tracklet is embedded.
+    """
+    uid, tracklets = procedure.uid, procedure.tracklets
     config = encoder.preprocess
-    size = config.im_size
+    size, dim = config.im_size, encoder.dim
     selections: list[np.ndarray] = []
-    crops: list[np.ndarray] = []
-    # image path -> [(tracklet index, slot in its crop stack, box)]: each file is decoded once.
-    needs: dict[str, list[tuple[int, int, np.ndarray]]] = {}
+    remaining = np.zeros(len(tracklets), dtype=np.int64)
+    # frame id -> [(tracklet index, slot in its crop stack, box)]: each frame is decoded once.
+    needs: dict[int, list[tuple[int, int, np.ndarray]]] = {}
     for ti, tracklet in enumerate(tracklets):
-        if not tracklet.image_paths:
-            raise InvalidInputError(
-                f"tracklet {tracklet.key} has no image paths to read frames from"
-            )
-        pieces = fragment_indices(len(tracklet), encoder.fragment)
-        if len(pieces) != 1 or len(pieces[0]) == 0:
-            raise ConfigError(
-                f"indexing embeds each tracklet whole: the encoder's fragment config must have "
-                f"fragment_length=-1, got {encoder.fragment}"
-            )
-        selected = pieces[0]
+        selected = _selected_frames(len(tracklet), encoder)
         selections.append(selected)
-        crops.append(np.empty((len(selected), size, size, 3), dtype=np.uint8))
+        remaining[ti] = len(selected)
         for slot, pos in enumerate(selected):
-            needs.setdefault(tracklet.image_paths[int(pos)], []).append(
+            needs.setdefault(int(tracklet.frame_ids[int(pos)]), []).append(
                 (ti, slot, tracklet.boxes[int(pos)])
             )
-    for path in sorted(needs):
-        image = read_image(path)  # ImageReadError names the file
-        for ti, slot, box in needs[path]:
-            crops[ti][slot] = crop_frame(image, box, config)
-
-    dim = encoder.dim
+    crops: list[np.ndarray | None] = [None] * len(tracklets)
+    middle: list[np.ndarray | None] = [None] * len(tracklets)
     embeddings = np.empty((len(tracklets), dim), dtype=np.float32)
-    for start in range(0, len(tracklets), _EMBED_CHUNK):
-        stop = min(start + _EMBED_CHUNK, len(tracklets))
-        seqs = [normalize(crops[i], config) for i in range(start, stop)]
+    ready: list[int] = []
+
+    def flush() -> None:
+        seqs = [normalize(crops[ti], config) for ti in ready]  # type: ignore[arg-type]
         out = np.asarray(encoder.embed_sequences(seqs, batch_size=batch_size), dtype=np.float32)
-        if out.shape != (stop - start, dim):
+        if out.shape != (len(ready), dim):
             raise EncoderMismatchError(
-                f"encoder {encoder.version!r} returned shape {out.shape} for {stop - start} "
-                f"tracklets; expected ({stop - start}, {dim})"
+                f"encoder {encoder.version!r} returned shape {out.shape} for {len(ready)} "
+                f"tracklets; expected ({len(ready)}, {dim})"
             )
-        embeddings[start:stop] = out
+        for row, ti in enumerate(ready):
+            embeddings[ti] = out[row]
+            stack = crops[ti]
+            assert stack is not None
+            middle[ti] = stack[len(stack) // 2].copy()
+            crops[ti] = None
+        ready.clear()
+
+    decoded = 0
+    for frame_id, image in procedure.frames(sorted(needs)):
+        decoded += 1
+        for ti, slot, box in needs.get(int(frame_id), ()):
+            if crops[ti] is None:
+                crops[ti] = np.empty((len(selections[ti]), size, size, 3), dtype=np.uint8)
+            crops[ti][slot] = crop_frame(image, box, config)  # type: ignore[index]
+            remaining[ti] -= 1
+            if remaining[ti] == 0:
+                ready.append(ti)
+        if len(ready) >= _EMBED_CHUNK:
+            flush()
+    if ready:
+        flush()
+    if np.any(remaining > 0):
+        ti = int(np.flatnonzero(remaining > 0)[0])
+        raise InvalidInputError(
+            f"procedure {uid!r} ({procedure.source}): frames of tracklet {tracklets[ti].key} "
+            f"were never read"
+        )
     norms = np.linalg.norm(embeddings, axis=1)
     if not np.all(np.isfinite(embeddings)) or np.any(norms <= 0):
         raise PolypIndexError(
@@ -206,9 +293,9 @@ def _embed_procedure(
     rows: list[TrackletRow] = []
     for ti, tracklet in enumerate(tracklets):
         thumbnail: str | None = None
-        if index_dir is not None:
+        if index_dir is not None and middle[ti] is not None:
             rel = Path(THUMBNAIL_DIR) / _safe_name(uid) / f"{_safe_name(tracklet.key)}.jpg"
-            _write_thumbnail(index_dir / rel, crops[ti][len(crops[ti]) // 2])
+            _write_thumbnail(index_dir / rel, middle[ti])  # type: ignore[arg-type]
             thumbnail = rel.as_posix()
         size_mm = tracklet.metadata.get("size")
         histology = tracklet.metadata.get("histology")
@@ -230,52 +317,50 @@ def _embed_procedure(
         rows=rows,
         embeddings=embeddings,
         frames=int(sum(len(s) for s in selections)),
-        images_decoded=len(needs),
+        images_decoded=decoded,
     )
 
 
-def index_dataset(
-    root: str | Path,
-    split: str,
+def index_sources(
+    procedures: Iterable[ProcedureSource],
     store: Store,
     index_dir: str | Path,
     encoder: Embedder,
-    tracklet_config: TrackletConfig | None = None,
+    *,
     force: bool = False,
     progress: bool = True,
-    procedure_uids: Collection[str] | None = None,
-    *,
+    total: int | None = None,
     batch_size: int = 16,
     thumbnails: bool = True,
+    on_progress: Callable[[Progress], None] | None = None,
+    snapshot_every_s: float = 30.0,
+    policy: IndexPolicy | None = None,
+    description: str = "indexing",
 ) -> IndexReport:
-    """Index every procedure (video) of a COCO split.
+    """Index a batch of procedures into the store and the index generation of ``encoder``.
 
-    For each procedure: decode the frames the encoder needs (each image once),
-    crop them (``model.preprocess``, the encoder's own settings), embed each
-    tracklet whole, then commit the procedure's rows in one transaction and
-    update + save the FAISS index. Procedures already stored with this encoder
-    version are skipped unless ``force``.
+    For each procedure: skip it if it is already stored with this encoder version
+    (unless ``force``), else stream, crop and embed its tracklets, commit its rows
+    in one transaction (replacing an older version of it), then update the index.
+    The snapshot is saved at most every ``snapshot_every_s`` seconds and at the end.
 
     Args:
-        root: dataset folder (``ROOT/images``, ``ROOT/annotations/instances_{split}.json``).
-        split: ``train``, ``val`` or ``test``.
+        procedures: the procedures (an iterable: sources may be built lazily).
         store: the SQL store.
-        index_dir: folder of the FAISS snapshot (and ``thumbnails/``).
+        index_dir: index root (generations and ``thumbnails/`` live under it).
         encoder: the embedder (``fragment.fragment_length`` must be -1).
-        tracklet_config: how annotations are cut into tracklets (default SPEC §3).
         force: re-embed and replace procedures already stored.
-        progress: show a tqdm progress bar.
-        procedure_uids: only these procedures (UIDs as in :func:`procedure_uid`).
+        progress: show a tqdm progress bar (tracklets/s, ETA).
+        total: number of procedures, for the ETA when ``procedures`` has no ``len``.
         batch_size: tracklets per encoder batch.
         thumbnails: write the middle frame's crop of each tracklet as a JPEG.
+        on_progress: called after each procedure with a :class:`Progress`.
+        snapshot_every_s: least seconds between two index snapshots (0: after each procedure).
+        policy: index kind threshold / HNSW parameters / device.
+        description: the progress bar's label.
 
     Returns:
         The :class:`IndexReport`.
-
-    Raises:
-        InvalidAnnotationError: the annotation file or a record is malformed.
-        ImageReadError: a frame cannot be read (nothing is written for its procedure).
-        InvalidInputError: an unknown UID in ``procedure_uids``.
     """
     started = time.perf_counter()
     if encoder.fragment.fragment_length != -1:
@@ -283,31 +368,9 @@ def index_dataset(
             f"indexing embeds each tracklet whole: the encoder's fragment config must have "
             f"fragment_length=-1, got {encoder.fragment}"
         )
-    tracklet_config = tracklet_config or TrackletConfig()
+    if total is None and isinstance(procedures, Sequence):
+        total = len(procedures)
     out_dir = Path(index_dir)
-    data = load_coco_split(root, split)
-    source = str(annotation_path(root, split))
-
-    dataset_ids: dict[str, str | None] = {}
-    for image in data.coco.imgs.values():
-        seq = str(image["sequence_id"])
-        if dataset_ids.get(seq) is None:
-            value = image.get("dataset_id")
-            dataset_ids[seq] = str(value) if value not in (None, "") else None
-    by_sequence: dict[str, list[Tracklet]] = {seq: [] for seq in data.sequences}
-    for tracklet in data.tracklets(tracklet_config):
-        by_sequence[tracklet.sequence_id].append(tracklet)
-    uids = {seq: procedure_uid(seq, dataset_ids.get(seq)) for seq in by_sequence}
-    selected = sorted(by_sequence, key=lambda s: uids[s])
-    if procedure_uids is not None:
-        wanted = set(procedure_uids)
-        unknown = sorted(wanted - set(uids.values()))
-        if unknown:
-            raise InvalidInputError(
-                f"{source}: unknown procedure UID(s) {unknown}; known: {sorted(uids.values())}"
-            )
-        selected = [s for s in selected if uids[s] in wanted]
-
     index = VectorIndex.open_or_rebuild(
         out_dir,
         store,
@@ -316,46 +379,73 @@ def index_dataset(
         preprocess=encoder.preprocess,
         fragment=encoder.fragment,
         save=True,
+        policy=policy,
     )
     indexed: list[str] = []
     skipped = n_tracklets = n_frames = n_images = 0
-    bar = tqdm(
-        total=len(selected), unit="procedure", desc=f"indexing {split}", disable=not progress
-    )
+    embed_seconds = 0.0
+    dirty = False
+    last_save = time.monotonic()
+    bar = tqdm(total=total, unit="procedure", desc=description, disable=not progress)
     try:
-        for seq in selected:
-            uid = uids[seq]
-            bar.set_description(f"indexing {uid}")
+        for procedure in procedures:
+            uid = procedure.uid
+            bar.set_description(f"{description} {uid}")
             if not force and store.has_procedure(uid, encoder.version):
                 skipped += 1
-                bar.update(1)
-                continue
-            result = _embed_procedure(
-                uid, by_sequence[seq], encoder, batch_size, out_dir if thumbnails else None
-            )
-            old_ids = store.tracklet_ids_for_procedure(uid)
-            # 1) the source of truth, in one transaction ...
-            new_ids = store.replace_procedure(
-                uid, dataset_ids.get(seq), source, encoder.version, result.rows
-            )
-            # 2) ... then the derived index (a crash here is repaired by the catch-up on open).
-            removed = index.remove(old_ids)
-            index.add(
-                np.asarray(new_ids, dtype=np.int64),
-                result.embeddings,
-                encoder_version=encoder.version,
-            )
-            if removed or new_ids:
-                index.save(out_dir)
-            indexed.append(uid)
-            n_tracklets += len(new_ids)
-            n_frames += result.frames
-            n_images += result.images_decoded
+            else:
+                t0 = time.perf_counter()
+                result = _embed_procedure(
+                    procedure, encoder, batch_size, out_dir if thumbnails else None
+                )
+                old_ids = store.tracklet_ids_for_procedure(uid)
+                # 1) the source of truth, in one transaction ...
+                new_ids = store.replace_procedure(
+                    uid, procedure.dataset_id, procedure.source, encoder.version, result.rows
+                )
+                # 2) ... then the derived index (a crash here is repaired by the catch-up on open).
+                index.remove(old_ids)
+                index.add(
+                    np.asarray(new_ids, dtype=np.int64),
+                    result.embeddings,
+                    encoder_version=encoder.version,
+                )
+                dirty = True
+                embed_seconds += time.perf_counter() - t0
+                indexed.append(uid)
+                n_tracklets += len(new_ids)
+                n_frames += result.frames
+                n_images += result.images_decoded
+                if time.monotonic() - last_save >= snapshot_every_s:
+                    index.save()
+                    dirty, last_save = False, time.monotonic()
+            done = len(indexed) + skipped
             elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(tracklets=n_tracklets, rate=f"{n_tracklets / elapsed:.1f} tracklets/s")
+            eta = None
+            if total is not None and indexed:
+                eta = embed_seconds / len(indexed) * max(total - done, 0)
+            state = Progress(
+                procedures_done=done,
+                procedures_total=total,
+                current_uid=uid,
+                tracklets=n_tracklets,
+                frames=n_frames,
+                elapsed_s=elapsed,
+                tracklets_per_s=n_tracklets / elapsed,
+                eta_s=eta,
+            )
+            bar.set_postfix(
+                tracklets=n_tracklets,
+                rate=f"{state.tracklets_per_s:.1f} tracklets/s",
+                eta="?" if eta is None else f"{eta:.0f}s",
+            )
             bar.update(1)
+            if on_progress is not None:
+                on_progress(state)
     finally:
         bar.close()
+        if dirty:
+            index.save()
     report = IndexReport(
         procedures_indexed=len(indexed),
         procedures_skipped=skipped,
@@ -371,23 +461,85 @@ def index_dataset(
     return report
 
 
+def index_dataset(
+    root: str | Path,
+    split: str,
+    store: Store,
+    index_dir: str | Path,
+    encoder: Embedder,
+    tracklet_config: TrackletConfig | None = None,
+    force: bool = False,
+    progress: bool = True,
+    procedure_uids: Collection[str] | None = None,
+    *,
+    batch_size: int = 16,
+    thumbnails: bool = True,
+    on_progress: Callable[[Progress], None] | None = None,
+    snapshot_every_s: float = 30.0,
+    policy: IndexPolicy | None = None,
+) -> IndexReport:
+    """Index every procedure (video) of a COCO split (see :func:`index_sources`).
+
+    Args:
+        root: dataset folder (``ROOT/images``, ``ROOT/annotations/instances_{split}.json``).
+        split: ``train``, ``val`` or ``test``.
+        procedure_uids: only these procedures (UIDs as in :func:`procedure_uid`).
+        tracklet_config: how annotations are cut into tracklets (default SPEC §3).
+
+    Raises:
+        InvalidAnnotationError: the annotation file or a record is malformed.
+        ImageReadError: a frame cannot be read (nothing is written for its procedure).
+        InvalidInputError: an unknown UID in ``procedure_uids``.
+    """
+    if encoder.fragment.fragment_length != -1:
+        raise ConfigError(
+            f"indexing embeds each tracklet whole: the encoder's fragment config must have "
+            f"fragment_length=-1, got {encoder.fragment}"
+        )
+    sources = coco_sources(root, split, tracklet_config)
+    if procedure_uids is not None:
+        known = [s.uid for s in sources]
+        unknown = sorted(set(procedure_uids) - set(known))
+        if unknown:
+            raise InvalidInputError(
+                f"{root} ({split}): unknown procedure UID(s) {unknown}; known: {known}"
+            )
+        sources = [s for s in sources if s.uid in set(procedure_uids)]
+    return index_sources(
+        sources,
+        store,
+        index_dir,
+        encoder,
+        force=force,
+        progress=progress,
+        batch_size=batch_size,
+        thumbnails=thumbnails,
+        on_progress=on_progress,
+        snapshot_every_s=snapshot_every_s,
+        policy=policy,
+        description=f"indexing {split}",
+    )
+
+
 def delete_procedure(uid: str, store: Store, index_dir: str | Path) -> list[int]:
-    """Delete a procedure from the store, then its vectors from the index snapshot.
+    """Delete a procedure from the store, then its vectors from every index generation.
+
+    The store commits first; each generation snapshot is then synced with the
+    store and saved (a crash in between is repaired by the catch-up on open).
 
     Returns:
         The ids of the tracklets removed.
 
     Raises:
-        ProcedureNotFoundError: no procedure has this UID.
+        ProcedureNotFoundError: no procedure has this UID (nothing is changed).
     """
     removed = store.delete_procedure(uid)
-    infos = VectorIndex.read_infos(index_dir)
-    if infos is not None and infos.get("encoder_version") and isinstance(infos.get("dim"), int):
-        # Loading syncs with the store, which drops the deleted ids.
-        index = VectorIndex.open_or_rebuild(
-            index_dir, store, str(infos["encoder_version"]), int(infos["dim"])
-        )
-        index.remove(removed)
-        index.save(index_dir)
+    for infos in list_generations(index_dir):
+        version, dim = infos.get("encoder_version"), infos.get("dim")
+        if not version or not isinstance(dim, int):
+            continue
+        # Opening syncs with the store, which drops the deleted ids.
+        index = VectorIndex.open_or_rebuild(index_dir, store, str(version), dim)
+        index.save()
     shutil.rmtree(Path(index_dir) / THUMBNAIL_DIR / _safe_name(uid), ignore_errors=True)
     return removed

@@ -7,8 +7,9 @@ reused (SQLite ``AUTOINCREMENT``, PostgreSQL sequences), which is what lets an
 index snapshot catch up with ``id > max_row_id``.
 
 SQLite (``sqlite:///path/to/db.sqlite``) is the embedded default, PostgreSQL
-(``postgresql+psycopg://user@host/db``) the deployed one. The schema is created
-with ``create_all`` for now; Alembic migrations take over later.
+(``postgresql+psycopg://user@host/db``) the deployed one. The schema is made by
+the Alembic migrations in ``indexer/migrations`` (:mod:`indexer.migrate`); the
+models below must match the newest revision (a test compares them).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from indexer.migrate import check_schema
+from indexer.migrate import upgrade as migrate_schema
 from model.errors import (
     EncoderMismatchError,
     InvalidInputError,
@@ -66,10 +69,14 @@ class ProcedureModel(Base):
     """One indexed procedure (a colonoscopy video)."""
 
     __tablename__ = "procedures"
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    __table_args__ = (
+        UniqueConstraint("uid", "encoder_version", name="uq_procedures_uid_encoder_version"),
+        Index("ix_procedures_uid", "uid"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    uid: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    uid: Mapped[str] = mapped_column(String(255), nullable=False)
     dataset_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     source: Mapped[str] = mapped_column(Text, nullable=False, default="")
     encoder_version: Mapped[str] = mapped_column(String(255), nullable=False)
@@ -112,6 +119,25 @@ class TrackletModel(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=_utcnow
     )
+
+
+class JobModel(Base):
+    """One background job (e.g. indexing a procedure), its state kept here so it survives restarts."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    params_json: Mapped[str] = mapped_column(Text, nullable=False)
+    progress_json: Mapped[str] = mapped_column(Text, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -224,10 +250,16 @@ class Store:
             ``postgresql+psycopg://postgres@127.0.0.1:5432/polypindex``. The parent
             folder of an SQLite file is created if needed.
         echo: log the SQL statements.
-        create_tables: create missing tables (``create_all``; migrations later).
+        migrate: bring the schema to the newest revision on open (Alembic
+            ``upgrade head``, a no-op when it is there already; the embedded
+            default). ``False`` only checks it and refuses a database that is
+            behind (a deployment that runs ``polypindex db upgrade`` itself).
+
+    Raises:
+        SchemaOutOfDateError: ``migrate=False`` and the schema is not at the head revision.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, create_tables: bool = True) -> None:
+    def __init__(self, url: str, *, echo: bool = False, migrate: bool = True) -> None:
         parsed = make_url(url)
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -246,10 +278,21 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _set_sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if create_tables:
-            Base.metadata.create_all(self.engine)
+        try:
+            if migrate:
+                migrate_schema(self.engine)
+            else:
+                check_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory (for other tables of the store, e.g. ``indexer.jobs``)."""
+        return self._sessions
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -274,11 +317,12 @@ class Store:
         encoder_version: str,
         rows: Sequence[TrackletRow],
     ) -> list[int]:
-        """Atomically replace a procedure and all its tracklets.
+        """Atomically replace a procedure's tracklets of one encoder version.
 
-        One transaction deletes any existing procedure with this ``uid`` (and its
-        tracklets) and inserts the new one, so a crash leaves either the old or
-        the new version, never a mix.
+        One transaction deletes any existing procedure with this ``uid`` and
+        ``encoder_version`` (and its tracklets) and inserts the new one, so a crash
+        leaves either the old or the new version, never a mix. Rows of other
+        encoder versions (other index generations) are left alone.
 
         Args:
             uid: the procedure UID.
@@ -305,7 +349,7 @@ class Store:
                 f"procedure {uid!r}: embeddings of different dims {sorted(dims)}"
             )
         with self._sessions.begin() as session:
-            self._delete_procedure(session, uid)
+            self._delete_procedure(session, uid, encoder_version)
             procedure = ProcedureModel(
                 uid=uid,
                 dataset_id=dataset_id,
@@ -337,36 +381,41 @@ class Store:
             session.flush()
             return [int(m.id) for m in models]
 
-    def delete_procedure(self, uid: str) -> list[int]:
-        """Delete a procedure and its tracklets.
+    def delete_procedure(self, uid: str, encoder_version: str | None = None) -> list[int]:
+        """Delete a procedure and its tracklets (of every encoder version unless one is given).
 
         Returns:
             The ids of the tracklets removed (to remove from the vector index).
 
         Raises:
-            ProcedureNotFoundError: no procedure has this UID.
+            ProcedureNotFoundError: no procedure has this UID (and encoder version).
         """
         with self._sessions.begin() as session:
-            removed = self._delete_procedure(session, uid)
+            removed = self._delete_procedure(session, uid, encoder_version)
         if removed is None:
             raise ProcedureNotFoundError(f"no procedure with uid {uid!r}")
         return removed
 
     @staticmethod
-    def _delete_procedure(session: Session, uid: str) -> list[int] | None:
-        proc_id = session.scalar(select(ProcedureModel.id).where(ProcedureModel.uid == uid))
-        if proc_id is None:
+    def _delete_procedure(
+        session: Session, uid: str, encoder_version: str | None = None
+    ) -> list[int] | None:
+        query = select(ProcedureModel.id).where(ProcedureModel.uid == uid)
+        if encoder_version is not None:
+            query = query.where(ProcedureModel.encoder_version == encoder_version)
+        proc_ids = list(session.scalars(query))
+        if not proc_ids:
             return None
         ids = list(
             session.scalars(
                 select(TrackletModel.id)
-                .where(TrackletModel.procedure_id == proc_id)
+                .where(TrackletModel.procedure_id.in_(proc_ids))
                 .order_by(TrackletModel.id)
             )
         )
         # Explicit, so it does not depend on the database enforcing ON DELETE CASCADE.
-        session.execute(delete(TrackletModel).where(TrackletModel.procedure_id == proc_id))
-        session.execute(delete(ProcedureModel).where(ProcedureModel.id == proc_id))
+        session.execute(delete(TrackletModel).where(TrackletModel.procedure_id.in_(proc_ids)))
+        session.execute(delete(ProcedureModel).where(ProcedureModel.id.in_(proc_ids)))
         return [int(i) for i in ids]
 
     # -- reads ---------------------------------------------------------------------
@@ -379,21 +428,29 @@ class Store:
         with self._sessions() as session:
             return session.scalar(query) is not None
 
-    def get_procedure(self, uid: str) -> ProcedureRecord:
-        """The procedure with this UID; raises ProcedureNotFoundError."""
+    def get_procedure(self, uid: str, encoder_version: str | None = None) -> ProcedureRecord:
+        """The procedure with this UID (its newest generation unless ``encoder_version``).
+
+        Raises:
+            ProcedureNotFoundError: no such procedure.
+        """
+        query = select(ProcedureModel).where(ProcedureModel.uid == uid)
+        if encoder_version is not None:
+            query = query.where(ProcedureModel.encoder_version == encoder_version)
+        query = query.order_by(ProcedureModel.created_at.desc(), ProcedureModel.id.desc()).limit(1)
         with self._sessions() as session:
-            model = session.scalar(select(ProcedureModel).where(ProcedureModel.uid == uid))
+            model = session.scalar(query)
             if model is None:
                 raise ProcedureNotFoundError(f"no procedure with uid {uid!r}")
             return _procedure_record(model)
 
-    def list_procedures(self) -> list[ProcedureRecord]:
-        """All procedures, ordered by UID."""
+    def list_procedures(self, encoder_version: str | None = None) -> list[ProcedureRecord]:
+        """All procedures (one record per UID and encoder version), ordered by UID."""
+        query = select(ProcedureModel).order_by(ProcedureModel.uid, ProcedureModel.encoder_version)
+        if encoder_version is not None:
+            query = query.where(ProcedureModel.encoder_version == encoder_version)
         with self._sessions() as session:
-            return [
-                _procedure_record(m)
-                for m in session.scalars(select(ProcedureModel).order_by(ProcedureModel.uid))
-            ]
+            return [_procedure_record(m) for m in session.scalars(query)]
 
     def get_tracklet(self, tracklet_id: int) -> TrackletRecord:
         """The tracklet with this id; raises TrackletNotFoundError."""
@@ -418,7 +475,7 @@ class Store:
         return out
 
     def tracklet_ids_for_procedure(self, uid: str) -> list[int]:
-        """Tracklet ids of a procedure (empty if it is unknown), increasing."""
+        """Tracklet ids of a procedure, every encoder version (empty if unknown), increasing."""
         query = (
             select(TrackletModel.id)
             .join(ProcedureModel, TrackletModel.procedure_id == ProcedureModel.id)

@@ -8,19 +8,35 @@ and by which encoder the index was built and the highest row id it has seen.
 store, so the index always ends up holding exactly the store's ids of its
 encoder version.
 
-Only the exact ``flat_ip`` kind exists for now; :func:`_new_faiss_index` and
-:attr:`VectorIndex.supports_remove` are the seams for HNSW / IVF (which cannot
-remove ids and need a rebuild) and GPU copies later.
+**Generations.** Embeddings of different encoder versions never share an index:
+each encoder version has its own folder, ``INDEX_ROOT/generations/<version>/``
+(:func:`generation_dir`), and :meth:`VectorIndex.open_or_rebuild` takes the
+index root and opens the generation of the encoder it is given.
+:func:`list_generations` says which exist; searching an index with another
+encoder's query raises :class:`EncoderMismatchError`.
+
+**Kinds.** ``flat_ip`` is exact; ``hnsw_ip`` (HNSW graph, inner product) is
+approximate and is chosen automatically once the collection reaches
+:attr:`IndexPolicy.approximate_threshold` vectors (recall@10 against exact
+search is measured by ``benchmarks/index_search.py``). HNSW cannot remove ids:
+removing rebuilds the graph from the vectors it keeps (a CPU round trip), and
+:meth:`VectorIndex.sync_with_store` rebuilds it from the store when rows were
+deleted. Exact search runs on a GPU copy when faiss-gpu and a GPU are present
+(:attr:`IndexPolicy.device`), on the CPU otherwise; the CPU index stays the
+master copy that is saved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Collection
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,15 +55,137 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
 SIDECAR_FILE = "index_infos.json"
 SIDECAR_FORMAT_VERSION = 1
-KINDS = ("flat_ip",)
+GENERATIONS_DIR = "generations"
+KINDS = ("flat_ip", "hnsw_ip")
+DEVICES = ("auto", "cpu", "gpu")
 _SYNC_BATCH = 4096
 
 
-def _new_faiss_index(kind: str, dim: int) -> Any:
-    """A new, empty FAISS index of ``kind`` with external int64 ids."""
+@dataclass(frozen=True)
+class IndexPolicy:
+    """How the index structure is chosen and tuned.
+
+    Attributes:
+        approximate_threshold: from this many vectors on, an automatically chosen
+            index is HNSW (approximate); below it, exact ``flat_ip``.
+        hnsw_m: HNSW neighbours per node (memory ≈ ``4·D + 8·M`` bytes per vector).
+        hnsw_ef_construction: HNSW build-time beam width.
+        hnsw_ef_search: HNSW search-time beam width (raised to ``k`` when smaller).
+        device: ``"auto"`` (GPU when faiss-gpu and a GPU are present), ``"cpu"`` or ``"gpu"``.
+    """
+
+    approximate_threshold: int = 100_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 256
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("approximate_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"IndexPolicy.{name} must be a positive integer, got {value!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"IndexPolicy.device must be one of {DEVICES}, got {self.device!r}")
+
+    def kind_for(self, n_vectors: int) -> str:
+        """The kind an automatically managed index of ``n_vectors`` uses."""
+        return "hnsw_ip" if n_vectors >= self.approximate_threshold else "flat_ip"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexPolicy:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def gpu_available() -> bool:
+    """Whether this FAISS build has GPU support and sees at least one GPU."""
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return bool(
+        hasattr(faiss, "StandardGpuResources") and get_num_gpus is not None and get_num_gpus() > 0
+    )
+
+
+_GPU_RESOURCES: Any = None
+_GPU_LOCK = threading.Lock()
+
+
+def _gpu_resources() -> Any:
+    """One ``StandardGpuResources`` per process (it reserves scratch GPU memory)."""
+    global _GPU_RESOURCES
+    with _GPU_LOCK:
+        if _GPU_RESOURCES is None:
+            _GPU_RESOURCES = faiss.StandardGpuResources()
+        return _GPU_RESOURCES
+
+
+def _resolve_device(device: str) -> str:
+    if device == "gpu" and not gpu_available():
+        raise ConfigError(
+            "IndexPolicy.device='gpu' but this FAISS build has no GPU support or sees no GPU; "
+            "install the 'gpu' extra (faiss-gpu) on a GPU machine, or use device='auto'"
+        )
+    if device == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    return device
+
+
+def _new_faiss_index(kind: str, dim: int, policy: IndexPolicy) -> Any:
+    """A new, empty CPU FAISS index of ``kind`` with external int64 ids."""
     if kind == "flat_ip":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if kind == "hnsw_ip":
+        hnsw = faiss.IndexHNSWFlat(dim, policy.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = policy.hnsw_ef_construction
+        hnsw.hnsw.efSearch = policy.hnsw_ef_search
+        return faiss.IndexIDMap2(hnsw)
     raise ConfigError(f"unknown index kind {kind!r}; known kinds: {list(KINDS)}")
+
+
+def _slug(text: str) -> str:
+    """A folder name for an encoder version: readable, and unique by a hash suffix."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "encoder"
+    if clean == text and len(text) <= 100:
+        return text
+    return f"{clean[:80]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def generation_dir(index_root: str | Path, encoder_version: str) -> Path:
+    """The folder of the index generation of ``encoder_version`` under ``index_root``."""
+    if not encoder_version:
+        raise ConfigError("encoder_version must be a non-empty string")
+    return Path(index_root) / GENERATIONS_DIR / _slug(encoder_version)
+
+
+def list_generations(index_root: str | Path) -> list[dict[str, Any]]:
+    """The snapshots under ``index_root``: each sidecar plus its ``"directory"``, by encoder version."""
+    base = Path(index_root) / GENERATIONS_DIR
+    out = []
+    if base.is_dir():
+        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+            infos = VectorIndex.read_infos(folder)
+            if infos is not None:
+                out.append({**infos, "directory": str(folder)})
+    return sorted(out, key=lambda i: str(i.get("encoder_version")))
+
+
+def check_encoder_has_embeddings(store: Store, encoder_version: str) -> None:
+    """Raise EncoderMismatchError when the store holds embeddings, but none of ``encoder_version``.
+
+    What a service calls before serving: its encoder must match the indexed data.
+    """
+    if store.count_tracklets(encoder_version) > 0:
+        return
+    others = store.encoder_versions()
+    if others:
+        raise EncoderMismatchError(
+            f"the store holds embeddings of encoder version(s) {others} but none of "
+            f"{encoder_version!r}: serve with one of those encoders, or index the procedures "
+            f"with this one (a new index generation)"
+        )
 
 
 def _l2_normalize(vectors: np.ndarray, what: str) -> np.ndarray:
@@ -94,13 +232,16 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class VectorIndex:
-    """Exact inner-product index over L2-normalised float32 vectors, keyed by tracklet id.
+    """Inner-product index over L2-normalised float32 vectors, keyed by tracklet id.
 
     Args:
         dim: embedding dimension ``D``.
-        encoder_version: the encoder whose embeddings this index holds; vectors of
-            any other version are refused.
-        kind: index structure; only ``"flat_ip"`` (exact) for now.
+        encoder_version: the encoder whose embeddings this index holds; vectors and
+            queries of any other version are refused.
+        kind: ``"flat_ip"`` (exact), ``"hnsw_ip"`` (approximate), or ``None`` to
+            choose by size with ``policy`` (exact below its threshold, HNSW from it
+            on, switching as the collection grows or shrinks).
+        policy: thresholds, HNSW parameters and device.
         preprocess: the crop settings of the encoder (recorded in the sidecar).
         fragment: the fragment settings used to embed tracklets (recorded in the sidecar).
         max_row_id: highest store row id already seen (a high-water mark, kept
@@ -112,7 +253,8 @@ class VectorIndex:
         dim: int,
         encoder_version: str,
         *,
-        kind: str = "flat_ip",
+        kind: str | None = "flat_ip",
+        policy: IndexPolicy | None = None,
         preprocess: PreprocessConfig | None = None,
         fragment: FragmentConfig | None = None,
         max_row_id: int = 0,
@@ -121,12 +263,17 @@ class VectorIndex:
             raise ConfigError(f"dim must be a positive integer, got {dim!r}")
         if not encoder_version:
             raise ConfigError("encoder_version must be a non-empty string")
-        self._index = _new_faiss_index(kind, dim)
+        self.policy = policy or IndexPolicy()
+        self._auto = kind is None
+        self._kind = kind if kind is not None else self.policy.kind_for(0)
+        self._index = _new_faiss_index(self._kind, dim, self.policy)
+        self._device = _resolve_device(self.policy.device)
+        self._gpu_index: Any = None
         self._dim = dim
         self._encoder_version = encoder_version
-        self._kind = kind
         self.preprocess = preprocess
         self.fragment = fragment
+        self.directory: Path | None = None
         self._max_row_id = int(max_row_id)
         self._lock = threading.RLock()
 
@@ -145,13 +292,23 @@ class VectorIndex:
         return self._kind
 
     @property
+    def auto_kind(self) -> bool:
+        """Whether the kind follows the collection size (``kind=None`` at construction)."""
+        return self._auto
+
+    @property
+    def device(self) -> str:
+        """Where exact searches run: ``"cpu"`` or ``"gpu"``."""
+        return self._device
+
+    @property
     def max_id(self) -> int:
         """Highest row id this index has seen (0 when none): catch-up starts after it."""
         return self._max_row_id
 
     @property
     def supports_remove(self) -> bool:
-        """Whether ids can be removed in place (HNSW and GPU indexes cannot)."""
+        """Whether ids are removed in place; HNSW removes by rebuilding its graph."""
         return self._kind == "flat_ip"
 
     def __len__(self) -> int:
@@ -172,6 +329,40 @@ class VectorIndex:
         if not isinstance(tracklet_id, int | np.integer):
             return False
         return bool(np.any(self.ids() == int(tracklet_id)))
+
+    def check_encoder(self, encoder_version: str) -> None:
+        """Raise EncoderMismatchError unless ``encoder_version`` is this index's."""
+        if encoder_version != self._encoder_version:
+            raise EncoderMismatchError(
+                f"the index holds embeddings of encoder {self._encoder_version!r}, not "
+                f"{encoder_version!r}: open the generation of this encoder "
+                f"(VectorIndex.open_or_rebuild with its version) or serve with "
+                f"encoder {self._encoder_version!r}"
+            )
+
+    def _vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """All held ``(ids, vectors)`` (a CPU copy), in insertion order."""
+        n = len(self)
+        ids = self.ids().copy()
+        vectors = (
+            self._index.index.reconstruct_n(0, n) if n else np.zeros((0, self._dim), np.float32)
+        )
+        return ids, np.asarray(vectors, dtype=np.float32).reshape(n, self._dim)
+
+    def _restructure(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the FAISS index by a new one of ``kind`` holding ``vectors`` (normalised)."""
+        new = _new_faiss_index(kind, self._dim, self.policy)
+        if len(ids):
+            new.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        self._index = new
+        self._kind = kind
+        self._gpu_index = None
+        logger.info("index %s: now %s with %d vectors", self._encoder_version, kind, len(ids))
+
+    def _maybe_switch_kind(self) -> None:
+        if self._auto and self.policy.kind_for(len(self)) != self._kind:
+            ids, vectors = self._vectors()
+            self._restructure(self.policy.kind_for(len(ids)), ids, vectors)
 
     # -- updates -------------------------------------------------------------------
 
@@ -215,23 +406,51 @@ class VectorIndex:
             present = id_arr[np.isin(id_arr, self.ids())]
             if present.size:
                 raise InvalidInputError(f"ids already in the index: {present[:10].tolist()}")
-            self._index.add_with_ids(normalized, id_arr)
+            if self._auto and self.policy.kind_for(len(self) + len(id_arr)) != self._kind:
+                old_ids, old_vectors = self._vectors()
+                self._restructure(
+                    self.policy.kind_for(len(self) + len(id_arr)),
+                    np.concatenate([old_ids, id_arr]),
+                    np.concatenate([old_vectors, normalized]),
+                )
+            else:
+                self._index.add_with_ids(normalized, id_arr)
+                self._gpu_index = None
             self._max_row_id = max(self._max_row_id, int(id_arr.max()))
 
     def remove(self, ids: Collection[int] | np.ndarray) -> int:
-        """Remove ids (absent ones are ignored); returns how many were removed."""
+        """Remove ids (absent ones are ignored); returns how many were removed.
+
+        ``flat_ip`` removes in place; ``hnsw_ip`` rebuilds its graph from the
+        vectors it keeps (time grows with the collection: delete in batches).
+        """
         id_arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
         if id_arr.size == 0:
             return 0
-        if not self.supports_remove:
-            raise NotImplementedError(f"index kind {self._kind!r} cannot remove ids; rebuild it")
         with self._lock:
-            return int(self._index.remove_ids(faiss.IDSelectorBatch(id_arr)))
+            if self.supports_remove:
+                removed = int(self._index.remove_ids(faiss.IDSelectorBatch(id_arr)))
+                self._gpu_index = None
+                if removed:
+                    self._maybe_switch_kind()
+                return removed
+            held, vectors = self._vectors()
+            keep = ~np.isin(held, id_arr)
+            removed = int((~keep).sum())
+            if removed:
+                kind = self.policy.kind_for(int(keep.sum())) if self._auto else self._kind
+                self._restructure(kind, held[keep], vectors[keep])
+            return removed
 
     # -- queries -------------------------------------------------------------------
 
     def search(
-        self, queries: np.ndarray, k: int, exclude_ids: Collection[int] | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude_ids: Collection[int] | None = None,
+        *,
+        encoder_version: str | None = None,
     ) -> list[list[tuple[int, float]]]:
         """Top-``k`` neighbours by cosine similarity.
 
@@ -239,11 +458,15 @@ class VectorIndex:
             queries: float32 ``(Q, D)`` (or ``(D,)`` for one query); L2-normalised here.
             k: neighbours per query (fewer come back when the index is smaller).
             exclude_ids: ids never returned (e.g. the query's own procedure).
+            encoder_version: the encoder that made the queries; when given it must be
+                this index's (EncoderMismatchError otherwise).
 
         Returns:
             Per query, ``(id, score)`` pairs by decreasing score; no ``-1`` padding.
             An empty index gives empty lists.
         """
+        if encoder_version is not None:
+            self.check_encoder(encoder_version)
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
@@ -261,20 +484,34 @@ class VectorIndex:
             if n == 0:
                 return [[] for _ in range(len(q))]
             kk = int(min(k, n))
+            params: Any = None
+            if self._kind == "hnsw_ip":
+                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+                params.efSearch = max(self.policy.hnsw_ef_search, kk)
             if exclude_ids:
                 excluded = np.fromiter((int(i) for i in exclude_ids), dtype=np.int64)
                 inner = faiss.IDSelectorBatch(excluded)
                 selector = faiss.IDSelectorNot(inner)
-                params = faiss.SearchParameters()
+                params = params or faiss.SearchParameters()
                 params.sel = selector
                 scores, labels = self._index.search(q, kk, params=params)
                 del params, selector, inner  # the selectors must outlive the search
+            elif params is not None:
+                scores, labels = self._index.search(q, kk, params=params)
+            elif self._device == "gpu":
+                scores, labels = self._gpu_copy().search(q, kk)
             else:
                 scores, labels = self._index.search(q, kk)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             for row_ids, row_scores in zip(labels, scores, strict=True)
         ]
+
+    def _gpu_copy(self) -> Any:
+        """A GPU copy of the exact index for searching (rebuilt after each change)."""
+        if self._gpu_index is None:  # pragma: no cover - needs faiss-gpu and a GPU
+            self._gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, self._index)
+        return self._gpu_index
 
     # -- persistence ---------------------------------------------------------------
 
@@ -283,6 +520,8 @@ class VectorIndex:
         return {
             "format_version": SIDECAR_FORMAT_VERSION,
             "kind": self._kind,
+            "auto_kind": self._auto,
+            "policy": self.policy.to_dict(),
             "metric": "inner_product",
             "normalized": True,
             "encoder_version": self._encoder_version,
@@ -295,7 +534,7 @@ class VectorIndex:
             "faiss_version": faiss.__version__,
         }
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path | None = None) -> Path:
         """Write ``index.faiss`` then ``index_infos.json`` atomically into ``directory``.
 
         Each file goes to a temp file in the same folder, is fsynced and renamed
@@ -303,19 +542,28 @@ class VectorIndex:
         does not match the index; :meth:`load` refuses that pair and
         :meth:`open_or_rebuild` rebuilds from the store.
 
+        Args:
+            directory: the exact folder; default the generation folder this index
+                was opened from (:attr:`directory`).
+
         Returns:
             The path of ``index.faiss``.
         """
+        if directory is None:
+            if self.directory is None:
+                raise ConfigError("save() needs a directory: this index was not opened from one")
+            directory = self.directory
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            data = faiss.serialize_index(self._index)  # a CPU index; GPU ones are copied back first
+            data = faiss.serialize_index(self._index)  # the CPU master copy
             infos = self.infos()
         index_path = out / INDEX_FILE
         _write_atomic(index_path, np.ascontiguousarray(data))
         _write_atomic(
             out / SIDECAR_FILE, (json.dumps(infos, indent=2, sort_keys=True) + "\n").encode()
         )
+        self.directory = out
         return index_path
 
     @staticmethod
@@ -332,12 +580,24 @@ class VectorIndex:
         return data if isinstance(data, dict) else None
 
     @classmethod
-    def load(cls, directory: str | Path) -> VectorIndex:
-        """Load a snapshot written by :meth:`save`.
+    def load(
+        cls,
+        directory: str | Path,
+        encoder_version: str | None = None,
+        *,
+        policy: IndexPolicy | None = None,
+    ) -> VectorIndex:
+        """Load a snapshot written by :meth:`save` (an exact generation folder).
+
+        Args:
+            directory: the folder holding ``index.faiss`` and ``index_infos.json``.
+            encoder_version: when given, the snapshot must be of this encoder.
+            policy: overrides the policy recorded in the sidecar.
 
         Raises:
             IndexNotReadyError: no snapshot, an unreadable one, or an index file
                 that does not match its sidecar.
+            EncoderMismatchError: the snapshot is of another encoder version.
         """
         folder = Path(directory)
         infos = cls.read_infos(folder)
@@ -349,9 +609,11 @@ class VectorIndex:
         try:
             kind = str(infos["kind"])
             dim = int(infos["dim"])
-            encoder_version = str(infos["encoder_version"])
+            stored_version = str(infos["encoder_version"])
             count = int(infos["count"])
             max_row_id = int(infos.get("max_row_id", 0))
+            auto = bool(infos.get("auto_kind", False))
+            policy = policy or IndexPolicy.from_dict(infos.get("policy") or {})
             preprocess = (
                 PreprocessConfig.from_dict(infos["preprocess"]) if infos.get("preprocess") else None
             )
@@ -360,6 +622,11 @@ class VectorIndex:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexNotReadyError(f"{folder / SIDECAR_FILE}: malformed sidecar: {exc}") from exc
+        if encoder_version is not None and stored_version != encoder_version:
+            raise EncoderMismatchError(
+                f"the index in {folder} holds embeddings of encoder {stored_version!r}, not "
+                f"{encoder_version!r}; open {generation_dir(folder.parent.parent, encoder_version)}"
+            )
         try:
             raw = faiss.deserialize_index(np.fromfile(index_path, dtype=np.uint8))
         except (RuntimeError, ValueError, OSError) as exc:
@@ -369,20 +636,31 @@ class VectorIndex:
                 f"{index_path} ({raw.ntotal} vectors of dim {raw.d}) does not match its sidecar "
                 f"({count} vectors of dim {dim}); an interrupted save? rebuild it from the store"
             )
-        index = cls(dim, encoder_version, kind=kind, preprocess=preprocess, fragment=fragment)
-        if not isinstance(raw, faiss.IndexIDMap2):
+        if kind not in KINDS or not isinstance(raw, faiss.IndexIDMap2):
             raise IndexNotReadyError(
-                f"{index_path}: unexpected FAISS index type {type(raw).__name__}"
+                f"{index_path}: unexpected FAISS index {type(raw).__name__} of kind {kind!r}"
             )
+        index = cls(
+            dim,
+            stored_version,
+            kind=None if auto else kind,
+            policy=policy,
+            preprocess=preprocess,
+            fragment=fragment,
+        )
         index._index = raw
+        index._kind = kind
+        if kind == "hnsw_ip":
+            faiss.downcast_index(raw.index).hnsw.efSearch = policy.hnsw_ef_search  # type: ignore[attr-defined]
         ids = index.ids()
         index._max_row_id = max(max_row_id, int(ids.max()) if ids.size else 0)
+        index.directory = folder
         return index
 
     @classmethod
     def open_or_rebuild(
         cls,
-        directory: str | Path,
+        index_root: str | Path,
         store: Store,
         encoder_version: str,
         dim: int,
@@ -390,22 +668,26 @@ class VectorIndex:
         preprocess: PreprocessConfig | None = None,
         fragment: FragmentConfig | None = None,
         save: bool = False,
+        policy: IndexPolicy | None = None,
     ) -> VectorIndex:
-        """The index of ``encoder_version``, equal to the store's ids of that version.
+        """The index generation of ``encoder_version``, equal to the store's ids of that version.
 
-        Loads the snapshot in ``directory`` if its sidecar names the same encoder
-        version and dim (else starts empty), then :meth:`sync_with_store`.
+        Loads the snapshot in ``generation_dir(index_root, encoder_version)`` if it
+        is readable and of the same dim (else starts empty, its kind chosen by size),
+        then :meth:`sync_with_store` (the catch-up after a crash or another writer).
 
         Args:
-            directory: the index folder (may not exist yet).
+            index_root: the index folder (may not exist yet); generations live under it.
             store: the source of truth.
             encoder_version: the encoder whose embeddings the index must hold.
             dim: their dimension.
             preprocess: recorded in the sidecar (taken from the snapshot if not given).
             fragment: recorded in the sidecar (taken from the snapshot if not given).
             save: write the snapshot back when syncing changed the index.
+            policy: kind threshold / HNSW parameters / device (default: the snapshot's,
+                else :class:`IndexPolicy` defaults).
         """
-        folder = Path(directory)
+        folder = generation_dir(index_root, encoder_version)
         index: VectorIndex | None = None
         infos = cls.read_infos(folder)
         if infos is None:
@@ -421,17 +703,72 @@ class VectorIndex:
             )
         else:
             try:
-                index = cls.load(folder)
+                index = cls.load(folder, encoder_version, policy=policy)
             except IndexNotReadyError as exc:
                 logger.warning("%s: rebuilding from the store", exc)
         if index is None:
-            index = cls(dim, encoder_version, preprocess=preprocess, fragment=fragment)
-        else:
-            index.preprocess = preprocess or index.preprocess
-            index.fragment = fragment or index.fragment
+            index = cls.build_from_store(
+                store, encoder_version, dim, policy=policy, preprocess=preprocess, fragment=fragment
+            )
+            index.directory = folder
+            if save:
+                index.save(folder)
+            return index
+        index.preprocess = preprocess or index.preprocess
+        index.fragment = fragment or index.fragment
         added, removed = index.sync_with_store(store)
-        if save and (added or removed or not (folder / INDEX_FILE).is_file()):
+        if save and (added or removed):
             index.save(folder)
+        return index
+
+    @classmethod
+    def build_from_store(
+        cls,
+        store: Store,
+        encoder_version: str,
+        dim: int | None = None,
+        *,
+        policy: IndexPolicy | None = None,
+        preprocess: PreprocessConfig | None = None,
+        fragment: FragmentConfig | None = None,
+    ) -> VectorIndex:
+        """A new index of every stored embedding of ``encoder_version`` (kind chosen by size).
+
+        Args:
+            dim: expected dimension; default the stored one (an empty store needs it).
+
+        Raises:
+            EncoderMismatchError: stored embeddings of another dim than ``dim``.
+            IndexNotReadyError: no ``dim`` and nothing stored to take it from.
+        """
+        policy = policy or IndexPolicy()
+        ids_parts: list[np.ndarray] = []
+        vec_parts: list[np.ndarray] = []
+        for ids, vectors in store.iter_embeddings(encoder_version, batch=_SYNC_BATCH):
+            if dim is None:
+                dim = int(vectors.shape[1])
+            if vectors.shape[1] != dim:
+                raise EncoderMismatchError(
+                    f"the store holds embeddings of encoder {encoder_version!r} with dim "
+                    f"{vectors.shape[1]}, but the index has dim {dim}"
+                )
+            ids_parts.append(ids)
+            vec_parts.append(_l2_normalize(vectors, "stored embeddings"))
+        if dim is None:
+            raise IndexNotReadyError(
+                f"the store holds no embeddings of encoder {encoder_version!r}: "
+                f"nothing to build an index from"
+            )
+        index = cls(
+            dim, encoder_version, kind=None, policy=policy, preprocess=preprocess, fragment=fragment
+        )
+        if ids_parts:
+            all_ids = np.concatenate(ids_parts)
+            with index._lock:
+                index._restructure(
+                    policy.kind_for(len(all_ids)), all_ids, np.concatenate(vec_parts)
+                )
+                index._max_row_id = int(all_ids.max())
         return index
 
     def sync_with_store(self, store: Store) -> tuple[int, int]:
@@ -439,7 +776,8 @@ class VectorIndex:
 
         Catches up with rows after :attr:`max_id`, removes ids the store no longer
         has (deleted or replaced procedures), and adds any stored id the index
-        lacks (rows committed out of id order).
+        lacks (rows committed out of id order). An HNSW index with rows to remove
+        is rebuilt from the store instead.
 
         Returns:
             ``(added, removed)`` counts.
@@ -455,9 +793,22 @@ class VectorIndex:
                 added += int(fresh.sum())
             stored = store.tracklet_ids(self._encoder_version)
             held = self.ids()
-            removed = (
-                self.remove(np.setdiff1d(held, stored, assume_unique=True)) if held.size else 0
-            )
+            gone = np.setdiff1d(held, stored, assume_unique=True) if held.size else held
+            removed = 0
+            if gone.size and not self.supports_remove:
+                fresh_index = self.build_from_store(
+                    store, self._encoder_version, self._dim, policy=self.policy
+                )
+                before = set(held.tolist())
+                after = set(fresh_index.ids().tolist())
+                self._index, self._kind = fresh_index._index, fresh_index._kind
+                self._gpu_index = None
+                self._max_row_id = max(self._max_row_id, fresh_index._max_row_id)
+                removed, added = len(before - after), added + len(after - before)
+                held = self.ids()
+            elif gone.size:
+                removed = self.remove(gone)
+                held = self.ids()
             missing = np.setdiff1d(stored, held, assume_unique=True)
             for start in range(0, len(missing), _SYNC_BATCH):
                 ids, vectors = store.embeddings_for_ids(
@@ -482,3 +833,68 @@ class VectorIndex:
                 f"the store holds embeddings of encoder {self._encoder_version!r} with dim "
                 f"{vectors.shape[1]}, but the index has dim {self._dim}"
             )
+
+
+def rebuild_generation(
+    index_root: str | Path,
+    store: Store,
+    encoder_version: str,
+    *,
+    dim: int | None = None,
+    policy: IndexPolicy | None = None,
+    preprocess: PreprocessConfig | None = None,
+    fragment: FragmentConfig | None = None,
+) -> VectorIndex:
+    """Rebuild the generation of ``encoder_version`` from the store and save it atomically.
+
+    What ``polypindex index rebuild`` runs; the crop/fragment settings are kept
+    from the old snapshot when not given.
+    """
+    folder = generation_dir(index_root, encoder_version)
+    old = VectorIndex.read_infos(folder) or {}
+    if preprocess is None and old.get("preprocess"):
+        preprocess = PreprocessConfig.from_dict(old["preprocess"])
+    if fragment is None and old.get("fragment"):
+        fragment = FragmentConfig.from_dict(old["fragment"])
+    if policy is None and old.get("policy"):
+        policy = IndexPolicy.from_dict(old["policy"])
+    index = VectorIndex.build_from_store(
+        store, encoder_version, dim, policy=policy, preprocess=preprocess, fragment=fragment
+    )
+    index.save(folder)
+    return index
+
+
+def describe_generations(index_root: str | Path, store: Store) -> list[dict[str, Any]]:
+    """Every encoder version found in the store or on disk, with its state.
+
+    Returns:
+        One dict per encoder version: ``encoder_version``, ``stored`` (tracklets in
+        the store), ``snapshot`` (vectors in the saved index, ``None`` if none),
+        ``kind``, ``max_row_id``, ``directory`` and ``in_sync`` (the snapshot holds
+        as many vectors as the store and covers its highest id; a snapshot that is
+        behind is caught up when opened).
+    """
+    on_disk = {str(i.get("encoder_version")): i for i in list_generations(index_root)}
+    out = []
+    for version in sorted(set(store.encoder_versions()) | set(on_disk)):
+        infos = on_disk.get(version)
+        stored = store.count_tracklets(version)
+        ids = store.tracklet_ids(version) if stored else np.zeros(0, dtype=np.int64)
+        snapshot = int(infos["count"]) if infos else None
+        out.append(
+            {
+                "encoder_version": version,
+                "stored": stored,
+                "snapshot": snapshot,
+                "kind": infos.get("kind") if infos else None,
+                "max_row_id": infos.get("max_row_id") if infos else None,
+                "directory": str(generation_dir(index_root, version)),
+                "in_sync": bool(
+                    infos
+                    and snapshot == stored
+                    and int(infos.get("max_row_id") or 0) >= (int(ids[-1]) if ids.size else 0)
+                ),
+            }
+        )
+    return out

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from model.errors import PolypIndexError
+from polypindex.cli_store import db_app, delete, index_app
 from polypindex.paths import layout
 
 app = typer.Typer(
@@ -129,69 +130,9 @@ def export(
     )
 
 
-@app.command()
-def index(
-    data: Annotated[Path, typer.Argument(help="COCO dataset folder (images/ + annotations/).")],
-    split: Annotated[
-        list[str] | None, typer.Option(help="Split(s) to index (repeatable; default: test).")
-    ] = None,
-    model: Annotated[
-        Path | None, typer.Option(help="Encoder .onnx (default: the demo model).")
-    ] = None,
-    database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite under --home).")
-    ] = None,
-    index_dir: Annotated[
-        Path | None, typer.Option(help="FAISS index folder (default: under --home).")
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Re-embed procedures that are already indexed.")
-    ] = False,
-    home: HomeOpt = None,
-) -> None:
-    """Index the procedures of a dataset: tracklets → embeddings → SQL rows + FAISS index."""
-    from indexer.pipeline import index_dataset
-    from indexer.store import Store
-    from model.runtime import OnnxEncoder
-
-    lay = layout(home)
-    try:
-        encoder = OnnxEncoder(model or lay.demo_model_dir / "encoder.onnx")
-        store = Store(database_url or lay.database_url)
-        for s in split or ["test"]:
-            report = index_dataset(data, s, store, index_dir or lay.index_dir, encoder, force=force)
-            typer.echo(
-                json.dumps(
-                    report.to_dict() if hasattr(report, "to_dict") else vars(report), default=str
-                )
-            )
-    except PolypIndexError as exc:
-        raise _fail(exc) from exc
-
-
-@app.command()
-def delete(
-    procedure_uid: Annotated[str, typer.Argument(help="UID of the procedure to remove.")],
-    database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite under --home).")
-    ] = None,
-    index_dir: Annotated[
-        Path | None, typer.Option(help="FAISS index folder (default: under --home).")
-    ] = None,
-    home: HomeOpt = None,
-) -> None:
-    """Remove a procedure's rows and its vectors from the index."""
-    from indexer.pipeline import delete_procedure
-    from indexer.store import Store
-
-    lay = layout(home)
-    try:
-        removed = delete_procedure(
-            procedure_uid, Store(database_url or lay.database_url), index_dir or lay.index_dir
-        )
-    except PolypIndexError as exc:
-        raise _fail(exc) from exc
-    typer.echo(f"deleted procedure {procedure_uid}: {len(removed)} tracklets removed")
+app.add_typer(index_app, name="index")
+app.add_typer(db_app, name="db")
+app.command()(delete)
 
 
 @app.command()

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-import indexer.pipeline as pipeline
+import indexer.sources as sources
 from indexer.pipeline import Embedder, delete_procedure, index_dataset
 from indexer.store import Store
-from indexer.vector_index import VectorIndex
+from indexer.vector_index import VectorIndex, generation_dir
 from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
 from model.errors import ConfigError, ImageReadError, InvalidInputError, ProcedureNotFoundError
 
@@ -104,7 +104,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def _index_ids(index_dir: Path) -> list[int]:
-    return sorted(VectorIndex.load(index_dir).ids().tolist())
+    return sorted(VectorIndex.load(generation_dir(index_dir, "fake-v1")).ids().tolist())
 
 
 def test_encoder_protocol_is_satisfied() -> None:
@@ -141,7 +141,7 @@ def test_index_then_reindex(dataset: Path, store: Store, tmp_path: Path) -> None
     assert p1.boxes["frame_ids"] == list(range(6)) and p1.boxes["sampled_frame_ids"] == [0, 2, 3, 5]
     assert p1.boxes["first"] == [4.0, 8.0, 12.0, 12.0]
     assert p1.thumbnail_path and (index_dir / p1.thumbnail_path).is_file()
-    index = VectorIndex.load(index_dir)
+    index = VectorIndex.load(generation_dir(index_dir, "fake-v1"))
     assert index.preprocess == encoder.preprocess and index.fragment == encoder.fragment
     (hits,) = index.search(p1.embedding, 1)
     assert hits[0][0] == p1.id and hits[0][1] == pytest.approx(1.0, abs=1e-5)
@@ -163,13 +163,13 @@ def test_each_image_is_decoded_once_per_procedure(
     dataset: Path, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: Counter[str] = Counter()
-    real = pipeline.read_image
+    real = sources.read_image
 
     def counting(path: str | Path) -> np.ndarray:
         reads[str(path)] += 1
         return real(path)
 
-    monkeypatch.setattr(pipeline, "read_image", counting)
+    monkeypatch.setattr(sources, "read_image", counting)
     index_dataset(
         dataset, "test", store, tmp_path / "index", FakeEncoder(), TRACKLETS, progress=False
     )

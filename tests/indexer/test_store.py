@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,52 +10,16 @@ import pytest
 from indexer.store import Store, TrackletRow
 from model.errors import InvalidInputError, ProcedureNotFoundError, TrackletNotFoundError
 
-PG_URL = os.environ.get(
-    "POLYPINDEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 DIM = 8
 
 
-def _pg_schema_store() -> Iterator[Store]:
-    """A Store in a fresh PostgreSQL schema, dropped at teardown."""
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
     try:
-        import psycopg
-        from sqlalchemy.engine import make_url
-    except ImportError as exc:  # pragma: no cover - the dev install has it
-        pytest.skip(f"psycopg is not installed: {exc}")
-    url = make_url(PG_URL)
-    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    schema = f"pi_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(
-            f"PostgreSQL not reachable at {url.render_as_string()} (set POLYPINDEX_TEST_PG_URL): {exc}"
-        )
-    try:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        store = Store(
-            url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-        )
-        try:
-            yield store
-        finally:
-            store.close()
+        yield s
     finally:
-        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'db' / 'store.sqlite'}")
-        try:
-            yield s
-        finally:
-            s.close()
-    else:
-        yield from _pg_schema_store()
+        s.close()
 
 
 def _rows(n: int, seed: int = 0, prefix: str = "seq/p") -> list[TrackletRow]:
@@ -169,3 +130,15 @@ def test_tracklet_ids_and_embeddings_for_ids(store: Store) -> None:
     ids, vecs = store.embeddings_for_ids([b[1], 999_999, a[0]])
     np.testing.assert_array_equal(ids, sorted([a[0], b[1]]))
     assert vecs.shape == (2, DIM)
+
+
+def test_a_procedure_per_encoder_generation(store: Store) -> None:
+    a = store.replace_procedure("P", None, "s", "enc-a", _rows(2))
+    b = store.replace_procedure("P", None, "s", "enc-b", _rows(3, seed=1))
+    assert store.tracklet_ids("enc-a").tolist() == a and store.tracklet_ids("enc-b").tolist() == b
+    a2 = store.replace_procedure("P", None, "s", "enc-a", _rows(1))  # only enc-a is replaced
+    assert store.tracklet_ids("enc-a").tolist() == a2 and store.tracklet_ids("enc-b").tolist() == b
+    assert store.get_procedure("P", "enc-b").n_tracklets == 3
+    assert len(store.list_procedures()) == 2 and len(store.list_procedures("enc-a")) == 1
+    assert store.delete_procedure("P", "enc-a") == a2 and store.has_procedure("P", "enc-b")
+    assert store.delete_procedure("P") == b and not store.has_procedure("P")

@@ -9,9 +9,19 @@ import numpy as np
 import pytest
 
 from indexer.store import Store, TrackletRow
-from indexer.vector_index import INDEX_FILE, SIDECAR_FILE, VectorIndex
+from indexer.vector_index import (
+    INDEX_FILE,
+    SIDECAR_FILE,
+    IndexPolicy,
+    VectorIndex,
+    check_encoder_has_embeddings,
+    generation_dir,
+    gpu_available,
+    list_generations,
+    rebuild_generation,
+)
 from model.config import FragmentConfig, PreprocessConfig
-from model.errors import EncoderMismatchError, IndexNotReadyError, InvalidInputError
+from model.errors import ConfigError, EncoderMismatchError, IndexNotReadyError, InvalidInputError
 
 DIM = 16
 
@@ -134,7 +144,8 @@ def test_open_or_rebuild_catches_up_and_drops_deleted(tmp_path: Path) -> None:
     other = store.replace_procedure("X", None, "s", "enc-b", [_row("x0", vecs[7])])
     index = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM, save=True)
     assert sorted(index.ids().tolist()) == sorted(a + b)
-    assert VectorIndex.read_infos(tmp_path / "idx") is not None
+    gen_a = generation_dir(tmp_path / "idx", "enc-a")
+    assert index.directory == gen_a and VectorIndex.read_infos(gen_a) is not None
 
     # behind the snapshot: a new procedure, a deleted one, and a replaced one
     c = store.replace_procedure("C", None, "s", "enc-a", [_row("c0", vecs[5]), _row("c1", vecs[6])])
@@ -147,10 +158,12 @@ def test_open_or_rebuild_catches_up_and_drops_deleted(tmp_path: Path) -> None:
     assert hit[0][0] == c[1]
 
     # the other encoder version never shares the snapshot: it is rebuilt from its own rows
-    index_b = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-b", DIM)
+    index_b = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-b", DIM, save=True)
     assert index_b.ids().tolist() == other
+    assert index_b.directory == generation_dir(tmp_path / "idx", "enc-b") != gen_a
+    assert [g["encoder_version"] for g in list_generations(tmp_path / "idx")] == ["enc-a", "enc-b"]
     # a corrupt snapshot is rebuilt from the store
-    (tmp_path / "idx" / INDEX_FILE).write_bytes(b"garbage")
+    (gen_a / INDEX_FILE).write_bytes(b"garbage")
     rebuilt = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
     assert sorted(rebuilt.ids().tolist()) == sorted(c + b2)
     store.close()
@@ -164,3 +177,109 @@ def test_open_or_rebuild_refuses_store_rows_of_another_dim(tmp_path: Path) -> No
     with pytest.raises(EncoderMismatchError, match="dim"):
         VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
     store.close()
+
+
+def _recall_at(got: list[list[tuple[int, float]]], want: list[list[tuple[int, float]]]) -> float:
+    hits = sum(len({i for i, _ in g} & {i for i, _ in w}) for g, w in zip(got, want, strict=True))
+    return hits / sum(len(w) for w in want)
+
+
+def test_auto_kind_switches_to_hnsw_and_back() -> None:
+    policy = IndexPolicy(approximate_threshold=200, hnsw_m=16, hnsw_ef_search=64)
+    index = VectorIndex(DIM, "enc-a", kind=None, policy=policy)
+    db = _vectors(300, seed=7)
+    ids = np.arange(1, 301, dtype=np.int64)
+    index.add(ids[:150], db[:150])
+    assert index.kind == "flat_ip" and index.auto_kind
+    index.add(ids[150:], db[150:])
+    assert index.kind == "hnsw_ip" and len(index) == 300 and not index.supports_remove
+    queries = _vectors(20, seed=8)
+    got = index.search(queries, 10)
+    want = _exhaustive(ids, db, queries, 10)
+    assert _recall_at(got, want) >= 0.99
+    for g, w in zip(got, want, strict=True):  # scores are exact inner products of what is found
+        exact = dict(w)
+        for i, s in g:
+            if i in exact:
+                assert s == pytest.approx(exact[i], abs=1e-5)
+    # exclusion goes through the id map to HNSW too
+    excluded = {i for i, _ in got[0][:5]}
+    (row,) = index.search(queries[0], 10, exclude_ids=excluded)
+    assert not excluded & {i for i, _ in row} and len(row) == 10
+    # removing from HNSW rebuilds the graph; shrinking below the threshold goes back to exact
+    assert index.remove(ids[:50]) == 50
+    assert index.kind == "hnsw_ip" and len(index) == 250 and not set(ids[:50]) & set(index.ids())
+    assert index.remove(ids[50:120]) == 70
+    assert index.kind == "flat_ip" and len(index) == 180
+    _assert_same(index.search(queries, 5), _exhaustive(ids[120:], db[120:], queries, 5))
+
+
+def test_explicit_hnsw_save_load_round_trip(tmp_path: Path) -> None:
+    index = VectorIndex(DIM, "enc-a", kind="hnsw_ip", policy=IndexPolicy(hnsw_m=8))
+    ids, db = np.arange(5, 105, dtype=np.int64), _vectors(100, seed=9)
+    index.add(ids, db)
+    index.save(tmp_path / "g")
+    loaded = VectorIndex.load(tmp_path / "g", "enc-a")
+    assert loaded.kind == "hnsw_ip" and not loaded.auto_kind and loaded.policy.hnsw_m == 8
+    queries = _vectors(4, seed=10)
+    assert loaded.search(queries, 5) == index.search(queries, 5)
+    assert loaded.remove([5, 6, 999]) == 2 and len(loaded) == 98
+
+
+def test_encoder_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    index = VectorIndex(DIM, "enc-a")
+    index.add(np.arange(1, 4, dtype=np.int64), _vectors(3))
+    assert index.search(_vectors(1), 2, encoder_version="enc-a")
+    with pytest.raises(EncoderMismatchError, match="'enc-a', not 'enc-b'"):
+        index.search(_vectors(1), 2, encoder_version="enc-b")
+    index.save(generation_dir(tmp_path, "enc-a"))
+    with pytest.raises(EncoderMismatchError, match="enc-b"):
+        VectorIndex.load(generation_dir(tmp_path, "enc-a"), "enc-b")
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    check_encoder_has_embeddings(store, "enc-b")  # an empty store matches any encoder
+    store.replace_procedure("A", None, "s", "enc-a", [_row("a0", _vectors(1)[0])])
+    check_encoder_has_embeddings(store, "enc-a")
+    with pytest.raises(EncoderMismatchError, match=r"\['enc-a'\] but none of 'enc-b'"):
+        check_encoder_has_embeddings(store, "enc-b")
+    store.close()
+
+
+def test_generation_folders_are_safe_and_distinct(tmp_path: Path) -> None:
+    assert generation_dir(tmp_path, "enc-a") == tmp_path / "generations" / "enc-a"
+    odd = generation_dir(tmp_path, "../x y/z")
+    assert odd.parent == tmp_path / "generations" and "/" not in odd.name and ".." not in odd.name
+    assert generation_dir(tmp_path, "a b") != generation_dir(tmp_path, "a_b")
+
+
+def test_rebuild_and_hnsw_sync_with_deletions(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    vecs = _vectors(40, seed=11)
+    for p in range(4):
+        store.replace_procedure(
+            f"P{p}", None, "s", "enc-a", [_row(f"k{i}", vecs[10 * p + i]) for i in range(10)]
+        )
+    policy = IndexPolicy(approximate_threshold=30, hnsw_m=8)
+    rebuilt = rebuild_generation(tmp_path / "idx", store, "enc-a", policy=policy)
+    assert (
+        rebuilt.kind == "hnsw_ip" and rebuilt.ids().tolist() == store.tracklet_ids("enc-a").tolist()
+    )
+    assert VectorIndex.read_infos(generation_dir(tmp_path / "idx", "enc-a"))["count"] == 40
+    store.delete_procedure("P0")
+    store.replace_procedure("P4", None, "s", "enc-a", [_row("k0", vecs[0])])
+    index = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
+    assert index.kind == "hnsw_ip"
+    assert sorted(index.ids().tolist()) == store.tracklet_ids("enc-a").tolist()
+    with pytest.raises(IndexNotReadyError, match="no embeddings of encoder 'enc-z'"):
+        rebuild_generation(tmp_path / "idx", store, "enc-z")
+    store.close()
+
+
+def test_device_seam_falls_back_to_cpu() -> None:
+    assert VectorIndex(DIM, "enc-a", policy=IndexPolicy(device="cpu")).device == "cpu"
+    auto = VectorIndex(DIM, "enc-a", policy=IndexPolicy(device="auto"))
+    assert auto.device == ("gpu" if gpu_available() else "cpu")
+    if not gpu_available():
+        with pytest.raises(ConfigError, match="faiss-gpu"):
+            VectorIndex(DIM, "enc-a", policy=IndexPolicy(device="gpu"))
+    with pytest.raises(ConfigError, match="approximate_threshold"):
+        IndexPolicy(approximate_threshold=0)

@@ -99,7 +99,13 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synth = pytest.importorskip("polypindex.synth")
     root = tmp_path_factory.mktemp("synth_tiny")
     config = synth.SynthConfig(
-        n_procedures=4, frames_per_procedure=200, image_width=96, image_height=80, seed=0
+        n_procedures=4,
+        frames_per_procedure=400,
+        tracklet_length=(30, 50),
+        image_width=96,
+        image_height=80,
+        seed=0,
+        workers=1,
     )
     synth.generate(root, config, progress=False)
     return root

@@ -1,0 +1,360 @@
+"""Indexing jobs with their state in the database, run in the background (SPEC §8, issue 4).
+
+What ``POST /procedures`` and ``GET /jobs/{id}`` need, without HTTP:
+
+- :meth:`JobRunner.submit` checks the request (input paths must lie inside the
+  configured data roots; the files must exist) and inserts a ``queued`` row;
+  a refused request writes nothing.
+- A worker thread claims queued jobs one at a time (an atomic
+  ``UPDATE ... WHERE status = 'queued'``, so several runners on one PostgreSQL
+  database never run a job twice), runs :func:`indexer.pipeline.index_sources`
+  and writes its progress (tracklets/s, ETA) to the row after each procedure.
+- A job ends ``succeeded`` with the report, or ``failed`` with the error
+  message (the exception's class and text, never a traceback).
+- Jobs survive a restart: :meth:`JobRunner.start` puts back to ``queued`` the
+  jobs a dead process left ``running``; indexing is idempotent, so re-running
+  one only finishes what was not committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from indexer.pipeline import Embedder, Progress, index_sources
+from indexer.sources import (
+    ProcedureSource,
+    check_in_roots,
+    coco_sources,
+    frames_source,
+    video_source,
+)
+from indexer.store import JobModel, Store
+from indexer.vector_index import IndexPolicy
+from model.config import TrackletConfig
+from model.errors import InvalidInputError, NotFoundError
+
+JOB_KINDS = ("coco", "video", "frames")
+STATUSES = ("queued", "running", "succeeded", "failed")
+# Which request fields are paths (checked against the data roots), per kind.
+_PATH_FIELDS = {
+    "coco": ("root",),
+    "video": ("video", "detections"),
+    "frames": ("folder", "detections"),
+}
+_REQUIRED = {
+    "coco": ("root",),
+    "video": ("video", "detections"),
+    "frames": ("folder", "detections"),
+}
+_OPTIONAL = {
+    "coco": ("split", "force", "min_tracklet_length"),
+    "video": ("uid", "first_frame", "min_score", "force", "min_tracklet_length"),
+    "frames": ("uid", "min_score", "force", "min_tracklet_length"),
+}
+
+
+class JobNotFoundError(NotFoundError):
+    """No job has the requested id."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored (a plain value)."""
+
+    id: str
+    kind: str
+    status: str
+    params: dict[str, Any]
+    progress: dict[str, Any]
+    error: str | None
+    worker: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "params": self.params,
+            "progress": self.progress,
+            "error": self.error,
+            "worker": self.worker,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _record(m: JobModel) -> JobRecord:
+    return JobRecord(
+        id=m.id,
+        kind=m.kind,
+        status=m.status,
+        params=json.loads(m.params_json),
+        progress=json.loads(m.progress_json),
+        error=m.error,
+        worker=m.worker,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+        started_at=m.started_at,
+        finished_at=m.finished_at,
+    )
+
+
+def validate_request(
+    kind: str, params: dict[str, Any], data_roots: Sequence[str | Path]
+) -> dict[str, Any]:
+    """Check an indexing request; return it with its paths resolved.
+
+    Raises:
+        InvalidInputError: unknown kind, missing or unknown fields, a path that does not exist.
+        PathNotAllowedError: a path outside the data roots.
+    """
+    if kind not in JOB_KINDS:
+        raise InvalidInputError(f"unknown job kind {kind!r}; expected one of {list(JOB_KINDS)}")
+    missing = [f for f in _REQUIRED[kind] if not params.get(f)]
+    if missing:
+        raise InvalidInputError(f"a {kind!r} job needs field(s) {missing}")
+    unknown = sorted(set(params) - set(_REQUIRED[kind]) - set(_OPTIONAL[kind]))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown field(s) {unknown} for a {kind!r} job; allowed: "
+            f"{[*_REQUIRED[kind], *_OPTIONAL[kind]]}"
+        )
+    out = dict(params)
+    for name in _PATH_FIELDS[kind]:
+        path = check_in_roots(str(params[name]), data_roots)
+        if not path.exists():
+            raise InvalidInputError(f"{name}: {params[name]} does not exist")
+        out[name] = str(path)
+    return out
+
+
+def build_sources(kind: str, params: dict[str, Any]) -> list[ProcedureSource]:
+    """The procedures of a validated request."""
+    config = TrackletConfig(min_tracklet_length=int(params.get("min_tracklet_length", 30)))
+    if kind == "coco":
+        return coco_sources(params["root"], params.get("split", "test"), config)
+    if kind == "video":
+        return [
+            video_source(
+                params["video"],
+                params["detections"],
+                params.get("uid"),
+                config=config,
+                first_frame=int(params.get("first_frame", 0)),
+                min_score=float(params.get("min_score", 0.0)),
+            )
+        ]
+    return [
+        frames_source(
+            params["folder"],
+            params["detections"],
+            params.get("uid"),
+            config=config,
+            min_score=float(params.get("min_score", 0.0)),
+        )
+    ]
+
+
+class JobRunner:
+    """Runs indexing jobs in one background thread; their state lives in ``jobs``.
+
+    Args:
+        store: the store (also holds the jobs table).
+        index_dir: index root.
+        encoder: the embedder every job uses.
+        data_roots: folders inputs must lie in; an empty list refuses every input.
+        policy: index kind policy.
+        poll_s: how often the idle worker looks for queued jobs.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        index_dir: str | Path,
+        encoder: Embedder,
+        data_roots: Sequence[str | Path],
+        *,
+        policy: IndexPolicy | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.index_dir = Path(index_dir)
+        self.encoder = encoder
+        self.data_roots = [Path(r) for r in data_roots]
+        self.policy = policy
+        self.poll_s = poll_s
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the API side ------------------------------------------------------------------
+
+    def submit(self, kind: str, params: dict[str, Any]) -> JobRecord:
+        """Validate a request and queue it; nothing is written when it is refused."""
+        checked = validate_request(kind, params, self.data_roots)
+        now = _now()
+        model = JobModel(
+            id=uuid.uuid4().hex,
+            kind=kind,
+            status="queued",
+            params_json=json.dumps(checked, sort_keys=True),
+            progress_json="{}",
+            created_at=now,
+            updated_at=now,
+        )
+        with self.store.sessions.begin() as session:
+            session.add(model)
+        self._wake.set()
+        return self.get(model.id)
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job with this id; raises JobNotFoundError."""
+        with self.store.sessions() as session:
+            model = session.get(JobModel, job_id)
+            if model is None:
+                raise JobNotFoundError(f"no job with id {job_id!r}")
+            return _record(model)
+
+    def list(self, status: str | None = None) -> list[JobRecord]:
+        """Jobs, oldest first (of one status when given)."""
+        query = select(JobModel).order_by(JobModel.created_at, JobModel.id)
+        if status is not None:
+            query = query.where(JobModel.status == status)
+        with self.store.sessions() as session:
+            return [_record(m) for m in session.scalars(query)]
+
+    # -- the worker side ---------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Put back to ``queued`` the jobs left ``running`` by a process that died; returns how many.
+
+        Call it once at start-up, when no other runner is alive on this database.
+        """
+        with self.store.sessions.begin() as session:
+            result = session.execute(
+                update(JobModel)
+                .where(JobModel.status == "running")
+                .values(status="queued", worker=None, updated_at=_now())
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def _claim(self) -> str | None:
+        with self.store.sessions() as session:
+            candidates = list(
+                session.scalars(
+                    select(JobModel.id)
+                    .where(JobModel.status == "queued")
+                    .order_by(JobModel.created_at, JobModel.id)
+                    .limit(5)
+                )
+            )
+        for job_id in candidates:
+            with self.store.sessions.begin() as session:
+                now = _now()
+                result = session.execute(
+                    update(JobModel)
+                    .where(JobModel.id == job_id, JobModel.status == "queued")
+                    .values(
+                        status="running", worker=self.worker_name, started_at=now, updated_at=now
+                    )
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    return job_id
+        return None
+
+    def _set(self, job_id: str, **values: Any) -> None:
+        with self.store.sessions.begin() as session:
+            session.execute(
+                update(JobModel).where(JobModel.id == job_id).values(updated_at=_now(), **values)
+            )
+
+    def run_one(self) -> JobRecord | None:
+        """Claim and run one queued job in this thread; ``None`` when none is queued."""
+        job_id = self._claim()
+        if job_id is None:
+            return None
+        job = self.get(job_id)
+
+        def progress(p: Progress) -> None:
+            self._set(job_id, progress_json=json.dumps(p.to_dict()))
+
+        try:
+            sources = build_sources(job.kind, job.params)
+            report = index_sources(
+                sources,
+                self.store,
+                self.index_dir,
+                self.encoder,
+                force=bool(job.params.get("force", False)),
+                progress=False,
+                on_progress=progress,
+                policy=self.policy,
+            )
+        except Exception as exc:
+            logging.getLogger(__name__).warning("job %s failed: %s", job_id, exc)
+            self._set(
+                job_id,
+                status="failed",
+                error=f"{type(exc).__name__}: {exc}",
+                finished_at=_now(),
+            )
+        else:
+            current = self.get(job_id).progress
+            self._set(
+                job_id,
+                status="succeeded",
+                progress_json=json.dumps({**current, "report": report.to_dict()}),
+                finished_at=_now(),
+            )
+        return self.get(job_id)
+
+    def start(self) -> None:
+        """Recover interrupted jobs and start the worker thread."""
+        if self._thread is not None:
+            return
+        self.recover()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="polypindex-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop after the current job (a job cut short is recovered at the next start)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_one()
+            except Exception:  # the database is away: keep the thread alive, retry later
+                logging.getLogger(__name__).exception("job worker error")
+                ran = None
+            if ran is None:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
