@@ -27,21 +27,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from benchmarks.env import cpu_model
 from model.config import FragmentConfig, PreprocessConfig
 from model.encoder import HMVE, EncoderConfig, save_encoder_checkpoint
 from model.export import export_onnx
 from model.runtime import OnnxEncoder
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux ``/proc/cpuinfo``; else ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: str) -> dict[str, Any]:

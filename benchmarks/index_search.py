@@ -23,17 +23,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks.env import cpu_model
 from indexer.vector_index import IndexPolicy, VectorIndex
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment() -> dict[str, Any]:

@@ -8,6 +8,7 @@ uses (``load_coco_split`` → ``CropCache``/``normalize`` → ``OnnxEncoder``).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.env import cpu_model
 from model.coco import load_coco_split
 from model.config import PreprocessConfig, TrackletConfig
 from model.errors import InvalidInputError
@@ -40,20 +42,10 @@ def environment() -> dict[str, Any]:
     import faiss
     import onnxruntime
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "numpy": np.__version__,
         "onnxruntime": onnxruntime.__version__,
