@@ -1,7 +1,8 @@
 """Everything the service does with the model runtime and the read side of the indexer.
 
 This is the only module of ``service/`` that touches ``indexer`` (``Store``,
-``VectorIndex``), so a change there is adapted here. Routers receive the loaded
+``VectorIndex``, ``JobRunner``, ``delete_procedure``), so a change there is adapted
+here (``service.errors`` also names the indexer's exceptions in its table). Routers receive the loaded
 objects through :mod:`service.deps` and call these functions.
 """
 
@@ -16,10 +17,12 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from indexer import pipeline
+from indexer.jobs import JobRecord, JobRunner
 from indexer.store import Store, TrackletRecord
 from indexer.vector_index import VectorIndex
 from model.errors import (
@@ -40,14 +43,19 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Encoder",
     "IndexRefresher",
+    "JobRecord",
+    "JobRunner",
     "Resources",
     "Store",
     "TrackletRecord",
     "VectorIndex",
     "decode_frames",
+    "delete_procedure",
     "embed_input",
     "load_resources",
     "search",
+    "start_job_runner",
+    "submit_job",
 ]
 
 HOW_TO_BUILD_MODEL = (
@@ -143,11 +151,57 @@ class Resources:
     store: Store | None = None
     index: VectorIndex | None = None
     refresher: IndexRefresher | None = None
+    jobs: JobRunner | None = None
     problems: dict[str, str] = field(default_factory=dict)
+    jobs_problem: str = "indexing jobs are not running"
 
     def close(self) -> None:
+        if self.jobs is not None:
+            self.jobs.stop()  # after the current job; a job cut short is recovered at the next start
+            self.jobs = None
         if self.store is not None:
             self.store.close()
+
+
+def start_job_runner(res: Resources, settings: Settings) -> None:
+    """Create, recover and start the indexing job runner in ``res.jobs``; never raises.
+
+    It needs the encoder (one that can embed tracklets for indexing) and the store,
+    and ``settings.run_jobs``; otherwise ``res.jobs`` stays ``None`` and
+    ``res.jobs_problem`` says why (``POST /procedures`` and ``/jobs`` answer 503).
+    Jobs a dead process left ``running`` go back to the queue first.
+    """
+    if not settings.run_jobs:
+        res.jobs_problem = "indexing jobs are disabled in this service (POLYPINDEX_RUN_JOBS=false)"
+        return
+    if res.encoder is None or res.store is None:
+        missing = "; ".join(res.problems[k] for k in ("model", "store") if k in res.problems)
+        res.jobs_problem = f"indexing jobs need the encoder model and the database: {missing}"
+        return
+    if not hasattr(res.encoder, "embed_sequences"):
+        res.jobs_problem = (
+            f"the encoder {res.encoder.version!r} cannot embed tracklets for indexing "
+            "(no embed_sequences); load an exported encoder.onnx"
+        )
+        return
+    try:
+        runner = JobRunner(
+            res.store,
+            settings.index_dir,
+            res.encoder,  # type: ignore[arg-type]  # checked above: has embed_sequences
+            settings.data_roots,
+        )
+        recovered = runner.recover()
+        if recovered:
+            logger.info(
+                "%d indexing job(s) left running by a dead process are queued again", recovered
+            )
+        runner.start()
+    except Exception as exc:
+        logger.exception("cannot start the indexing job runner")
+        res.jobs_problem = f"indexing jobs not running: {type(exc).__name__}: {exc}"
+        return
+    res.jobs = runner
 
 
 def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resources:
@@ -420,3 +474,34 @@ def _normalized(vector: np.ndarray, where: str) -> np.ndarray:
     if not math.isfinite(norm) or norm == 0.0:
         raise InvalidInputError(f"{where}: the embedding is zero or not finite")
     return v / np.float32(norm)
+
+
+# -- writes ------------------------------------------------------------------------------
+
+
+def submit_job(runner: JobRunner, kind: str, params: dict[str, Any]) -> JobRecord:
+    """Validate and queue an indexing job; a refused request writes nothing.
+
+    Raises:
+        PathNotAllowedError: an input path outside the data roots (403).
+        InvalidInputError: unknown kind or fields, a missing path (422).
+    """
+    return runner.submit(kind, params)
+
+
+def delete_procedure(
+    uid: str, store: Store, index: VectorIndex | None, settings: Settings
+) -> list[int]:
+    """Delete a procedure's rows and its vectors (saved snapshots and the running index).
+
+    Returns:
+        The ids of the tracklets removed.
+
+    Raises:
+        ProcedureNotFoundError: no procedure has this UID (404; nothing changed).
+    """
+    removed = pipeline.delete_procedure(uid, store, settings.index_dir)
+    if index is not None:
+        with INDEX_LOCK:
+            index.sync_with_store(store)
+    return removed

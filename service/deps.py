@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from model.errors import IndexNotReadyError
-from service.backend import Encoder, IndexRefresher, Store, VectorIndex
+from service.backend import Encoder, IndexRefresher, JobRunner, Store, VectorIndex
 from service.settings import Settings
 
 
@@ -60,11 +60,28 @@ def get_embedding_slots(request: Request) -> threading.Semaphore:
     return slots
 
 
+def get_jobs(request: Request) -> JobRunner:
+    """The indexing job runner; 503 ``not_ready`` saying why when it is not running."""
+    jobs: JobRunner | None = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        reason = getattr(request.app.state, "jobs_problem", None) or "indexing jobs are not running"
+        raise IndexNotReadyError(reason)
+    return jobs
+
+
+def get_index_if_loaded(request: Request) -> VectorIndex | None:
+    """The loaded index, or ``None`` (a delete still works on the store and snapshots)."""
+    index: VectorIndex | None = getattr(request.app.state, "index", None)
+    return index
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EmbeddingSlotsDep = Annotated[threading.Semaphore, Depends(get_embedding_slots)]
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
 StoreDep = Annotated[Store, Depends(get_store)]
 IndexDep = Annotated[VectorIndex, Depends(get_index)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+OptionalIndexDep = Annotated[VectorIndex | None, Depends(get_index_if_loaded)]
 
 
 def get_store_if_loaded(request: Request) -> Store | None:

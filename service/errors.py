@@ -24,6 +24,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexer.jobs import JobNotFoundError
+from indexer.sources import PathNotAllowedError
 from model.errors import (
     EncoderMismatchError,
     IndexNotReadyError,
@@ -40,8 +42,10 @@ logger = logging.getLogger(__name__)
 # exception class -> (HTTP status, error code); first match wins (subclasses first).
 ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (TrackletNotFoundError, 404, "tracklet_not_found"),
+    (JobNotFoundError, 404, "job_not_found"),
     (ProcedureNotFoundError, 404, "procedure_not_found"),
     (NotFoundError, 404, "not_found"),
+    (PathNotAllowedError, 403, "path_not_allowed"),  # an input outside the data roots
     (InvalidInputError, 422, "invalid_input"),  # includes ImageReadError
     (EncoderMismatchError, 409, "encoder_mismatch"),
     (IndexNotReadyError, 503, "not_ready"),
@@ -136,12 +140,15 @@ def install_error_handlers(app: FastAPI) -> None:
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error statuses an endpoint can return."""
     descriptions = {
-        404: "An id or procedure that does not exist (`tracklet_not_found`, `procedure_not_found`).",
+        403: "An input path outside the configured data roots (`path_not_allowed`); the "
+        "message names the path and the allowed roots. Nothing is written.",
+        404: "An id or procedure that does not exist (`tracklet_not_found`, "
+        "`procedure_not_found`, `job_not_found`).",
         409: "Stored embeddings were made by another encoder version (`encoder_mismatch`).",
         422: "Malformed request (`validation_error`) or unusable content such as an "
         "undecodable image (`invalid_input`).",
         500: "Unexpected server fault (`internal_error`); no internals in the body.",
-        503: "The encoder model or the index is not loaded (`not_ready`); the message says "
-        "how to build it.",
+        503: "The encoder model, the index or the job runner is not loaded (`not_ready`); the "
+        "message says how to build it.",
     }
     return {s: {"model": ErrorBody, "description": descriptions[s]} for s in statuses}

@@ -254,3 +254,83 @@ REID_EXAMPLES: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+class IndexRequest(BaseModel):
+    """``POST /procedures``: an indexing job. ``kind`` plus that kind's fields.
+
+    - ``coco``: ``root`` (dataset folder), optional ``split`` (default "test"),
+      ``force``, ``min_tracklet_length`` (default 30);
+    - ``video``: ``video``, ``detections`` (MOT-style CSV), optional ``uid``,
+      ``first_frame``, ``min_score``, ``force``, ``min_tracklet_length``;
+    - ``frames``: ``folder``, ``detections``, optional ``uid``, ``min_score``,
+      ``force``, ``min_tracklet_length``.
+
+    Every path must lie inside the service's data roots (else 403 ``path_not_allowed``).
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"kind": "coco", "root": "/data/coco/new", "split": "test"},
+                {"kind": "video", "video": "/data/v/p1.mp4", "detections": "/data/v/p1.csv"},
+            ]
+        },
+    )
+
+    kind: str = Field(description='"coco", "video" or "frames".')
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class JobResponse(BaseModel):
+    """An indexing job as stored."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "6f1c0d2a9b7e4d0f8a3c5e2b1d4f6a80",
+                    "kind": "coco",
+                    "status": "running",
+                    "params": {"root": "/data/coco/new", "split": "test"},
+                    "progress": {"procedures_done": 3, "procedures_total": 10},
+                    "error": None,
+                    "created_at": "2026-11-23T09:00:00+00:00",
+                    "updated_at": "2026-11-23T09:00:05+00:00",
+                    "started_at": "2026-11-23T09:00:01+00:00",
+                    "finished_at": None,
+                }
+            ]
+        }
+    )
+
+    job_id: str
+    kind: str
+    status: str = Field(description='"queued", "running", "succeeded" or "failed".')
+    params: dict[str, Any] = Field(description="The request, its paths resolved.")
+    progress: dict[str, Any] = Field(
+        description="Procedures and tracklets done, tracklets/s, ETA; when succeeded also "
+        "`report` (what was indexed)."
+    )
+    error: str | None = Field(description="Why the job failed (exception class and message).")
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobListResponse(BaseModel):
+    """Jobs, oldest first."""
+
+    jobs: list[JobResponse]
+
+
+class DeleteProcedureResponse(BaseModel):
+    """What ``DELETE /procedures/{uid}`` removed."""
+
+    procedure_uid: str
+    tracklets_removed: int = Field(description="Tracklets deleted (rows and index vectors).")

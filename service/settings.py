@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         index_refresh_seconds: how often, at most, a request checks the store for
             procedures indexed or deleted since the index was loaded (and then syncs
             the index with it); ``0`` checks on every request.
+        data_roots: folders that ``POST /procedures`` inputs must lie in (default
+            ``[<home>/data]``; ``POLYPINDEX_DATA_ROOTS`` as a JSON list, e.g.
+            ``'["/data/coco", "/data/videos"]'``); an empty list refuses every input.
+        run_jobs: run indexing jobs in this process (a background worker thread);
+            ``False``: ``POST /procedures`` and ``/jobs`` answer 503.
     """
 
     model_config = SettingsConfigDict(env_prefix="POLYPINDEX_", frozen=True, extra="ignore")
@@ -59,6 +64,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=8_000_000, ge=1)
     max_concurrent_embeddings: int = Field(default=2, ge=1)
     index_refresh_seconds: float = Field(default=10.0, ge=0)
+    data_roots: list[Path] = Field(default_factory=lambda data: [Path(data["home"]) / "data"])
+    run_jobs: bool = True
 
     @field_validator("home", mode="after")
     @classmethod

@@ -1,5 +1,5 @@
-"""One router per resource: health, search, re-identification."""
+"""One router per resource: health, search, re-identification, indexing jobs."""
 
-from service.routers import health, reid, search
+from service.routers import health, jobs, reid, search
 
-__all__ = ["health", "reid", "search"]
+__all__ = ["health", "jobs", "reid", "search"]

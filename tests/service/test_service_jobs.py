@@ -1,0 +1,293 @@
+"""Indexing over HTTP: ``POST /procedures``, ``GET /jobs``, ``DELETE /procedures/{uid}``.
+
+A real SQLite store and FAISS index, the indexer's deterministic fake encoder
+(numpy only) and tiny COCO datasets written here, inside the service's data root.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from indexer.store import Store
+from indexer.testing import FakeEncoder
+from service.app import create_app
+from service.settings import Settings
+
+W, H, N_FRAMES = 64, 48, 6
+# sequence -> identity -> (box, colour)
+LAYOUT = {
+    "001": {"p1": ((4, 8, 12, 12), (255, 40, 40)), "p2": ((40, 20, 14, 12), (40, 255, 40))},
+    "002": {"p3": ((20, 16, 16, 14), (40, 40, 255))},
+}
+WAIT_S = 20.0
+
+
+class ServiceFakeEncoder(FakeEncoder):
+    """The indexer's fake encoder, also answering the service's ``embed_tracklet``."""
+
+    def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        seq = np.stack([cv2.resize(img, (32, 32)) for img in images]).astype(np.float32) / 255.0
+        return self.embed_sequences([seq.transpose(0, 3, 1, 2)])[0]
+
+
+def write_coco(root: Path, corrupt: bool = False) -> Path:
+    """A tiny COCO dataset (split "test"): two sequences, three polyps, six frames each."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    for seq, identities in LAYOUT.items():
+        for frame in range(N_FRAMES):
+            image_id = len(images) + 1
+            name = f"{seq}_{frame:04d}.jpg"
+            pixels = rng.integers(0, 60, size=(H, W, 3), dtype=np.uint8)
+            for ident, ((x, y, w, h), colour) in identities.items():
+                pixels[y : y + h, x + frame : x + frame + w] = colour
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "bbox": [x + frame, y, w, h],
+                        "category_id": 1,
+                        "identity_id": ident,
+                    }
+                )
+            assert cv2.imwrite(str(root / "images" / name), pixels)
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": name,
+                    "width": W,
+                    "height": H,
+                    "frame_id": frame,
+                    "sequence_id": seq,
+                    "dataset_id": "ds",
+                }
+            )
+    if corrupt:
+        (root / "images" / "002_0003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "polyp"}],
+    }
+    (root / "annotations" / "instances_test.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", index_refresh_seconds=0)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings)
+    app.state.encoder = ServiceFakeEncoder()
+    with TestClient(app) as c:
+        yield c
+
+
+def coco_job(root: Path, **extra: Any) -> dict[str, Any]:
+    return {"kind": "coco", "root": str(root), "min_tracklet_length": 3, **extra}
+
+
+def wait_for(client: TestClient, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        r = client.get(f"/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if body["status"] in ("succeeded", "failed"):
+            return body
+        assert time.monotonic() < deadline, f"job still {body['status']} after {WAIT_S}s"
+        time.sleep(0.05)
+
+
+def assert_error(r: Any, status: int, code: str, *needles: str) -> str:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    message: str = body["error"]["message"]
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def search_ids(client: TestClient, vector: np.ndarray, k: int = 10) -> list[int]:
+    r = client.post("/search", json={"query": {"embedding": vector.tolist()}, "k": k})
+    assert r.status_code == 200, r.text
+    return [hit["tracklet_id"] for hit in r.json()["results"]]
+
+
+def test_a_coco_job_indexes_then_delete_removes(client: TestClient, settings: Settings) -> None:
+    data = write_coco(settings.data_roots[0] / "new")
+    r = client.post("/procedures", json=coco_job(data))
+    assert r.status_code == 202, r.text
+    submitted = r.json()
+    assert r.headers["location"] == f"/jobs/{submitted['job_id']}"
+    assert submitted["status"] in ("queued", "running", "succeeded")
+    assert submitted["params"]["root"] == str(data.resolve())
+
+    job = wait_for(client, submitted["job_id"])
+    assert job["status"] == "succeeded", job
+    assert job["error"] is None and job["finished_at"] is not None
+    assert job["progress"]["report"]["tracklets"] == 3
+    listed = client.get("/jobs", params={"status": "succeeded"}).json()["jobs"]
+    assert [j["job_id"] for j in listed] == [submitted["job_id"]]
+    assert client.get("/jobs", params={"status": "failed"}).json()["jobs"] == []
+
+    store = Store(settings.database_url)
+    try:
+        uids = [p.uid for p in store.list_procedures()]
+        assert len(uids) == 2
+        ids = {uid: store.tracklet_ids_for_procedure(uid) for uid in uids}
+        vectors = {i: store.get_tracklet(i).embedding for v in ids.values() for i in v}
+        assert sum(len(v) for v in ids.values()) == 3
+        # /search finds the new tracklets: each one is its own nearest neighbour.
+        for tid, vector in vectors.items():
+            assert search_ids(client, vector)[0] == tid
+        assert set(search_ids(client, next(iter(vectors.values())))) == set(vectors)
+
+        gone_uid = next(uid for uid in uids if len(ids[uid]) == 2)
+        r = client.delete(f"/procedures/{gone_uid}")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"procedure_uid": gone_uid, "tracklets_removed": 2}
+        # The delete itself synced the running index (before any search could refresh it).
+        held = set(client.app.state.index.ids().tolist())  # type: ignore[attr-defined]
+        assert held == set(vectors) - set(ids[gone_uid])
+        assert store.tracklet_ids_for_procedure(gone_uid) == []
+        assert gone_uid not in [p.uid for p in store.list_procedures()]
+        kept = set(vectors) - set(ids[gone_uid])
+        for tid in ids[gone_uid]:
+            found = search_ids(client, vectors[tid])
+            assert tid not in found and set(found) == kept
+    finally:
+        store.close()
+    assert_error(client.delete(f"/procedures/{gone_uid}"), 404, "procedure_not_found", gone_uid)
+
+
+def test_a_path_outside_the_data_roots_is_refused(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    outside = write_coco(tmp_path / "outside")
+    message = assert_error(
+        client.post("/procedures", json=coco_job(outside)),
+        403,
+        "path_not_allowed",
+        str(outside),
+        str(settings.data_roots[0].resolve()),
+    )
+    assert "outside" in message
+    sneaky = settings.data_roots[0] / ".." / ".." / "outside"
+    assert_error(client.post("/procedures", json=coco_job(sneaky)), 403, "path_not_allowed")
+    assert client.get("/jobs").json()["jobs"] == []
+    store = Store(settings.database_url)
+    try:
+        assert store.list_procedures() == [] and store.count_tracklets() == 0
+    finally:
+        store.close()
+
+
+def test_bad_requests_are_422(client: TestClient, settings: Settings) -> None:
+    data = write_coco(settings.data_roots[0] / "d")
+    assert_error(
+        client.post("/procedures", json={"kind": "nope", "root": str(data)}),
+        422,
+        "invalid_input",
+        "nope",
+    )
+    assert_error(client.post("/procedures", json={"kind": "coco"}), 422, "invalid_input", "root")
+    assert_error(
+        client.post("/procedures", json=coco_job(data, colour="red")),
+        422,
+        "invalid_input",
+        "colour",
+    )
+    assert_error(
+        client.post("/procedures", json=coco_job(settings.data_roots[0] / "missing")),
+        422,
+        "invalid_input",
+        "does not exist",
+    )
+    assert_error(client.get("/jobs", params={"status": "done"}), 422, "validation_error")
+    assert client.get("/jobs").json()["jobs"] == []
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    assert_error(client.get("/jobs/0123abcd"), 404, "job_not_found", "0123abcd")
+
+
+def test_unknown_procedure_is_404(client: TestClient) -> None:
+    assert_error(client.delete("/procedures/ds:nope"), 404, "procedure_not_found", "ds:nope")
+
+
+def test_a_failing_job_says_why(client: TestClient, settings: Settings) -> None:
+    data = write_coco(settings.data_roots[0] / "bad", corrupt=True)
+    r = client.post("/procedures", json=coco_job(data))
+    assert r.status_code == 202, r.text
+    job = wait_for(client, r.json()["job_id"])
+    assert job["status"] == "failed", job
+    assert "002_0003.jpg" in job["error"], job["error"]
+    store = Store(settings.database_url)
+    try:  # the procedure with the corrupt frame is not half-written
+        assert "ds:002" not in [p.uid for p in store.list_procedures()]
+    finally:
+        store.close()
+    listed = client.get("/jobs", params={"status": "failed"}).json()["jobs"]
+    assert [j["job_id"] for j in listed] == [job["job_id"]]
+
+
+def test_no_runner_is_503(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, run_jobs=False)
+    with TestClient(create_app(settings)) as c:  # no model file either
+        assert_error(
+            c.post("/procedures", json=coco_job(tmp_path / "data")), 503, "not_ready", "jobs"
+        )
+        assert_error(c.get("/jobs/x"), 503, "not_ready")
+
+
+def test_data_roots_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("POLYPINDEX_DATA_ROOTS", json.dumps([str(tmp_path / "a"), "/srv/b"]))
+    assert Settings(home=tmp_path).data_roots == [tmp_path / "a", Path("/srv/b")]
+    monkeypatch.delenv("POLYPINDEX_DATA_ROOTS")
+    assert Settings(home=tmp_path).data_roots == [tmp_path.resolve() / "data"]
+    assert Settings(home=tmp_path).run_jobs is True
+
+
+def test_a_job_left_running_by_a_dead_process_runs_after_a_restart(settings: Settings) -> None:
+    from sqlalchemy import update
+
+    from indexer.jobs import JobRunner
+    from indexer.store import JobModel
+
+    data = write_coco(settings.data_roots[0] / "again")
+    store = Store(settings.database_url)
+    try:  # a previous service queued and claimed it, then died
+        job = JobRunner(store, settings.index_dir, FakeEncoder(), settings.data_roots).submit(
+            "coco", {"root": str(data), "min_tracklet_length": 3}
+        )
+        with store.sessions.begin() as session:
+            session.execute(
+                update(JobModel)
+                .where(JobModel.id == job.id)
+                .values(status="running", worker="dead")
+            )
+    finally:
+        store.close()
+    app = create_app(settings)
+    app.state.encoder = ServiceFakeEncoder()
+    with TestClient(app) as c:
+        done = wait_for(c, job.id)
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["report"]["tracklets"] == 3
