@@ -8,7 +8,6 @@ output of :func:`normalize`: float32 ``[..., 3, H, W]``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -159,8 +158,3 @@ class CropCache:
             np.save(fh, crops)
         os.replace(tmp, path)
         return crops
-
-
-def preprocess_fingerprint(config: PreprocessConfig) -> str:
-    """A short stable hash of the crop settings (for artefact compatibility checks)."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]

@@ -7,7 +7,7 @@ Boxes are ``[x, y, w, h]`` in pixels throughout.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,13 +203,3 @@ def fragment_indices(n_frames: int, config: FragmentConfig) -> list[np.ndarray]:
             piece = np.concatenate([piece, np.full(length - len(piece), piece[-1], dtype=np.int64)])
         out.append(piece)
     return out
-
-
-def group_by_identity(
-    records: Iterable[tuple[str, str | None, int, np.ndarray]],
-) -> dict[tuple[str, str | None], list[tuple[int, np.ndarray]]]:
-    """Group ``(sequence_id, identity_id, frame_id, box)`` records by (sequence, identity)."""
-    groups: dict[tuple[str, str | None], list[tuple[int, np.ndarray]]] = {}
-    for seq, ident, frame, box in records:
-        groups.setdefault((seq, ident), []).append((frame, box))
-    return groups
