@@ -4,8 +4,10 @@ detection CSVs. Used by the tests, the crash-test worker and the benchmarks."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -81,3 +83,68 @@ def write_csv(path: Path, n_frames: int, n_objects: int = 2, track_ids: bool = F
             lines.append(f"{i},{x},{y},{w},{h},0.9" + (f",t{k}" if track_ids else ""))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+COCO_FRAMES = 6
+# sequence -> identity -> (box at frame 0, colour); boxes move 1 px right per frame
+COCO_LAYOUT: dict[str, dict[str, tuple[tuple[int, int, int, int], tuple[int, int, int]]]] = {
+    "001": {"p1": ((4, 8, 12, 12), (255, 40, 40)), "p2": ((40, 20, 14, 12), (40, 255, 40))},
+    "002": {"p3": ((20, 16, 16, 14), (40, 40, 255))},
+}
+
+
+def write_coco(root: Path, corrupt: bool = False, p1_labels: bool = False) -> Path:
+    """A tiny COCO dataset (split ``test``, dataset ``ds``) laid out by :data:`COCO_LAYOUT`.
+
+    Args:
+        root: the dataset folder to create.
+        corrupt: make frame 3 of sequence ``002`` an undecodable JPEG.
+        p1_labels: give polyp ``p1`` size/histology metadata.
+    """
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    for seq, identities in COCO_LAYOUT.items():
+        for frame in range(COCO_FRAMES):
+            image_id = len(images) + 1
+            name = f"{seq}_{frame:04d}.jpg"
+            pixels = rng.integers(0, 60, size=(H, W, 3), dtype=np.uint8)
+            for ident, ((x, y, w, h), colour) in identities.items():
+                pixels[y : y + h, x + frame : x + frame + w] = colour
+                labels = (
+                    {"size": 4.0, "histology": "adenoma"} if p1_labels and ident == "p1" else {}
+                )
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "bbox": [x + frame, y, w, h],
+                        "category_id": 1,
+                        "identity_id": ident,
+                        **labels,
+                    }
+                )
+            if not cv2.imwrite(str(root / "images" / name), pixels):
+                raise OSError(f"cannot write {root / 'images' / name}")
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": name,
+                    "width": W,
+                    "height": H,
+                    "frame_id": frame,
+                    "sequence_id": seq,
+                    "dataset_id": "ds",
+                }
+            )
+    if corrupt:
+        (root / "images" / "002_0003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "polyp"}],
+    }
+    (root / "annotations" / "instances_test.json").write_text(json.dumps(coco))
+    return root

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 import indexer.sources as sources
 from indexer.pipeline import Embedder, delete_procedure, index_dataset
 from indexer.store import Store
+from indexer.testing import write_coco
 from indexer.vector_index import VectorIndex, generation_dir
 from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
 from model.errors import ConfigError, ImageReadError, InvalidInputError, ProcedureNotFoundError
 
 TRACKLETS = TrackletConfig(min_tracklet_length=3)
-W, H, N_FRAMES = 64, 48, 6
-# sequence -> identity -> (box, colour)
-LAYOUT = {
-    "001": {"p1": ((4, 8, 12, 12), (255, 40, 40)), "p2": ((40, 20, 14, 12), (40, 255, 40))},
-    "002": {"p3": ((20, 16, 16, 14), (40, 40, 255))},
-}
 
 
 class FakeEncoder:
@@ -55,47 +48,7 @@ class FakeEncoder:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    images, annotations = [], []
-    rng = np.random.default_rng(0)
-    for seq, identities in LAYOUT.items():
-        for frame in range(N_FRAMES):
-            image_id = len(images) + 1
-            name = f"{seq}_{frame:04d}.jpg"
-            pixels = rng.integers(0, 60, size=(H, W, 3), dtype=np.uint8)
-            for ident, ((x, y, w, h), colour) in identities.items():
-                pixels[y : y + h, x + frame : x + frame + w] = colour
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "bbox": [x + frame, y, w, h],
-                        "category_id": 1,
-                        "identity_id": ident,
-                        **({"size": 4.0, "histology": "adenoma"} if ident == "p1" else {}),
-                    }
-                )
-            assert cv2.imwrite(str(root / "images" / name), pixels)
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": name,
-                    "width": W,
-                    "height": H,
-                    "frame_id": frame,
-                    "sequence_id": seq,
-                    "dataset_id": "ds",
-                }
-            )
-    coco = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "polyp"}],
-    }
-    (root / "annotations" / "instances_test.json").write_text(json.dumps(coco))
-    return root
+    return write_coco(tmp_path / "data", p1_labels=True)
 
 
 @pytest.fixture

@@ -18,16 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer.store import Store
-from indexer.testing import FakeEncoder
+from indexer.testing import FakeEncoder, write_coco
 from service.app import create_app
 from service.settings import Settings
 
-W, H, N_FRAMES = 64, 48, 6
-# sequence -> identity -> (box, colour)
-LAYOUT = {
-    "001": {"p1": ((4, 8, 12, 12), (255, 40, 40)), "p2": ((40, 20, 14, 12), (40, 255, 40))},
-    "002": {"p3": ((20, 16, 16, 14), (40, 40, 255))},
-}
 WAIT_S = 20.0
 
 
@@ -37,52 +31,6 @@ class ServiceFakeEncoder(FakeEncoder):
     def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
         seq = np.stack([cv2.resize(img, (32, 32)) for img in images]).astype(np.float32) / 255.0
         return self.embed_sequences([seq.transpose(0, 3, 1, 2)])[0]
-
-
-def write_coco(root: Path, corrupt: bool = False) -> Path:
-    """A tiny COCO dataset (split "test"): two sequences, three polyps, six frames each."""
-    (root / "images").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    rng = np.random.default_rng(0)
-    for seq, identities in LAYOUT.items():
-        for frame in range(N_FRAMES):
-            image_id = len(images) + 1
-            name = f"{seq}_{frame:04d}.jpg"
-            pixels = rng.integers(0, 60, size=(H, W, 3), dtype=np.uint8)
-            for ident, ((x, y, w, h), colour) in identities.items():
-                pixels[y : y + h, x + frame : x + frame + w] = colour
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "bbox": [x + frame, y, w, h],
-                        "category_id": 1,
-                        "identity_id": ident,
-                    }
-                )
-            assert cv2.imwrite(str(root / "images" / name), pixels)
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": name,
-                    "width": W,
-                    "height": H,
-                    "frame_id": frame,
-                    "sequence_id": seq,
-                    "dataset_id": "ds",
-                }
-            )
-    if corrupt:
-        (root / "images" / "002_0003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    coco = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "polyp"}],
-    }
-    (root / "annotations" / "instances_test.json").write_text(json.dumps(coco))
-    return root
 
 
 @pytest.fixture
