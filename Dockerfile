@@ -1,10 +1,11 @@
 # PolypIndex image. The install step is the one CI runs (`make venv`), with the
 # extras chosen by a build argument:
-#   EXTRAS=postgres (default): the serving image — ONNX Runtime + FAISS + FastAPI, no torch.
+#   EXTRAS=cpu,postgres (default): the serving image — ONNX Runtime + FAISS + FastAPI, no torch.
+#   EXTRAS=gpu,postgres: the same with faiss-gpu (CUDA 12; run with a GPU, e.g. --gpus all).
 #   EXTRAS=dev: everything (training, export, tests), as in CI; needed to build models.
 FROM python:3.11-slim
 
-ARG EXTRAS=postgres
+ARG EXTRAS=cpu,postgres
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     POLYPINDEX_HOME=/data \

@@ -1,13 +1,17 @@
-"""Vector search: exact (flat IP) vs approximate (HNSW) — latency, recall@10, build time, memory.
+"""Vector search: exact (flat IP) vs approximate (HNSW, IVF) — latency, recall@10, build, memory.
 
 Synthetic L2-normalised vectors shaped like tracklet embeddings (D=256, clusters
 of about 20 near-duplicates, as several tracklets of one polyp), indexed with
 the product's :class:`indexer.vector_index.VectorIndex`. For each size: build
 time, bytes per vector of the saved index (and per million vectors), single-query
-latency p50/p99 with k=10 (one FAISS thread), and recall@10 of HNSW against exact search for a few
-``efSearch`` values. Results go to JSON with the hardware and library versions.
+latency p50/p99 with k=10 (one FAISS thread), and recall@10 against exact search of
+HNSW for a few ``efSearch`` values and of IVF for a few ``nprobe`` values. HNSW is
+skipped above ``--hnsw-max`` vectors (its build takes about 40 min for 10^6 vectors
+on 2 cores; that is why the product switches to IVF there). Each size also records
+the kind the product's default :class:`IndexPolicy` picks for it. Results go to
+JSON with the hardware and library versions.
 
-    python benchmarks/index_search.py --sizes 10000 100000 --out var/bench/index_search.json
+    python benchmarks/index_search.py --sizes 10000 100000 1000000 --out var/bench/index_search.json
 """
 
 from __future__ import annotations
@@ -82,7 +86,16 @@ def _size_bytes(index: VectorIndex, folder: Path) -> int:
 
 
 def run_size(
-    n: int, dim: int, n_queries: int, k: int, ef_values: list[int], m: int, seed: int, tmp: Path
+    n: int,
+    dim: int,
+    n_queries: int,
+    k: int,
+    ef_values: list[int],
+    m: int,
+    seed: int,
+    tmp: Path,
+    nprobe_values: list[int] | None = None,
+    hnsw_max: int = 100_000,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     db = synthetic(n, dim, rng)
@@ -91,7 +104,13 @@ def run_size(
     queries = db[rng.integers(0, n, n_queries)] + 0.3 * rng.standard_normal(
         (n_queries, dim)
     ).astype(np.float32) / np.sqrt(dim / 16)
-    out: dict[str, Any] = {"n": n, "dim": dim, "k": k, "queries": n_queries}
+    out: dict[str, Any] = {
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "queries": n_queries,
+        "product_kind": IndexPolicy().kind_for(n),
+    }
 
     t0 = time.perf_counter()
     exact = VectorIndex(dim, "bench", kind="flat_ip")
@@ -108,6 +127,10 @@ def run_size(
     }
     del exact
 
+    out["ivf"] = _run_ivf(db, ids, queries, truth, k, nprobe_values or [8, 16, 32, 64], tmp)
+    if n > hnsw_max:
+        out["hnsw"] = {"skipped": f"n > --hnsw-max {hnsw_max}"}
+        return out
     policy = IndexPolicy(hnsw_m=m, hnsw_ef_construction=200, hnsw_ef_search=max(ef_values))
     t0 = time.perf_counter()
     approx = VectorIndex(dim, "bench", kind="hnsw_ip", policy=policy)
@@ -136,6 +159,43 @@ def run_size(
     return out
 
 
+def _run_ivf(
+    db: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    truth: list[list[int]],
+    k: int,
+    nprobe_values: list[int],
+    tmp: Path,
+) -> dict[str, Any]:
+    """The product's IVF (automatic list count) built on all vectors, for each ``nprobe``."""
+    n = len(db)
+    t0 = time.perf_counter()
+    index = VectorIndex(db.shape[1], "bench", kind="ivf_ip", policy=IndexPolicy())
+    index.add(ids, db)
+    build = time.perf_counter() - t0
+    size = _size_bytes(index, tmp / f"ivf{n}")
+    out: dict[str, Any] = {
+        "nlist": index.nlist(),
+        "build_s": round(build, 3),
+        "bytes_per_vector": round(size / n, 1),
+        "mb_per_million": round(size / n * 1e6 / 2**20, 1),
+        "by_nprobe": [],
+    }
+    for nprobe in nprobe_values:
+        index.policy = IndexPolicy(ivf_nprobe=nprobe)
+        got, lat = _latencies(index, queries, k)
+        out["by_nprobe"].append(
+            {
+                "nprobe": nprobe,
+                "p50_ms": round(float(np.percentile(lat, 50)), 3),
+                "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                f"recall@{k}": round(_recall(got, truth), 4),
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -144,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--m", type=int, default=32)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--hnsw-max", type=int, default=100_000, help="skip HNSW above this size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("var/bench/index_search.json"))
     args = parser.parse_args(argv)
@@ -152,7 +214,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
-            res = run_size(n, args.dim, args.queries, args.k, args.ef, args.m, args.seed, Path(tmp))
+            res = run_size(
+                n,
+                args.dim,
+                args.queries,
+                args.k,
+                args.ef,
+                args.m,
+                args.seed,
+                Path(tmp),
+                nprobe_values=args.nprobe,
+                hnsw_max=args.hnsw_max,
+            )
             print(json.dumps(res), flush=True)
             results.append(res)
     report = {"benchmark": "index_search", "environment": environment(), "results": results}

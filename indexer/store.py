@@ -41,12 +41,14 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from indexer.migrate import check_schema
 from indexer.migrate import upgrade as migrate_schema
 from model.errors import (
+    ConflictError,
     EncoderMismatchError,
     InvalidInputError,
     ProcedureNotFoundError,
@@ -121,6 +123,26 @@ class TrackletModel(Base):
     )
 
 
+class PredictionModel(Base):
+    """A probe's prediction for one tracklet and task (size, histology)."""
+
+    __tablename__ = "tracklet_predictions"
+    __table_args__ = (Index("ix_tracklet_predictions_task_label", "task", "label"),)
+
+    tracklet_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("tracklets.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    task: Mapped[str] = mapped_column(String(32), primary_key=True)
+    label: Mapped[str] = mapped_column(String(64), nullable=False)
+    probability: Mapped[float] = mapped_column(Float, nullable=False)
+    probe_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow
+    )
+
+
 class JobModel(Base):
     """One background job (e.g. indexing a procedure), its state kept here so it survives restarts."""
 
@@ -141,6 +163,24 @@ class JobModel(Base):
 
 
 @dataclass(frozen=True)
+class PredictionRow:
+    """A probe's prediction for a tracklet (stored in ``tracklet_predictions``).
+
+    Attributes:
+        task: ``"size"`` or ``"histology"``.
+        label: the predicted class name.
+        probability: calibrated probability of the task's positive class
+            (diminutive, adenoma), in [0, 1].
+        probe_version: the probe that made it.
+    """
+
+    task: str
+    label: str
+    probability: float
+    probe_version: str
+
+
+@dataclass(frozen=True)
 class TrackletRow:
     """A tracklet to insert (input of :meth:`Store.replace_procedure`).
 
@@ -156,6 +196,8 @@ class TrackletRow:
         thumbnail_path: path of a JPEG thumbnail, relative to the index directory.
         size_mm: annotated polyp size in millimetres, if any.
         histology: annotated histology, if any.
+        predictions: the installed probes' predictions, written in the same
+            transaction as the row.
     """
 
     key: str
@@ -168,6 +210,7 @@ class TrackletRow:
     thumbnail_path: str | None = None
     size_mm: float | None = None
     histology: str | None = None
+    predictions: tuple[PredictionRow, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,6 +248,22 @@ class ProcedureRecord:
     encoder_version: str
     n_tracklets: int
     created_at: datetime
+
+
+def _prediction_model(tracklet_id: int, p: PredictionRow) -> PredictionModel:
+    probability = float(p.probability)
+    if not p.task or not p.label or not 0.0 <= probability <= 1.0:
+        raise InvalidInputError(
+            f"tracklet {tracklet_id}: a prediction needs a task, a label and a probability in "
+            f"[0, 1], got {p}"
+        )
+    return PredictionModel(
+        tracklet_id=tracklet_id,
+        task=p.task,
+        label=p.label,
+        probability=probability,
+        probe_version=p.probe_version,
+    )
 
 
 def _to_bytes(embedding: np.ndarray, key: str) -> tuple[bytes, int]:
@@ -333,6 +392,10 @@ class Store:
 
         Returns:
             The new tracklet ids (FAISS ids), in the order of ``rows``.
+
+        Raises:
+            ConflictError: another process committed this procedure and encoder version
+                while this transaction ran (nothing of this call is kept).
         """
         if not uid:
             raise InvalidInputError("procedure uid must be a non-empty string")
@@ -348,6 +411,27 @@ class Store:
             raise InvalidInputError(
                 f"procedure {uid!r}: embeddings of different dims {sorted(dims)}"
             )
+        try:
+            return self._replace_procedure(uid, dataset_id, source, encoder_version, rows, encoded)
+        except IntegrityError as exc:
+            # The delete-then-insert transaction saw no row with this UID, yet one was
+            # committed before ours: another indexer wrote the same procedure meanwhile.
+            raise ConflictError(
+                f"procedure {uid!r} (encoder {encoder_version}) was written by another "
+                f"indexer while this one was indexing it; this write was rolled back and the "
+                f"other one stands. Index each procedure from one process at a time; "
+                f"re-running skips it (or replaces it with --force)"
+            ) from exc
+
+    def _replace_procedure(
+        self,
+        uid: str,
+        dataset_id: str | None,
+        source: str,
+        encoder_version: str,
+        rows: Sequence[TrackletRow],
+        encoded: Sequence[tuple[bytes, int]],
+    ) -> list[int]:
         with self._sessions.begin() as session:
             self._delete_procedure(session, uid, encoder_version)
             procedure = ProcedureModel(
@@ -379,6 +463,11 @@ class Store:
             ]
             session.add_all(models)
             session.flush()
+            session.add_all(
+                _prediction_model(int(m.id), p)
+                for row, m in zip(rows, models, strict=True)
+                for p in row.predictions
+            )
             return [int(m.id) for m in models]
 
     def delete_procedure(self, uid: str, encoder_version: str | None = None) -> list[int]:
@@ -414,6 +503,7 @@ class Store:
             )
         )
         # Explicit, so it does not depend on the database enforcing ON DELETE CASCADE.
+        session.execute(delete(PredictionModel).where(PredictionModel.tracklet_id.in_(ids)))
         session.execute(delete(TrackletModel).where(TrackletModel.procedure_id.in_(proc_ids)))
         session.execute(delete(ProcedureModel).where(ProcedureModel.id.in_(proc_ids)))
         return [int(i) for i in ids]
@@ -541,6 +631,73 @@ class Store:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
         ids_arr, vectors, _ = _decode_embeddings(all_rows, "(mixed)", None)
         return ids_arr, vectors
+
+    # -- predictions -----------------------------------------------------------------
+
+    def predictions_for(self, ids: Iterable[int]) -> dict[int, dict[str, PredictionRow]]:
+        """The stored predictions of these tracklets: ``{id: {task: PredictionRow}}``."""
+        wanted = sorted({int(i) for i in ids})
+        out: dict[int, dict[str, PredictionRow]] = {}
+        with self._sessions() as session:
+            for start in range(0, len(wanted), 1000):
+                chunk = wanted[start : start + 1000]
+                for m in session.scalars(
+                    select(PredictionModel).where(PredictionModel.tracklet_id.in_(chunk))
+                ):
+                    out.setdefault(int(m.tracklet_id), {})[m.task] = PredictionRow(
+                        m.task, m.label, float(m.probability), m.probe_version
+                    )
+        return out
+
+    def replace_predictions(self, task: str, predictions: dict[int, PredictionRow]) -> int:
+        """Store (or overwrite) one task's predictions for existing tracklets, in one transaction.
+
+        Returns how many were written; ids no longer stored are skipped.
+        """
+        if any(p.task != task for p in predictions.values()):
+            raise InvalidInputError(
+                f"replace_predictions({task!r}) got predictions of another task"
+            )
+        written = 0
+        with self._sessions.begin() as session:
+            items = sorted(predictions.items())
+            for start in range(0, len(items), 1000):
+                chunk = dict(items[start : start + 1000])
+                present = set(
+                    session.scalars(select(TrackletModel.id).where(TrackletModel.id.in_(chunk)))
+                )
+                session.execute(
+                    delete(PredictionModel).where(
+                        PredictionModel.task == task, PredictionModel.tracklet_id.in_(present)
+                    )
+                )
+                session.add_all(_prediction_model(int(i), chunk[i]) for i in sorted(present))
+                written += len(present)
+        return written
+
+    def tracklet_ids_with_prediction(
+        self, task: str, label: str, encoder_version: str | None = None
+    ) -> set[int]:
+        """Ids of the tracklets whose stored ``task`` prediction is ``label``."""
+        query = select(PredictionModel.tracklet_id).where(
+            PredictionModel.task == task, PredictionModel.label == label
+        )
+        if encoder_version is not None:
+            query = query.join(
+                TrackletModel, TrackletModel.id == PredictionModel.tracklet_id
+            ).where(TrackletModel.encoder_version == encoder_version)
+        with self._sessions() as session:
+            return {int(i) for i in session.scalars(query)}
+
+    def count_predictions(self, encoder_version: str | None = None) -> dict[str, int]:
+        """Stored predictions per task (of one encoder generation when given)."""
+        query = select(PredictionModel.task, func.count()).group_by(PredictionModel.task)
+        if encoder_version is not None:
+            query = query.join(
+                TrackletModel, TrackletModel.id == PredictionModel.tracklet_id
+            ).where(TrackletModel.encoder_version == encoder_version)
+        with self._sessions() as session:
+            return {str(t): int(n) for t, n in session.execute(query)}
 
     def max_tracklet_id(self) -> int:
         """The highest tracklet id currently stored (0 when empty)."""

@@ -46,5 +46,13 @@ class ProcedureNotFoundError(NotFoundError):
     """No procedure has the requested UID."""
 
 
+class ConflictError(PolypIndexError):
+    """Another writer changed the same resource at the same time; nothing was written."""
+
+
 class IndexNotReadyError(PolypIndexError):
     """The vector index or the encoder is not loaded yet (or is empty)."""
+
+
+class ProbeNotInstalledError(IndexNotReadyError):
+    """A size or histology probe is needed but none is installed for this encoder."""

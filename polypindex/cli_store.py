@@ -41,6 +41,13 @@ ThresholdOpt = Annotated[
     int | None,
     typer.Option(help="Vectors from which the index is HNSW instead of exact (default 100000)."),
 ]
+IvfThresholdOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Vectors from which the index is IVF instead of HNSW (default: never; IVF builds "
+        "faster but needs a large nprobe for recall, see docs/store.md)."
+    ),
+]
 
 
 class _CocoByDefault(TyperGroup):
@@ -81,10 +88,15 @@ def _open_store(database_url: str | None, home: Path | None, migrate: bool = Tru
     return Store(database_url or layout(home).database_url, migrate=migrate)
 
 
-def _policy(threshold: int | None) -> Any:
+def _policy(threshold: int | None, ivf_threshold: int | None = None) -> Any:
     from indexer.vector_index import IndexPolicy
 
-    return IndexPolicy(approximate_threshold=threshold) if threshold else None
+    if not threshold and not ivf_threshold:
+        return None
+    settings: dict[str, Any] = {"ivf_threshold": ivf_threshold} if ivf_threshold else {}
+    if threshold:
+        settings["approximate_threshold"] = threshold
+    return IndexPolicy(**settings)
 
 
 def _tracklet_config(min_length: int, gap: int, iou: float) -> Any:
@@ -158,6 +170,7 @@ def index_coco(
     index_dir: IndexDirOpt = None,
     force: ForceOpt = False,
     approximate_threshold: ThresholdOpt = None,
+    ivf_threshold: IvfThresholdOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Index the procedures of a COCO dataset: tracklets -> embeddings -> SQL rows + FAISS."""
@@ -175,7 +188,7 @@ def index_coco(
                     index_dir or layout(home).index_dir,
                     encoder,
                     force=force,
-                    policy=_policy(approximate_threshold),
+                    policy=_policy(approximate_threshold, ivf_threshold),
                 )
             )
     except PolypIndexError as exc:
@@ -201,6 +214,7 @@ def index_video(
     index_dir: IndexDirOpt = None,
     force: ForceOpt = False,
     approximate_threshold: ThresholdOpt = None,
+    ivf_threshold: IvfThresholdOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Index one procedure from a video file and its detections (streamed, never fully loaded)."""
@@ -223,7 +237,7 @@ def index_video(
                 index_dir or layout(home).index_dir,
                 _load_encoder(model, home),
                 force=force,
-                policy=_policy(approximate_threshold),
+                policy=_policy(approximate_threshold, ivf_threshold),
             )
         )
     except PolypIndexError as exc:
@@ -248,6 +262,7 @@ def index_frames(
     index_dir: IndexDirOpt = None,
     force: ForceOpt = False,
     approximate_threshold: ThresholdOpt = None,
+    ivf_threshold: IvfThresholdOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Index one procedure from a folder of frames and its detections."""
@@ -269,7 +284,7 @@ def index_frames(
                 index_dir or layout(home).index_dir,
                 _load_encoder(model, home),
                 force=force,
-                policy=_policy(approximate_threshold),
+                policy=_policy(approximate_threshold, ivf_threshold),
             )
         )
     except PolypIndexError as exc:
@@ -285,6 +300,7 @@ def index_rebuild(
     database_url: DatabaseOpt = None,
     index_dir: IndexDirOpt = None,
     approximate_threshold: ThresholdOpt = None,
+    ivf_threshold: IvfThresholdOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Rebuild index generations from scratch from the database (atomic save)."""
@@ -296,7 +312,9 @@ def index_rebuild(
         root = index_dir or layout(home).index_dir
         out = []
         for version in versions:
-            index = rebuild_generation(root, store, version, policy=_policy(approximate_threshold))
+            index = rebuild_generation(
+                root, store, version, policy=_policy(approximate_threshold, ivf_threshold)
+            )
             out.append(
                 {
                     "encoder_version": version,

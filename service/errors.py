@@ -27,12 +27,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from indexer.jobs import JobNotFoundError
 from indexer.sources import PathNotAllowedError
 from model.errors import (
+    ConflictError,
     EncoderMismatchError,
     IndexNotReadyError,
     InvalidInputError,
     ModelLoadError,
     NotFoundError,
     PolypIndexError,
+    ProbeNotInstalledError,
     ProcedureNotFoundError,
     TrackletNotFoundError,
 )
@@ -48,6 +50,8 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (PathNotAllowedError, 403, "path_not_allowed"),  # an input outside the data roots
     (InvalidInputError, 422, "invalid_input"),  # includes ImageReadError
     (EncoderMismatchError, 409, "encoder_mismatch"),
+    (ConflictError, 409, "conflict"),  # two writers on one procedure at once
+    (ProbeNotInstalledError, 503, "probe_not_installed"),  # before its base class
     (IndexNotReadyError, 503, "not_ready"),
     (ModelLoadError, 503, "not_ready"),
 )
@@ -144,11 +148,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         "message names the path and the allowed roots. Nothing is written.",
         404: "An id or procedure that does not exist (`tracklet_not_found`, "
         "`procedure_not_found`, `job_not_found`).",
-        409: "Stored embeddings were made by another encoder version (`encoder_mismatch`).",
+        409: "Stored embeddings were made by another encoder version (`encoder_mismatch`), "
+        "or another writer changed the same procedure at the same time (`conflict`).",
         422: "Malformed request (`validation_error`) or unusable content such as an "
         "undecodable image (`invalid_input`).",
         500: "Unexpected server fault (`internal_error`); no internals in the body.",
-        503: "The encoder model, the index or the job runner is not loaded (`not_ready`); the "
-        "message says how to build it.",
+        503: "The encoder model, the index or the job runner is not loaded (`not_ready`), or "
+        "a size/histology probe the request needs is not installed (`probe_not_installed`); "
+        "the message says how to build it.",
     }
     return {s: {"model": ErrorBody, "description": descriptions[s]} for s in statuses}

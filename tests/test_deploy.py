@@ -5,6 +5,7 @@ a volume consistently with the settings the code reads."""
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -41,7 +42,7 @@ def test_compose_wires_api_postgres_and_volume() -> None:
     services = compose["services"]
     assert {"db", "api", "builder"} <= set(services)
     api = services["api"]
-    assert api["build"]["args"]["EXTRAS"] == "postgres"
+    assert api["build"]["args"]["EXTRAS"] == "cpu,postgres"
     assert services["builder"]["build"]["args"]["EXTRAS"] == "dev"
     url = api["environment"]["POLYPINDEX_DATABASE_URL"]
     assert url.startswith("postgresql+psycopg://") and "@db:5432/" in url
@@ -56,3 +57,34 @@ def test_compose_wires_api_postgres_and_volume() -> None:
         assert services[name]["environment"]["POLYPINDEX_HOME"] == "/data"
         assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
     assert {"pgdata", "polypdata"} <= set(compose["volumes"])
+
+
+def _faiss_extras(extras: str, optional: dict[str, list[str]]) -> set[str]:
+    """The FAISS distributions an install with ``extras`` pulls in (following self-references)."""
+    found: set[str] = set()
+    todo = [e.strip() for e in extras.split(",")]
+    while todo:
+        for requirement in optional[todo.pop()]:
+            if requirement.startswith("polypindex["):
+                todo.extend(requirement[len("polypindex[") : -1].split(","))
+            elif requirement.startswith("faiss-"):
+                found.add(re.split(r"[<>=\[ ]", requirement)[0])
+    return found
+
+
+def test_every_install_gets_exactly_one_faiss() -> None:
+    """faiss-cpu and faiss-gpu provide the same module: each install must pick one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    optional = project["optional-dependencies"]
+    assert not [d for d in project["dependencies"] if d.startswith("faiss")]
+    assert _faiss_extras("cpu", optional) == {"faiss-cpu"}
+    assert _faiss_extras("gpu", optional) == {"faiss-gpu-cu12"}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    default = re.search(r"^ARG EXTRAS=(\S+)$", dockerfile, re.M).group(1)  # type: ignore[union-attr]
+    makefile_default = re.search(r"^EXTRAS \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    used = [default, makefile_default.group(1)] + [  # type: ignore[union-attr]
+        s["build"]["args"]["EXTRAS"] for s in compose.values() if "build" in s
+    ]
+    for extras in [*used, "gpu,postgres"]:
+        assert len(_faiss_extras(extras, optional)) == 1, extras

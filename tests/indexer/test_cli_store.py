@@ -40,9 +40,9 @@ def test_db_upgrade_then_current(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x' / 'db.sqlite'}"
     result = runner.invoke(app, ["db", "upgrade", "--database-url", url])
     assert result.exit_code == 0, result.output
-    assert "(empty) -> 0003" in result.output
+    assert "(empty) -> 0004" in result.output
     result = runner.invoke(app, ["db", "current", "--database-url", url])
-    assert json.loads(result.stdout) == {"current": "0003", "head": "0003", "up_to_date": True}
+    assert json.loads(result.stdout) == {"current": "0004", "head": "0004", "up_to_date": True}
 
 
 def test_index_video_frames_rebuild_generations_delete(home: Path, tmp_path: Path) -> None:
@@ -88,6 +88,9 @@ def test_index_video_frames_rebuild_generations_delete(home: Path, tmp_path: Pat
     result = runner.invoke(app, ["index", "rebuild", "--approximate-threshold", "2", *base])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["kind"] == "hnsw_ip"
+    result = runner.invoke(app, ["index", "rebuild", "--ivf-threshold", "3", *base])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["kind"] == "ivf_ip"
     result = runner.invoke(app, ["delete", "proc-a", *base])
     assert result.exit_code == 0 and "2 tracklets removed" in result.output
     index = VectorIndex.load(generation_dir(home / "index", "fake-v1"))

@@ -15,7 +15,7 @@ from sqlalchemy.pool import NullPool
 from indexer import migrate
 from indexer.store import Base, Store
 
-TABLES = {"procedures", "tracklets", "jobs"}
+TABLES = {"procedures", "tracklets", "jobs", "tracklet_predictions"}
 
 
 def _tables(url: str) -> set[str]:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from indexer.store import Store, TrackletRow
-from model.errors import InvalidInputError, ProcedureNotFoundError, TrackletNotFoundError
+from indexer.store import PredictionRow, Store, TrackletRow
+from model.errors import (
+    ConflictError,
+    InvalidInputError,
+    ProcedureNotFoundError,
+    TrackletNotFoundError,
+)
 
 DIM = 8
 
@@ -142,3 +148,83 @@ def test_a_procedure_per_encoder_generation(store: Store) -> None:
     assert len(store.list_procedures()) == 2 and len(store.list_procedures("enc-a")) == 1
     assert store.delete_procedure("P", "enc-a") == a2 and store.has_procedure("P", "enc-b")
     assert store.delete_procedure("P") == b and not store.has_procedure("P")
+
+
+@pytest.mark.postgres
+def test_two_writers_on_one_procedure_is_a_clear_conflict(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writer A starts replacing P1; writer B commits P1 first; A gets ConflictError, B stands."""
+    first, second = Store(pg_url), Store(pg_url)
+    try:
+        original = Store._delete_procedure
+        interleaved: list[str] = []
+
+        def delete_then_let_the_other_writer_commit(
+            session: object, uid: str, version: str | None = None
+        ) -> list[int] | None:
+            deleted = original(session, uid, version)  # type: ignore[arg-type]
+            if not interleaved:  # only inside the first writer's transaction
+                interleaved.append(uid)
+                second.replace_procedure(uid, "ds", "other", "enc-a", _rows(2, seed=7))
+            return deleted
+
+        monkeypatch.setattr(
+            Store, "_delete_procedure", staticmethod(delete_then_let_the_other_writer_commit)
+        )
+        with pytest.raises(ConflictError, match="written by another indexer"):
+            first.replace_procedure("P1", "ds", "mine", "enc-a", _rows(3))
+        monkeypatch.undo()
+        assert first.get_procedure("P1", "enc-a").source == "other"
+        assert len(first.tracklet_ids_for_procedure("P1")) == 2
+    finally:
+        first.close()
+        second.close()
+
+
+def test_predictions_are_written_with_their_rows_and_leave_with_them(store: Store) -> None:
+    rows = _rows(3)
+    rows[0] = replace(
+        rows[0],
+        predictions=(
+            PredictionRow("size", "diminutive", 0.8, "probe-s1"),
+            PredictionRow("histology", "adenoma", 0.6, "probe-h1"),
+        ),
+    )
+    rows[1] = replace(
+        rows[1], predictions=(PredictionRow("size", "non_diminutive", 0.1, "probe-s1"),)
+    )
+    ids = store.replace_procedure("P1", "ds", "src", "enc-a", rows)
+    got = store.predictions_for(ids)
+    assert set(got) == {ids[0], ids[1]}
+    assert got[ids[0]]["size"] == PredictionRow("size", "diminutive", 0.8, "probe-s1")
+    assert got[ids[0]]["histology"].label == "adenoma"
+    assert store.tracklet_ids_with_prediction("size", "diminutive") == {ids[0]}
+    assert store.tracklet_ids_with_prediction("size", "diminutive", "enc-b") == set()
+    assert store.count_predictions("enc-a") == {"size": 2, "histology": 1}
+    # a new probe version re-predicts existing rows; ids no longer stored are skipped
+    written = store.replace_predictions(
+        "size",
+        {
+            ids[1]: PredictionRow("size", "diminutive", 0.7, "probe-s2"),
+            ids[2]: PredictionRow("size", "diminutive", 0.9, "probe-s2"),
+            10_000: PredictionRow("size", "diminutive", 0.9, "probe-s2"),
+        },
+    )
+    assert written == 2
+    assert store.tracklet_ids_with_prediction("size", "diminutive") == set(ids)
+    assert store.predictions_for([ids[1]])[ids[1]]["size"].probe_version == "probe-s2"
+    # re-indexing the procedure replaces its predictions; deleting it removes them
+    new_ids = store.replace_procedure("P1", "ds", "src", "enc-a", _rows(1))
+    assert store.predictions_for(ids + new_ids) == {}
+    store.delete_procedure("P1")
+    assert store.count_predictions() == {}
+
+
+def test_bad_predictions_roll_the_procedure_back(store: Store) -> None:
+    rows = [replace(_rows(1)[0], predictions=(PredictionRow("size", "diminutive", 1.5, "p"),))]
+    with pytest.raises(InvalidInputError, match=r"probability in \[0, 1\]"):
+        store.replace_procedure("P1", "ds", "src", "enc-a", rows)
+    assert not store.has_procedure("P1")
+    with pytest.raises(InvalidInputError, match="another task"):
+        store.replace_predictions("size", {1: PredictionRow("histology", "adenoma", 0.5, "p")})

@@ -283,3 +283,80 @@ def test_device_seam_falls_back_to_cpu() -> None:
             VectorIndex(DIM, "enc-a", policy=IndexPolicy(device="gpu"))
     with pytest.raises(ConfigError, match="approximate_threshold"):
         IndexPolicy(approximate_threshold=0)
+
+
+def test_auto_kind_reaches_ivf_which_searches_removes_and_round_trips(tmp_path: Path) -> None:
+    policy = IndexPolicy(approximate_threshold=100, ivf_threshold=400, hnsw_m=8, ivf_nprobe=16)
+    assert [policy.kind_for(n) for n in (99, 100, 399, 400)] == [
+        "flat_ip",
+        "hnsw_ip",
+        "hnsw_ip",
+        "ivf_ip",
+    ]
+    # the automatic list count: the power of two nearest to sqrt(N), at least 16, at most N
+    assert [policy.nlist_for(n) for n in (10, 500, 10**6)] == [10, 16, 1024]
+    index = VectorIndex(DIM, "enc-a", kind=None, policy=policy)
+    db = _vectors(500, seed=11)
+    ids = np.arange(1, 501, dtype=np.int64)
+    index.add(ids[:300], db[:300])
+    assert index.kind == "hnsw_ip" and index.nlist() is None
+    index.add(ids[300:], db[300:])
+    assert index.kind == "ivf_ip" and index.nlist() == 16 and not index.supports_remove
+    queries = _vectors(10, seed=12)
+    # nprobe = nlist scans every list: the answer is the exhaustive one, exclusion included
+    _assert_same(index.search(queries, 7), _exhaustive(ids, db, queries, 7))
+    (row,) = index.search(queries[0], 5, exclude_ids=ids[:250].tolist())
+    assert [i for i, _ in row] == [
+        i for i, _ in _exhaustive(ids[250:], db[250:], queries[:1], 5)[0]
+    ]
+    # removal re-trains from the kept vectors; the snapshot keeps kind, lists and answers
+    assert index.remove(ids[:20]) == 20 and index.kind == "ivf_ip" and len(index) == 480
+    index.save(tmp_path / "g")
+    loaded = VectorIndex.load(tmp_path / "g", "enc-a")
+    assert loaded.kind == "ivf_ip" and loaded.nlist() == 16 and loaded.auto_kind
+    assert json.loads((tmp_path / "g" / SIDECAR_FILE).read_text())["nlist"] == 16
+    _assert_same(loaded.search(queries, 5), _exhaustive(ids[20:], db[20:], queries, 5))
+    # shrinking below the IVF threshold goes back to HNSW
+    assert loaded.remove(ids[20:200]) == 180 and loaded.kind == "hnsw_ip"
+
+
+def test_explicit_ivf_trains_on_its_first_vectors() -> None:
+    index = VectorIndex(DIM, "enc-a", kind="ivf_ip", policy=IndexPolicy(ivf_nlist=4, ivf_nprobe=4))
+    assert index.search(_vectors(1), 3) == [[]] and index.nlist() is None
+    ids, db = np.arange(1, 41, dtype=np.int64), _vectors(40, seed=13)
+    index.add(ids[:30], db[:30])
+    assert index.nlist() == 4
+    index.add(ids[30:], db[30:])  # later vectors go to the trained lists
+    assert index.kind == "ivf_ip" and len(index) == 40 and index.nlist() == 4
+    queries = _vectors(5, seed=14)
+    _assert_same(index.search(queries, 6), _exhaustive(ids, db, queries, 6))
+    with pytest.raises(ConfigError, match="ivf_nlist"):
+        IndexPolicy(ivf_nlist=-1)
+
+
+def test_gpu_search_path_gives_the_cpu_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU seam, with FAISS's CPU→GPU copy replaced by a CPU clone (no GPU here)."""
+    import faiss
+
+    import indexer.vector_index as vector_index
+
+    copies: list[object] = []
+
+    def fake_cpu_to_gpu(resources: object, device: int, index: object) -> object:
+        copies.append(index)
+        return faiss.clone_index(index)
+
+    monkeypatch.setattr(vector_index, "gpu_available", lambda: True)
+    monkeypatch.setattr(vector_index, "_gpu_resources", lambda: object())
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_cpu_to_gpu, raising=False)
+    index = VectorIndex(DIM, "enc-a", policy=IndexPolicy(device="auto"))
+    assert index.device == "gpu"
+    ids, db = np.arange(1, 61, dtype=np.int64), _vectors(60, seed=15)
+    index.add(ids[:40], db[:40])
+    queries = _vectors(6, seed=16)
+    _assert_same(index.search(queries, 5), _exhaustive(ids[:40], db[:40], queries, 5))
+    index.add(ids[40:], db[40:])  # a change refreshes the GPU copy
+    _assert_same(index.search(queries, 5), _exhaustive(ids, db, queries, 5))
+    index.remove(ids[:10])
+    _assert_same(index.search(queries, 5), _exhaustive(ids[10:], db[10:], queries, 5))
+    assert len(copies) == 3

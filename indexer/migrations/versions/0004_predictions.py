@@ -1,0 +1,44 @@
+"""Size and histology predictions of the installed probes, one row per tracklet and task.
+
+A separate table rather than tracklet columns: predictions depend on the probe
+as well as the embedding, so a new probe version re-predicts (``polypindex probe
+apply``) without touching the tracklets, and the rows leave with their tracklet
+(``ON DELETE CASCADE``).
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-23
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "tracklet_predictions",
+        sa.Column(
+            "tracklet_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.ForeignKey("tracklets.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("task", sa.String(32), primary_key=True),
+        sa.Column("label", sa.String(64), nullable=False),
+        sa.Column("probability", sa.Float(), nullable=False),
+        sa.Column("probe_version", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_tracklet_predictions_task_label", "tracklet_predictions", ["task", "label"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_tracklet_predictions_task_label", table_name="tracklet_predictions")
+    op.drop_table("tracklet_predictions")
