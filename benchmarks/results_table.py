@@ -1,14 +1,18 @@
-"""The issue-2 results table, end to end, on one dataset:
+"""The results table, end to end, on one dataset:
 
-(a) the encoder before training (same config, same seed, random init),
-(b) after self-supervised training (temporal temperature bags + MIL-NCE),
-(c) the supervised upper bound (identity bags + multi-positive loss),
+(a) the encoder before training (same config as the first trained row, same seed,
+    random init),
+(b) one row per trained config (``--row NAME=CONFIG``, repeatable; default: the
+    method, ``self_supervised=demo``, and ``supervised_upper_bound=supervised``),
+(c) one row per already exported encoder (``--model NAME=PATH``; ``{seed}`` in
+    the path is replaced by the seed, e.g. a frame-mean baseline per seed),
 
 plus the reference rows (chance, colour histogram), each exported to ONNX and
 evaluated with the product's protocols (``benchmarks.protocols.evaluate``) on the
-test split, for one or more seeds (mean ± std when several).
+test split, for one or more seeds (mean ± std when several), and a plot of the
+validation mAP over epochs of every trained row (mean over seeds).
 
-    python -m benchmarks.results_table --data var/data/synth --out var/bench/table --seeds 0
+    python -m benchmarks.results_table --data var/data/synth --out var/bench/table --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -89,15 +93,22 @@ def _value(row: dict[str, Any], protocol: str, metric: str) -> float | None:
     return part.get(metric)
 
 
+DEFAULT_ROWS = (("self_supervised", "demo"), ("supervised_upper_bound", "supervised"))
+
+
 def run(
     data: Path,
     out: Path,
     seeds: list[int],
-    ssl_config: str,
-    sup_config: str,
+    rows: list[tuple[str, str]],
     overrides: dict[str, Any],
     reuse: bool = False,
+    exported: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
+    """Train ``rows`` (name, config) per seed, evaluate them with the untrained
+    encoder and the ``exported`` (name, ONNX path with ``{seed}``) encoders."""
+    if not rows:
+        raise ValueError("at least one trained row is needed (it also defines the untrained row)")
     out.mkdir(parents=True, exist_ok=True)
     per_seed: list[dict[str, Any]] = []
     compute: dict[str, Any] = {}
@@ -108,23 +119,29 @@ def run(
             "seed": seed,
             **overrides,
         }
+        configs = [
+            (
+                name,
+                load_train_config(config, {**common, "out_dir": str(out / f"seed{seed}" / name)}),
+            )
+            for name, config in rows
+        ]
         models: dict[str, Path] = {}
-        ssl = load_train_config(ssl_config, {**common, "out_dir": str(out / f"seed{seed}" / "ssl")})
-        sup = load_train_config(
-            sup_config, {**common, "out_dir": str(out / f"seed{seed}" / "supervised")}
-        )
-        untrained = untrained_checkpoint(ssl, out / f"seed{seed}" / "untrained")
-        ssl_ckpt, ssl_history = _train_or_reuse(ssl, reuse)
-        sup_ckpt, sup_history = _train_or_reuse(sup, reuse)
-        compute[f"seed{seed}"] = {"ssl": ssl_history, "supervised": sup_history}
-        for name, ckpt in (
-            ("untrained", untrained),
-            ("self_supervised", ssl_ckpt),
-            ("supervised_upper_bound", sup_ckpt),
-        ):
+        checkpoints = {
+            "untrained": untrained_checkpoint(configs[0][1], out / f"seed{seed}" / "untrained")
+        }
+        compute[f"seed{seed}"] = {}
+        for name, config in configs:
+            checkpoints[name], compute[f"seed{seed}"][name] = _train_or_reuse(config, reuse)
+        for name, ckpt in checkpoints.items():
             onnx_path = ckpt.with_suffix(".onnx")
             export_onnx(ckpt, onnx_path)
             models[name] = onnx_path
+        for name, template in exported or []:
+            path = Path(template.replace("{seed}", str(seed)))
+            if not path.is_file():
+                raise FileNotFoundError(f"--model {name}={template}: {path} does not exist")
+            models[name] = path
         per_seed.append(
             evaluate(
                 data, "test", models, out / f"seed{seed}" / "eval", cache_dir=out / "crop_cache"
@@ -150,8 +167,8 @@ def run(
     result = {
         "data": str(data),
         "seeds": seeds,
-        "ssl_config": ssl_config,
-        "supervised_config": sup_config,
+        "rows": [{"name": n, "config": c} for n, c in rows],
+        "exported": [{"name": n, "path": p} for n, p in exported or []],
         "overrides": overrides,
         "summary": summary,
         "per_seed": per_seed,
@@ -160,7 +177,38 @@ def run(
     }
     (out / "results_table.json").write_text(json.dumps(result, indent=2, default=float))
     (out / "results_table.md").write_text(markdown(result))
+    plot_val_map(compute, out / "val_map_over_epochs.png")
     return result
+
+
+def plot_val_map(compute: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    """Validation mAP over epochs of each trained row: mean over seeds, band = min..max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[list[float]]] = {}
+    for seed_runs in compute.values():
+        for name, history in seed_runs.items():
+            values = [e["val_map"] for e in history["history"] if e.get("val_map") is not None]
+            curves.setdefault(name, []).append(values)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, runs in curves.items():
+        n = min(len(r) for r in runs)
+        arr = np.array([r[:n] for r in runs])
+        epochs = np.arange(n) - 1  # the first point is before training (epoch -1)
+        ax.plot(epochs, arr.mean(axis=0), marker="o", label=f"{name} (n={len(runs)})")
+        if len(runs) > 1:
+            ax.fill_between(epochs, arr.min(axis=0), arr.max(axis=0), alpha=0.2)
+    ax.set_xlabel("epoch (-1 = before training)")
+    ax.set_ylabel("validation mAP")
+    ax.set_title("Validation mAP over epochs (mean over seeds, band = min..max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -179,6 +227,13 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pair(text: str, option: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise SystemExit(f"{option} wants NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Untrained / self-supervised / supervised table on one dataset."
@@ -186,10 +241,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("var/data/synth"))
     parser.add_argument("--out", type=Path, default=Path("var/bench/table"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--ssl-config", default="demo")
-    parser.add_argument("--supervised-config", default="supervised")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], help="key=value for both runs"
+        "--row",
+        dest="rows",
+        action="append",
+        default=[],
+        help="NAME=CONFIG: a trained row (repeatable; default: self_supervised=demo and "
+        "supervised_upper_bound=supervised); the first one also configures the untrained row",
+    )
+    parser.add_argument(
+        "--model",
+        dest="exported",
+        action="append",
+        default=[],
+        help="NAME=PATH.onnx: an already exported encoder row ({seed} is replaced by the seed)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="key=value for every run"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse finished runs found under --out"
     )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
@@ -199,9 +270,9 @@ def main(argv: list[str] | None = None) -> None:
             overrides[key] = json.loads(raw)
         except json.JSONDecodeError:
             overrides[key] = raw
-    result = run(
-        args.data, args.out, args.seeds, args.ssl_config, args.supervised_config, overrides
-    )
+    rows = [_pair(r, "--row") for r in args.rows] or list(DEFAULT_ROWS)
+    exported = [_pair(m, "--model") for m in args.exported]
+    result = run(args.data, args.out, args.seeds, rows, overrides, args.reuse, exported)
     print(markdown(result))
     print(format_table(result["per_seed"][0]))
 

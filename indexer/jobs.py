@@ -44,6 +44,7 @@ from indexer.store import JobModel, Store
 from indexer.vector_index import IndexPolicy
 from model.config import TrackletConfig
 from model.errors import InvalidInputError, NotFoundError
+from model.probe import Probe
 
 JOB_KINDS = ("coco", "video", "frames")
 STATUSES = ("queued", "running", "succeeded", "failed")
@@ -198,8 +199,10 @@ class JobRunner:
         *,
         policy: IndexPolicy | None = None,
         poll_s: float = 0.5,
+        probes: Sequence[Probe] = (),
     ) -> None:
         self.store = store
+        self.probes = tuple(probes)
         self.index_dir = Path(index_dir)
         self.encoder = encoder
         self.data_roots = [Path(r) for r in data_roots]
@@ -312,6 +315,7 @@ class JobRunner:
                 progress=False,
                 on_progress=progress,
                 policy=self.policy,
+                probes=self.probes,
             )
         except Exception as exc:
             logging.getLogger(__name__).warning("job %s failed: %s", job_id, exc)

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,11 +35,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from indexer.sources import ProcedureSource, coco_sources, procedure_uid
-from indexer.store import Store, TrackletRow
+from indexer.store import PredictionRow, Store, TrackletRow
 from indexer.vector_index import IndexPolicy, VectorIndex, list_generations
 from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
 from model.errors import ConfigError, EncoderMismatchError, InvalidInputError, PolypIndexError
 from model.preprocess import crop_frame, normalize
+from model.probe import TASKS, Probe, load_probe, probe_path
 from model.tracklets import fragment_indices
 
 logger = logging.getLogger(__name__)
@@ -336,6 +337,7 @@ def index_sources(
     snapshot_every_s: float = 30.0,
     policy: IndexPolicy | None = None,
     description: str = "indexing",
+    probes: Sequence[Probe] = (),
 ) -> IndexReport:
     """Index a batch of procedures into the store and the index generation of ``encoder``.
 
@@ -358,6 +360,8 @@ def index_sources(
         snapshot_every_s: least seconds between two index snapshots (0: after each procedure).
         policy: index kind threshold / HNSW parameters / device.
         description: the progress bar's label.
+        probes: size / histology probes of this encoder; each tracklet's predictions
+            are stored with its row (same transaction).
 
     Returns:
         The :class:`IndexReport`.
@@ -368,6 +372,7 @@ def index_sources(
             f"indexing embeds each tracklet whole: the encoder's fragment config must have "
             f"fragment_length=-1, got {encoder.fragment}"
         )
+    check_probes(probes, encoder.version)
     if total is None and isinstance(procedures, Sequence):
         total = len(procedures)
     out_dir = Path(index_dir)
@@ -398,6 +403,11 @@ def index_sources(
                 result = _embed_procedure(
                     procedure, encoder, batch_size, out_dir if thumbnails else None
                 )
+                if probes:
+                    result.rows[:] = [
+                        replace(row, predictions=predict(probes, row.embedding))
+                        for row in result.rows
+                    ]
                 old_ids = store.tracklet_ids_for_procedure(uid)
                 # 1) the source of truth, in one transaction ...
                 new_ids = store.replace_procedure(
@@ -461,6 +471,67 @@ def index_sources(
     return report
 
 
+def check_probes(probes: Sequence[Probe], encoder_version: str) -> None:
+    """Refuse probes of another encoder, probes trained on fragments shorter than the
+    whole tracklet (indexing predicts from the tracklet embedding), or two of one task."""
+    tasks = [p.task for p in probes]
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"one probe per task, got tasks {tasks}")
+    for probe in probes:
+        probe.check_encoder(encoder_version)
+        training = probe.metadata.get("training") or {}
+        length = (training.get("fragment") or {}).get("fragment_length", -1)
+        if length != -1:
+            raise ConfigError(
+                f"{probe.version} was trained on fragments of {length} frames, but predictions "
+                f"are made from whole-tracklet embeddings; retrain it without --fragment-length"
+            )
+
+
+def predict(probes: Sequence[Probe], embedding: np.ndarray) -> tuple[PredictionRow, ...]:
+    """The probes' predictions for one tracklet embedding.
+
+    The probes read the encoder's own tracklet embedding (the encoder's fragment
+    rule is the whole tracklet, as in :func:`index_sources`), so the stored
+    embedding is the probe's one fragment.
+    """
+    out = []
+    for probe in probes:
+        p = probe.predict_tracklet(np.asarray(embedding, dtype=np.float32)[None, :])
+        out.append(PredictionRow(probe.task, p.label, float(p.probability), probe.version))
+    return tuple(out)
+
+
+def installed_probes(folder: str | Path, encoder_version: str) -> list[Probe]:
+    """The probes found in ``folder`` (``size.npz``, ``histology.npz``; absent ones are skipped).
+
+    Raises:
+        EncoderMismatchError: a probe there was trained on another encoder.
+        ModelLoadError: a probe file there is unreadable.
+    """
+    return [
+        load_probe(probe_path(folder, task), encoder_version)
+        for task in TASKS
+        if probe_path(folder, task).is_file()
+    ]
+
+
+def predict_stored(
+    store: Store, encoder_version: str, probes: Sequence[Probe], progress: bool = True
+) -> dict[str, int]:
+    """(Re)compute and store every ``encoder_version`` tracklet's predictions; counts per task."""
+    check_probes(probes, encoder_version)
+    per_task: dict[str, dict[int, PredictionRow]] = {p.task: {} for p in probes}
+    total = store.count_tracklets(encoder_version)
+    with tqdm(total=total, unit="tracklet", desc="predicting", disable=not progress) as bar:
+        for ids, vectors in store.iter_embeddings(encoder_version):
+            for tid, vector in zip(ids.tolist(), vectors, strict=True):
+                for row in predict(probes, vector):
+                    per_task[row.task][int(tid)] = row
+            bar.update(len(ids))
+    return {task: store.replace_predictions(task, rows) for task, rows in per_task.items()}
+
+
 def index_dataset(
     root: str | Path,
     split: str,
@@ -477,6 +548,7 @@ def index_dataset(
     on_progress: Callable[[Progress], None] | None = None,
     snapshot_every_s: float = 30.0,
     policy: IndexPolicy | None = None,
+    probes: Sequence[Probe] = (),
 ) -> IndexReport:
     """Index every procedure (video) of a COCO split (see :func:`index_sources`).
 
@@ -518,6 +590,7 @@ def index_dataset(
         snapshot_every_s=snapshot_every_s,
         policy=policy,
         description=f"indexing {split}",
+        probes=probes,
     )
 
 

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from model.probe import CLASSES, Probe
 
 TRACKLETS = TrackletConfig(min_tracklet_length=3)
 W, H = 64, 48
@@ -148,3 +149,25 @@ def write_coco(root: Path, corrupt: bool = False, p1_labels: bool = False) -> Pa
     }
     (root / "annotations" / "instances_test.json").write_text(json.dumps(coco))
     return root
+
+
+def linear_probe(
+    task: str,
+    encoder_version: str,
+    weight: np.ndarray,
+    bias: float = 0.0,
+    temperature: float = 1.0,
+) -> Probe:
+    """A hand-made linear probe: ``P(positive) = sigmoid((weight · x + bias) / temperature)``."""
+    w = np.asarray(weight, dtype=np.float32).reshape(1, -1)
+    return Probe(
+        {"linear.weight": w, "linear.bias": np.array([bias], dtype=np.float32)},
+        {
+            "task": task,
+            "classes": list(CLASSES[task]),
+            "head": "linear",
+            "temperature": temperature,
+            "encoder_version": encoder_version,
+            "dim": w.shape[1],
+        },
+    )

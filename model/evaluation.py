@@ -583,3 +583,208 @@ def color_histogram_embedding(crops: np.ndarray, center_fraction: float = 0.2) -
     idx = (q[:, 0] * HISTOGRAM_BINS_PER_CHANNEL + q[:, 1]) * HISTOGRAM_BINS_PER_CHANNEL + q[:, 2]
     hist = np.sqrt(np.bincount(idx, minlength=HISTOGRAM_DIM).astype(np.float64))
     return (hist / np.linalg.norm(hist)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- binary classification (probes)
+
+
+def _check_labels01(values: np.ndarray, name: str) -> np.ndarray:
+    v = np.asarray(values).reshape(-1)
+    if v.dtype == np.bool_:
+        return v.astype(np.int64)
+    f = v.astype(np.float64)
+    if not np.all((f == 0) | (f == 1)):
+        raise InvalidInputError(f"{name} must be binary (0/1 or bool)")
+    return f.astype(np.int64)
+
+
+def _ratio(num: int, den: int, what: str) -> tuple[float | None, str | None]:
+    if den == 0:
+        return None, f"undefined: {what} is 0"
+    return num / den, None
+
+
+def binary_classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Confusion counts and the usual rates of a binary decision (positive = 1).
+
+    Definitions (each equals scikit-learn on the same inputs; see
+    ``tests/probes/test_probe_metrics.py``):
+
+    - ``accuracy`` = ``accuracy_score``;
+    - ``macro_f1`` = ``f1_score(average="macro", labels=[0, 1], zero_division=0)``:
+      the mean of the F1 of class 1 and of class 0 (a class never present nor
+      predicted has F1 0);
+    - ``sensitivity`` = TP/(TP+FN) = ``recall_score``;
+    - ``specificity`` = TN/(TN+FP) = ``recall_score(pos_label=0)``;
+    - ``ppv`` = TP/(TP+FP) = ``precision_score``; ``npv`` = TN/(TN+FN) =
+      ``precision_score(pos_label=0)``;
+    - ``auroc`` = ``roc_auc_score(y_true, y_score)`` when scores are given.
+
+    A rate whose denominator is 0 (or an AUROC with one class only) is
+    ``None``, with the reason under ``undefined[name]``.
+
+    Args:
+        y_true: (N,) true labels in {0, 1}.
+        y_pred: (N,) predicted labels in {0, 1}.
+        y_score: optional (N,) scores for AUROC (higher = more likely 1).
+
+    Returns:
+        A JSON-ready dict: ``n``, ``tp``, ``fp``, ``tn``, ``fn``, the rates above
+        and ``undefined``.
+    """
+    t = _check_labels01(y_true, "y_true")
+    p = _check_labels01(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise InvalidInputError(f"y_true and y_pred differ in length: {t.size} vs {p.size}")
+    if t.size == 0:
+        raise InvalidInputError("binary_classification_metrics needs at least one item")
+    tp = int(np.count_nonzero((t == 1) & (p == 1)))
+    fp = int(np.count_nonzero((t == 0) & (p == 1)))
+    tn = int(np.count_nonzero((t == 0) & (p == 0)))
+    fn = int(np.count_nonzero((t == 1) & (p == 0)))
+    out: dict[str, Any] = {"n": int(t.size), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    undefined: dict[str, str] = {}
+    for name, num, den, what in (
+        ("sensitivity", tp, tp + fn, "the number of positives (TP+FN)"),
+        ("specificity", tn, tn + fp, "the number of negatives (TN+FP)"),
+        ("ppv", tp, tp + fp, "the number of positive predictions (TP+FP)"),
+        ("npv", tn, tn + fn, "the number of negative predictions (TN+FN)"),
+    ):
+        out[name], reason = _ratio(num, den, what)
+        if reason:
+            undefined[name] = reason
+    out["accuracy"] = (tp + tn) / t.size
+    f1_pos = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
+    f1_neg = 2 * tn / (2 * tn + fn + fp) if (2 * tn + fn + fp) else 0.0
+    out["f1_positive"] = f1_pos
+    out["f1_negative"] = f1_neg
+    out["macro_f1"] = (f1_pos + f1_neg) / 2.0
+    if y_score is not None:
+        if tp + fn == 0 or tn + fp == 0:
+            out["auroc"] = None
+            undefined["auroc"] = "undefined: only one class is present in y_true"
+        else:
+            out["auroc"] = roc_auc(np.asarray(y_score, dtype=np.float64), t)
+    out["undefined"] = undefined
+    return out
+
+
+CALIBRATION_BINS = 15
+
+
+def reliability_bins(
+    probabilities: np.ndarray, labels: np.ndarray, n_bins: int = CALIBRATION_BINS
+) -> dict[str, np.ndarray]:
+    """Equal-width bins of the predicted P(positive) for calibration.
+
+    Bin ``k`` (``k = 0 … n_bins−1``) holds ``k/n_bins ≤ p < (k+1)/n_bins``; the
+    last bin also holds ``p = 1``.
+
+    Args:
+        probabilities: (N,) predicted P(positive) in [0, 1].
+        labels: (N,) true labels in {0, 1}.
+        n_bins: number of bins.
+
+    Returns:
+        ``count`` (n_bins,) items per bin, ``confidence`` mean predicted
+        probability per bin and ``frequency`` observed fraction of positives per
+        bin (both NaN for empty bins), ``edges`` (n_bins+1,).
+    """
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    y = _check_labels01(labels, "labels").astype(np.float64)
+    if p.shape != y.shape or p.size == 0:
+        raise InvalidInputError(
+            f"probabilities and labels must be non-empty and of equal length, got {p.size} and {y.size}"
+        )
+    if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise InvalidInputError("probabilities must lie in [0, 1]")
+    if n_bins < 1:
+        raise InvalidInputError(f"n_bins must be >= 1, got {n_bins}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(idx, weights=p, minlength=n_bins) / count
+        frequency = np.bincount(idx, weights=y, minlength=n_bins) / count
+    return {"count": count, "confidence": confidence, "frequency": frequency, "edges": edges}
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, n_bins: int = CALIBRATION_BINS
+) -> float:
+    """Expected calibration error of P(positive) over equal-width bins.
+
+    ``ECE = Σ_k (n_k / N) · |freq_k − conf_k|`` over the bins of
+    :func:`reliability_bins` (15 by default), where ``conf_k`` is the mean
+    predicted P(positive) and ``freq_k`` the fraction of positives in bin ``k``.
+    This is torchmetrics' ``binary_calibration_error(norm="l1")`` (which puts
+    ``p = 1`` exactly in a bin of its own; here it joins the last bin).
+
+    Args:
+        probabilities: (N,) predicted P(positive) in [0, 1].
+        labels: (N,) true labels in {0, 1}.
+        n_bins: number of equal-width bins.
+
+    Returns:
+        ECE in [0, 1].
+    """
+    bins = reliability_bins(probabilities, labels, n_bins)
+    used = bins["count"] > 0
+    weights = bins["count"][used] / bins["count"].sum()
+    return float(np.sum(weights * np.abs(bins["frequency"][used] - bins["confidence"][used])))
+
+
+def save_reliability_png(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    title: str,
+    n_bins: int = CALIBRATION_BINS,
+) -> Path:
+    """Reliability diagram: observed fraction of positives vs mean predicted P(positive).
+
+    Args:
+        curves: ``{legend label: (probabilities (N,), labels (N,))}``; the ECE
+            is added to each label.
+        path: the PNG to write (its folder is created).
+        title: the plot title.
+        n_bins: equal-width bins.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    try:
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="perfect calibration")
+        for label, (probs, ys) in curves.items():
+            bins = reliability_bins(probs, ys, n_bins)
+            used = bins["count"] > 0
+            ece = expected_calibration_error(probs, ys, n_bins)
+            ax.plot(
+                bins["confidence"][used],
+                bins["frequency"][used],
+                marker="o",
+                lw=1.2,
+                label=f"{label} (ECE {ece:.3f}, n={len(np.asarray(probs).reshape(-1))})",
+            )
+        ax.set(
+            xlabel="mean predicted P(positive)",
+            ylabel="observed fraction positive",
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+        )
+        ax.set_title(title, fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path

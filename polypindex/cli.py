@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from model.errors import PolypIndexError
+from polypindex.cli_probe import BENCH_CONTEXT, bench_histology, bench_size, probe_app
 from polypindex.cli_store import db_app, delete, index_app
 from polypindex.paths import layout
 
@@ -132,6 +133,9 @@ def export(
 
 app.add_typer(index_app, name="index")
 app.add_typer(db_app, name="db")
+app.add_typer(probe_app, name="probe")
+bench_app.command("size", context_settings=BENCH_CONTEXT)(bench_size)
+bench_app.command("histology", context_settings=BENCH_CONTEXT)(bench_histology)
 app.command()(delete)
 
 

@@ -41,6 +41,13 @@ ThresholdOpt = Annotated[
     int | None,
     typer.Option(help="Vectors from which the index is HNSW instead of exact (default 100000)."),
 ]
+ProbesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder of the size/histology probes (size.npz, histology.npz) whose predictions "
+        "are stored with each tracklet (default: probes/ next to the model; none there: none)."
+    ),
+]
 IvfThresholdOpt = Annotated[
     int | None,
     typer.Option(
@@ -80,6 +87,15 @@ def _load_encoder(model: Path | None, home: Path | None) -> Any:
     from model.runtime import OnnxEncoder
 
     return OnnxEncoder(model or layout(home).demo_model_dir / "encoder.onnx")
+
+
+def _installed_probes(
+    model: Path | None, probes: Path | None, home: Path | None, encoder_version: str
+) -> Any:
+    from indexer.pipeline import installed_probes
+
+    model_path = model or layout(home).demo_model_dir / "encoder.onnx"
+    return installed_probes(probes or model_path.parent / "probes", encoder_version)
 
 
 def _open_store(database_url: str | None, home: Path | None, migrate: bool = True) -> Any:
@@ -171,6 +187,7 @@ def index_coco(
     force: ForceOpt = False,
     approximate_threshold: ThresholdOpt = None,
     ivf_threshold: IvfThresholdOpt = None,
+    probes: ProbesOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Index the procedures of a COCO dataset: tracklets -> embeddings -> SQL rows + FAISS."""
@@ -189,6 +206,7 @@ def index_coco(
                     encoder,
                     force=force,
                     policy=_policy(approximate_threshold, ivf_threshold),
+                    probes=_installed_probes(model, probes, home, encoder.version),
                 )
             )
     except PolypIndexError as exc:
@@ -215,6 +233,7 @@ def index_video(
     force: ForceOpt = False,
     approximate_threshold: ThresholdOpt = None,
     ivf_threshold: IvfThresholdOpt = None,
+    probes: ProbesOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Index one procedure from a video file and its detections (streamed, never fully loaded)."""
@@ -230,14 +249,16 @@ def index_video(
             min_score=min_score,
             config=_tracklet_config(min_tracklet_length, separation_thresh, iou_thresh),
         )
+        encoder = _load_encoder(model, home)
         _report(
             index_sources(
                 [source],
                 _open_store(database_url, home),
                 index_dir or layout(home).index_dir,
-                _load_encoder(model, home),
+                encoder,
                 force=force,
                 policy=_policy(approximate_threshold, ivf_threshold),
+                probes=_installed_probes(model, probes, home, encoder.version),
             )
         )
     except PolypIndexError as exc:
@@ -263,6 +284,7 @@ def index_frames(
     force: ForceOpt = False,
     approximate_threshold: ThresholdOpt = None,
     ivf_threshold: IvfThresholdOpt = None,
+    probes: ProbesOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Index one procedure from a folder of frames and its detections."""
@@ -277,16 +299,43 @@ def index_frames(
             min_score=min_score,
             config=_tracklet_config(min_tracklet_length, separation_thresh, iou_thresh),
         )
+        encoder = _load_encoder(model, home)
         _report(
             index_sources(
                 [source],
                 _open_store(database_url, home),
                 index_dir or layout(home).index_dir,
-                _load_encoder(model, home),
+                encoder,
                 force=force,
                 policy=_policy(approximate_threshold, ivf_threshold),
+                probes=_installed_probes(model, probes, home, encoder.version),
             )
         )
+    except PolypIndexError as exc:
+        raise _fail(exc) from exc
+
+
+@index_app.command("predict")
+def index_predict(
+    model: ModelOpt = None,
+    probes: ProbesOpt = None,
+    database_url: DatabaseOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """(Re)compute the stored size/histology predictions of every indexed tracklet of the
+    model's encoder with the installed probes (e.g. after training a new probe)."""
+    from indexer.pipeline import predict_stored
+
+    try:
+        encoder = _load_encoder(model, home)
+        installed = _installed_probes(model, probes, home, encoder.version)
+        if not installed:
+            folder = probes or (model or layout(home).demo_model_dir / "encoder.onnx").parent
+            raise PolypIndexError(
+                f"no probe installed in {folder if probes else folder / 'probes'}; train one "
+                f"with `polypindex probe train size|histology`"
+            )
+        _echo(predict_stored(_open_store(database_url, home), encoder.version, installed))
     except PolypIndexError as exc:
         raise _fail(exc) from exc
 

@@ -3,8 +3,10 @@
 1. a synthetic dataset (``var/data/synth``),
 2. the demo encoder, trained on it with the CPU demo preset and exported to ONNX
    (``var/models/demo``) — only when no model is there yet,
-3. the index of every split's procedures (idempotent: already indexed
-   procedures are skipped).
+3. the size and histology probes on that encoder (``var/models/demo/probes``),
+   trained on the train split — only when missing,
+4. the index of every split's procedures (idempotent: already indexed
+   procedures are skipped), with the probes' predictions stored per tracklet.
 """
 
 from __future__ import annotations
@@ -58,17 +60,46 @@ def ensure_model(lay: Layout, data: Path, config: str = "demo") -> Path:
     return onnx_path
 
 
+def ensure_probes(lay: Layout, data: Path, model_path: Path) -> None:
+    """Train the size and histology probes on the demo encoder unless they exist."""
+    from model.probe import TASKS, probe_path
+
+    for task in TASKS:
+        path = probe_path(model_path.parent / "probes", task)
+        if path.is_file():
+            _step(f"{task} probe present: {path}")
+            continue
+        from training.probe import train_probe_on_encoder
+
+        _step(f"training the {task} probe on the demo encoder ...")
+        train_probe_on_encoder(
+            task,
+            data,
+            model_path,
+            out=path,
+            cache_dir=lay.home / "cache" / "probe_embeddings",
+            crop_cache_dir=lay.crop_cache,
+        )
+
+
 def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
-    """Index every split of the dataset (skips procedures already indexed)."""
-    from indexer.pipeline import index_dataset
+    """Index every split of the dataset (skips procedures already indexed), with the
+    installed probes' predictions; fills in predictions missing from earlier runs."""
+    from indexer.pipeline import index_dataset, installed_probes, predict_stored
     from indexer.store import Store
     from model.runtime import OnnxEncoder
 
     encoder = OnnxEncoder(model_path)
+    probes = installed_probes(model_path.parent / "probes", encoder.version)
     store = Store(lay.database_url)
     for split in DEMO_SPLITS:
         _step(f"indexing split {split!r} ...")
-        index_dataset(data, split, store, lay.index_dir, encoder)
+        index_dataset(data, split, store, lay.index_dir, encoder, probes=probes)
+    stored = store.count_tracklets(encoder.version)
+    predicted = store.count_predictions(encoder.version)
+    if probes and any(predicted.get(p.task, 0) < stored for p in probes):
+        _step("predicting size/histology for tracklets indexed before the probes ...")
+        predict_stored(store, encoder.version, probes)
 
 
 def build_demo(lay: Layout) -> None:
@@ -76,5 +107,6 @@ def build_demo(lay: Layout) -> None:
     lay.home.mkdir(parents=True, exist_ok=True)
     data = ensure_dataset(lay)
     model_path = ensure_model(lay, data)
+    ensure_probes(lay, data, model_path)
     ensure_index(lay, data, model_path)
     _step(f"ready in {time.perf_counter() - start:.0f} s")

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.backend import load_resources, start_job_runner
 from service.errors import install_error_handlers
-from service.routers import health, jobs, reid, search
+from service.routers import health, jobs, predict, reid, search
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.problems = resources.problems
         app.state.jobs = resources.jobs
         app.state.jobs_problem = resources.jobs_problem
+        app.state.probes = resources.probes
+        app.state.probe_problems = resources.probe_problems
         if resources.problems:
             logger.warning("starting degraded: %s", "; ".join(resources.problems.values()))
         try:
@@ -102,10 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.index_refresher = None
     app.state.jobs = None
     app.state.jobs_problem = "the service has not started yet"
+    app.state.probes = {}
+    app.state.probe_problems = {}
     app.state.problems = {"startup": "the service has not started yet"}
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(search.router)
     app.include_router(reid.router)
+    app.include_router(predict.router)
     app.include_router(jobs.router)
     return app

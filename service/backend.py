@@ -23,7 +23,7 @@ import numpy as np
 
 from indexer import pipeline
 from indexer.jobs import JobRecord, JobRunner
-from indexer.store import Store, TrackletRecord
+from indexer.store import PredictionRow, Store, TrackletRecord
 from indexer.vector_index import VectorIndex
 from model.errors import (
     EncoderMismatchError,
@@ -31,9 +31,11 @@ from model.errors import (
     IndexNotReadyError,
     InvalidInputError,
     PolypIndexError,
+    ProbeNotInstalledError,
     ProcedureNotFoundError,
 )
 from model.preprocess import decode_image
+from model.probe import TASKS, Probe, load_probe, probe_path
 from service.errors import field_error
 from service.schemas import FrameInput, TrackletInput
 from service.settings import Settings
@@ -45,6 +47,8 @@ __all__ = [
     "IndexRefresher",
     "JobRecord",
     "JobRunner",
+    "PredictionRow",
+    "Probe",
     "Resources",
     "Store",
     "TrackletRecord",
@@ -63,6 +67,13 @@ HOW_TO_BUILD_MODEL = (
     "(`polypindex serve --model`) at an exported encoder.onnx"
 )
 HOW_TO_BUILD_INDEX = "index procedures with `polypindex index` (or run `polypindex demo`)"
+
+
+def how_to_train_probe(task: str, settings: Settings) -> str:
+    return (
+        f"train it with `polypindex probe train {task} --data DATA --model {settings.model_path}` "
+        f"(it is read from {probe_path(settings.probes_folder, task)}), then restart the service"
+    )
 
 
 class Encoder(Protocol):
@@ -152,6 +163,8 @@ class Resources:
     index: VectorIndex | None = None
     refresher: IndexRefresher | None = None
     jobs: JobRunner | None = None
+    probes: dict[str, Probe] = field(default_factory=dict)
+    probe_problems: dict[str, str] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     jobs_problem: str = "indexing jobs are not running"
 
@@ -190,6 +203,7 @@ def start_job_runner(res: Resources, settings: Settings) -> None:
             settings.index_dir,
             res.encoder,  # type: ignore[arg-type]  # checked above: has embed_sequences
             settings.data_roots,
+            probes=list(res.probes.values()),
         )
         recovered = runner.recover()
         if recovered:
@@ -239,6 +253,8 @@ def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resour
             f"database not available: {type(exc).__name__}: {exc}; check POLYPINDEX_DATABASE_URL, "
             f"then {HOW_TO_BUILD_INDEX}"
         )
+    if res.encoder is not None:
+        res.probes, res.probe_problems = load_probes(settings, res.encoder.version)
     if res.encoder is None or res.store is None:
         res.problems["index"] = (
             "vector index not loaded: it needs the encoder model and the database"
@@ -258,6 +274,47 @@ def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resour
             f"vector index not loaded from {settings.index_dir}: {exc}; rebuild it: {HOW_TO_BUILD_INDEX}"
         )
     return res
+
+
+def load_probes(
+    settings: Settings, encoder_version: str
+) -> tuple[dict[str, Probe], dict[str, str]]:
+    """The installed probes of this encoder, and for each task without one, why; never raises."""
+    probes: dict[str, Probe] = {}
+    problems: dict[str, str] = {}
+    for task in TASKS:
+        path = probe_path(settings.probes_folder, task)
+        if not path.is_file():
+            problems[task] = f"no {task} probe installed; {how_to_train_probe(task, settings)}"
+            continue
+        try:
+            probes[task] = load_probe(path, encoder_version)
+        except PolypIndexError as exc:
+            problems[task] = f"{task} probe not loaded: {exc}; {how_to_train_probe(task, settings)}"
+            logger.warning("%s", problems[task])
+    return probes, problems
+
+
+def require_probe(probes: dict[str, Probe], problems: dict[str, str], task: str) -> Probe:
+    """The installed probe of ``task``; ProbeNotInstalledError (503) saying why otherwise."""
+    probe = probes.get(task)
+    if probe is None:
+        raise ProbeNotInstalledError(problems.get(task, f"no {task} probe installed"))
+    return probe
+
+
+def predict(probe: Probe, vector: np.ndarray) -> PredictionRow:
+    """One probe's prediction for one tracklet embedding (the indexer's rule)."""
+    (row,) = pipeline.predict([probe], vector)
+    return row
+
+
+def predictions_for(store: Store, ids: Sequence[int]) -> dict[int, dict[str, PredictionRow]]:
+    return store.predictions_for(ids)
+
+
+def tracklet_ids_predicted(store: Store, task: str, label: str, encoder_version: str) -> set[int]:
+    return store.tracklet_ids_with_prediction(task, label, encoder_version)
 
 
 # -- reads -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from model.errors import IndexNotReadyError
-from service.backend import Encoder, IndexRefresher, JobRunner, Store, VectorIndex
+from service.backend import Encoder, IndexRefresher, JobRunner, Probe, Store, VectorIndex
 from service.settings import Settings
 
 
@@ -75,7 +75,23 @@ def get_index_if_loaded(request: Request) -> VectorIndex | None:
     return index
 
 
+class Probes:
+    """The installed probes (task → probe) and, for each task without one, why."""
+
+    def __init__(self, installed: dict[str, Probe], problems: dict[str, str]) -> None:
+        self.installed = installed
+        self.problems = problems
+
+
+def get_probes(request: Request) -> Probes:
+    return Probes(
+        getattr(request.app.state, "probes", None) or {},
+        getattr(request.app.state, "probe_problems", None) or {},
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ProbesDep = Annotated[Probes, Depends(get_probes)]
 EmbeddingSlotsDep = Annotated[threading.Semaphore, Depends(get_embedding_slots)]
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
 StoreDep = Annotated[Store, Depends(get_store)]

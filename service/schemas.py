@@ -8,11 +8,15 @@ answered exactly like these schema checks (422 ``validation_error``).
 from __future__ import annotations
 
 import math
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 QUERY_KINDS = ("tracklet_id", "frames", "embedding")
+SizeLabel = Literal["diminutive", "non_diminutive"]
+HistologyLabel = Literal["adenoma", "non_adenoma"]
+Task = Literal["size", "histology"]
+ALL_TASKS: tuple[Task, ...] = ("size", "histology")
 
 # A 1×1 PNG, so the examples can be sent as they are.
 _EXAMPLE_PNG_B64 = (
@@ -128,6 +132,28 @@ class SearchRequest(BaseModel):
     exclude_tracklet_ids: list[int] = Field(
         default_factory=list, max_length=100_000, description="Tracklet ids never returned."
     )
+    predicted_size: SizeLabel | None = Field(
+        default=None,
+        description="Only tracklets whose stored size prediction is this label (needs the "
+        "size probe; tracklets indexed before it was installed have no prediction until "
+        "`polypindex index predict`).",
+    )
+    predicted_histology: HistologyLabel | None = Field(
+        default=None,
+        description="Only tracklets whose stored histology prediction is this label (needs the "
+        "histology probe).",
+    )
+
+
+class Prediction(BaseModel):
+    """A probe's prediction for one tracklet."""
+
+    label: str = Field(description="The predicted class.")
+    probability: float = Field(
+        description="Calibrated probability of the positive class (diminutive for size, "
+        "adenoma for histology), in [0, 1]."
+    )
+    probe_version: str = Field(description="The probe that made the prediction.")
 
 
 class SearchHit(BaseModel):
@@ -142,6 +168,11 @@ class SearchHit(BaseModel):
     n_frames: int
     identity_label: str | None = Field(
         description="Ground-truth identity when the indexed data was annotated, else null."
+    )
+    predictions: dict[str, Prediction] = Field(
+        default_factory=dict,
+        description="The stored size / histology predictions (by task); empty when no probe "
+        "had predicted this tracklet.",
     )
 
 
@@ -163,6 +194,13 @@ class SearchResponse(BaseModel):
                             "end_frame": 171,
                             "n_frames": 52,
                             "identity_label": "seq_003/polyp_2",
+                            "predictions": {
+                                "size": {
+                                    "label": "diminutive",
+                                    "probability": 0.81,
+                                    "probe_version": "probe-size-1a2b3c4d5e6f",
+                                }
+                            },
                         }
                     ],
                 }
@@ -207,6 +245,50 @@ class ReidResponse(BaseModel):
     encoder_version: str
 
 
+class PredictRequest(BaseModel):
+    """``POST /predict``: size and histology of one tracklet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracklet: TrackletInput
+    tasks: list[Task] = Field(
+        default_factory=lambda: list(ALL_TASKS),
+        min_length=1,
+        description="Which predictions to make; each needs its probe installed.",
+    )
+
+
+class PredictResponse(BaseModel):
+    """The probes' predictions for the tracklet, with the model versions that made them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "encoder_version": "hmve-resnet18-c319bfa56514",
+                    "tracklet_id": 42,
+                    "predictions": {
+                        "size": {
+                            "label": "diminutive",
+                            "probability": 0.81,
+                            "probe_version": "probe-size-1a2b3c4d5e6f",
+                        },
+                        "histology": {
+                            "label": "adenoma",
+                            "probability": 0.66,
+                            "probe_version": "probe-histology-0f9e8d7c6b5a",
+                        },
+                    },
+                }
+            ]
+        }
+    )
+
+    encoder_version: str
+    tracklet_id: int | None = Field(description="The indexed tracklet, for a query by id.")
+    predictions: dict[str, Prediction]
+
+
 class HealthResponse(BaseModel):
     """What is loaded; ``degraded`` lists what is missing and how to build it."""
 
@@ -216,6 +298,14 @@ class HealthResponse(BaseModel):
     index_size: int | None = Field(description="Vectors in the loaded index (null if not loaded).")
     store_ok: bool = Field(description="Whether the database answers.")
     reasons: list[str] = Field(description="What is missing and how to build it; empty when ok.")
+    probes: dict[str, str] = Field(
+        default_factory=dict, description="Installed probes: task → probe version."
+    )
+    missing_probes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tasks without a probe (their predictions are not served) and how to "
+        "train one; optional, so not a reason for `degraded`.",
+    )
 
 
 SEARCH_EXAMPLES: dict[str, dict[str, Any]] = {
@@ -237,6 +327,29 @@ SEARCH_EXAMPLES: dict[str, dict[str, Any]] = {
             "k": 10,
             "procedure_uids": ["synth/test/seq_003", "synth/test/seq_004"],
             "exclude_tracklet_ids": [7],
+        },
+    },
+    "diminutive_only": {
+        "summary": "Only tracklets predicted diminutive, other procedures only",
+        "value": {
+            "query": {"tracklet_id": 42},
+            "k": 5,
+            "exclude_same_procedure": True,
+            "predicted_size": "diminutive",
+        },
+    },
+}
+
+PREDICT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "by_id": {
+        "summary": "An indexed tracklet, both predictions",
+        "value": {"tracklet": {"tracklet_id": 42}},
+    },
+    "frames_size_only": {
+        "summary": "New frames, size only",
+        "value": {
+            "tracklet": {"frames": [{"image_b64": _EXAMPLE_PNG_B64, "bbox": [0, 0, 1, 1]}]},
+            "tasks": ["size"],
         },
     },
 }

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         database_url: SQLAlchemy URL of the store (default SQLite ``<home>/index/polypindex.db``).
         index_dir: the FAISS index folder (default ``<home>/index``).
         model_path: the exported encoder ``.onnx`` (default ``<home>/models/demo/encoder.onnx``).
+        probes_dir: folder of the size / histology probes (``size.npz``,
+            ``histology.npz``); default ``probes/`` next to ``model_path``. A missing
+            probe is not an error: its predictions are simply not served.
         max_frames_per_request: most frames one tracklet query may carry.
         max_k: largest ``k`` accepted by ``POST /search``.
         max_image_bytes: largest encoded image accepted per frame, in bytes.
@@ -59,6 +62,7 @@ class Settings(BaseSettings):
     )
     index_dir: Path = Field(default_factory=_under_home("index"))
     model_path: Path = Field(default_factory=_under_home("models", "demo", "encoder.onnx"))
+    probes_dir: Path | None = None
     max_frames_per_request: int = Field(default=256, ge=1)
     max_k: int = Field(default=100, ge=1)
     max_image_bytes: int = Field(default=8_000_000, ge=1)
@@ -66,6 +70,11 @@ class Settings(BaseSettings):
     index_refresh_seconds: float = Field(default=10.0, ge=0)
     data_roots: list[Path] = Field(default_factory=lambda data: [Path(data["home"]) / "data"])
     run_jobs: bool = True
+
+    @property
+    def probes_folder(self) -> Path:
+        """Where the probes are read from (``probes_dir``, else next to the model)."""
+        return self.probes_dir if self.probes_dir is not None else self.model_path.parent / "probes"
 
     @field_validator("home", mode="after")
     @classmethod

@@ -36,6 +36,7 @@ TORCH_FREE_MODEL_MODULES = (
     "coco",
     "runtime",
     "evaluation",
+    "probe",
 )
 
 

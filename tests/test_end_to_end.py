@@ -1,6 +1,7 @@
 """The whole path once, on a tiny generated dataset: synth → train (1 epoch, tiny
-model) → export → index → app in-process → search. The query's own polyp's other
-tracklets must be found, ranked well above chance."""
+model) → export → size/histology probes → index (with predictions) → app
+in-process → search, predict. The query's own polyp's other tracklets must be
+found, ranked well above chance."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.pipeline import index_dataset
+from indexer.pipeline import index_dataset, installed_probes
 from indexer.store import Store
 from model.evaluation import average_precision, chance_retrieval_map
 from model.export import export_onnx
@@ -19,6 +20,7 @@ from model.runtime import OnnxEncoder
 from polypindex.synth import SynthConfig, generate
 from service.app import create_app
 from service.settings import Settings
+from training.probe import train_probe_on_encoder
 from training.train import load_train_config, train
 
 SPLITS = ("train", "val", "test")
@@ -48,11 +50,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     result = train(cfg, progress=False)
     onnx_path = root / "model" / "encoder.onnx"
     export_onnx(result.best_checkpoint, onnx_path)
+    for task in ("size", "histology"):  # into model/probes/, where the service looks
+        train_probe_on_encoder(
+            task, data, onnx_path, cache_dir=root / "probe_cache", progress=False
+        )
     encoder = OnnxEncoder(onnx_path)
+    probes = installed_probes(root / "model" / "probes", encoder.version)
+    assert sorted(p.task for p in probes) == ["histology", "size"]
     db_url = f"sqlite:///{root / 'index' / 'polypindex.db'}"
     store = Store(db_url)
     for split in SPLITS:
-        index_dataset(data, split, store, root / "index", encoder, progress=False)
+        index_dataset(data, split, store, root / "index", encoder, progress=False, probes=probes)
     store.close()
     return {
         "root": root,
@@ -79,6 +87,7 @@ def test_health_reports_the_index(client: TestClient, built: dict[str, Path]) ->
     assert body["status"] == "ok"
     assert body["encoder_version"] == OnnxEncoder(built["onnx"]).version
     assert body["index_size"] > 10
+    assert set(body["probes"]) == {"size", "histology"} and body["missing_probes"] == {}
 
 
 def test_same_polyp_tracklets_are_found(client: TestClient, built: dict[str, Path]) -> None:
@@ -130,3 +139,30 @@ def test_query_by_frames_matches_query_by_id(client: TestClient, built: dict[str
     assert by_frames[0]["score"] == pytest.approx(1.0, abs=1e-4)
     reid = client.post("/reid", json={"a": {"frames": frames}, "b": {"tracklet_id": tid}}).json()
     assert reid["similarity"] == pytest.approx(1.0, abs=1e-4) and reid["same_polyp"] is True
+
+
+def test_predictions_are_stored_served_and_filterable(
+    client: TestClient, built: dict[str, Path]
+) -> None:
+    store = Store(f"sqlite:///{built['db']}")
+    ids = [i for p in store.list_procedures() for i in store.tracklet_ids_for_procedure(p.uid)]
+    stored = store.predictions_for(ids)
+    assert set(stored) == set(ids), "every indexed tracklet has its predictions"
+    for tid in ids[:5]:
+        r = client.post("/predict", json={"tracklet": {"tracklet_id": tid}})
+        assert r.status_code == 200, r.text
+        for task, p in r.json()["predictions"].items():
+            assert p["label"] == stored[tid][task].label
+            assert p["probability"] == pytest.approx(stored[tid][task].probability, abs=1e-6)
+    labels = {stored[i]["size"].label for i in ids}
+    for label in labels:
+        r = client.post(
+            "/search", json={"query": {"tracklet_id": ids[0]}, "k": 50, "predicted_size": label}
+        )
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        expected = {i for i in ids if stored[i]["size"].label == label} - {ids[0]}
+        got = {h["tracklet_id"] for h in results}
+        assert got == expected if len(expected) <= 50 else (len(got) == 50 and got <= expected)
+        assert all(h["predictions"]["size"]["label"] == label for h in results)
+    store.close()

@@ -40,4 +40,8 @@ def healthz(request: Request) -> HealthResponse:
         index_size=backend.index_size(index) if index is not None else None,
         store_ok=store_ok,
         reasons=reasons,
+        probes={
+            task: probe.version for task, probe in (getattr(state, "probes", None) or {}).items()
+        },
+        missing_probes=dict(getattr(state, "probe_problems", None) or {}),
     )

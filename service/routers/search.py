@@ -7,9 +7,22 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 
 from service import backend
-from service.deps import EmbeddingSlotsDep, EncoderDep, IndexDep, SettingsDep, StoreDep
+from service.deps import (
+    EmbeddingSlotsDep,
+    EncoderDep,
+    IndexDep,
+    ProbesDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.errors import error_responses, field_error
-from service.schemas import SEARCH_EXAMPLES, SearchHit, SearchRequest, SearchResponse
+from service.schemas import (
+    SEARCH_EXAMPLES,
+    Prediction,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
 
 router = APIRouter(tags=["search"])
 
@@ -21,7 +34,10 @@ router = APIRouter(tags=["search"])
     description="The query is an indexed tracklet id, frames (base64 images + boxes) or an "
     "embedding. Results are the top-`k` tracklets by cosine similarity, best first. A query "
     "by id never returns itself; `exclude_same_procedure` also leaves out the rest of its "
-    "procedure; `procedure_uids` restricts the results to those procedures.",
+    "procedure; `procedure_uids` restricts the results to those procedures; "
+    "`predicted_size` / `predicted_histology` to tracklets whose stored prediction has that "
+    "label (503 `probe_not_installed` when that probe is not installed). Each result carries "
+    "its stored size and histology predictions.",
     responses=error_responses(404, 409, 422, 500, 503),
 )
 def search(
@@ -31,10 +47,18 @@ def search(
     encoder: EncoderDep,
     store: StoreDep,
     index: IndexDep,
+    probes: ProbesDep,
 ) -> SearchResponse:
     # Sync endpoint: FastAPI runs it in the thread pool (decoding, ONNX, FAISS are CPU-bound).
     if body.k > settings.max_k:
         raise field_error(("body", "k"), f"k must be between 1 and {settings.max_k}, got {body.k}")
+    label_filters = [
+        (task, label)
+        for task, label in (("size", body.predicted_size), ("histology", body.predicted_histology))
+        if label is not None
+    ]
+    for task, _ in label_filters:
+        backend.require_probe(probes.installed, probes.problems, task)
     backend.require_searchable(index, encoder)
     query = backend.embed_input(body.query, "body.query", encoder, store, settings, slots)
     exclude = {int(i) for i in body.exclude_tracklet_ids}
@@ -47,8 +71,12 @@ def search(
         if body.procedure_uids is not None
         else None
     )
+    for task, label in label_filters:
+        predicted = backend.tracklet_ids_predicted(store, task, label, encoder.version)
+        allowed = predicted if allowed is None else allowed & predicted
     hits = backend.search(index, query.vector, body.k, exclude, allowed)
     records = backend.get_tracklets(store, [i for i, _ in hits])
+    predictions = backend.predictions_for(store, [i for i, _ in hits])
     results = [
         SearchHit(
             tracklet_id=tid,
@@ -59,6 +87,12 @@ def search(
             end_frame=rec.end_frame,
             n_frames=rec.n_frames,
             identity_label=rec.identity_label,
+            predictions={
+                task: Prediction(
+                    label=p.label, probability=p.probability, probe_version=p.probe_version
+                )
+                for task, p in predictions.get(tid, {}).items()
+            },
         )
         for tid, score in hits
         if (rec := records.get(tid)) is not None  # a row deleted since the index was loaded

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import polypindex.cli_store as cli_store
 from indexer.store import Store
-from indexer.testing import FakeEncoder, write_csv, write_frames, write_video
+from indexer.testing import FakeEncoder, linear_probe, write_csv, write_frames, write_video
 from indexer.vector_index import VectorIndex, generation_dir
+from model.probe import probe_path
 from polypindex.cli import app
 
 runner = CliRunner()
@@ -27,7 +29,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize(
     "command",
     [["db"], ["db", "upgrade"], ["db", "current"], ["index"], ["index", "coco"]]
-    + [["index", c] for c in ("video", "frames", "rebuild", "generations")]
+    + [["index", c] for c in ("video", "frames", "rebuild", "generations", "predict")]
     + [["delete"]],
     ids=" ".join,
 )
@@ -114,3 +116,41 @@ def test_clear_errors_exit_2(home: Path, tmp_path: Path) -> None:
     # `polypindex index DATA` still means `index coco DATA`
     result = runner.invoke(app, ["index", str(tmp_path / "nodata"), *base])
     assert result.exit_code == 2 and "annotation file not found" in result.output
+
+
+def test_index_with_probes_then_predict_again(home: Path, tmp_path: Path) -> None:
+    frames = write_frames(tmp_path / "proc-b", 8)
+    csv = write_csv(tmp_path / "d.csv", 8)
+    probes = tmp_path / "probes"
+    rng = np.random.default_rng(0)
+    linear_probe("size", "fake-v1", rng.standard_normal(FakeEncoder.dim)).save(
+        probe_path(probes, "size")
+    )
+    base = ["--home", str(home), "--probes", str(probes)]
+    args = ["index", "frames", str(frames), "--detections", str(csv), "--min-tracklet-length", "3"]
+    result = runner.invoke(app, [*args, *base])
+    assert result.exit_code == 0, result.output
+    store = Store(f"sqlite:///{home / 'index' / 'polypindex.db'}")
+    assert store.count_predictions("fake-v1") == {"size": 2}
+    # a histology probe installed later: `index predict` fills in every stored tracklet
+    histology = linear_probe("histology", "fake-v1", rng.standard_normal(FakeEncoder.dim))
+    histology.save(probe_path(probes, "histology"))
+    result = runner.invoke(app, ["index", "predict", *base])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"size": 2, "histology": 2}
+    assert store.count_predictions("fake-v1") == {"size": 2, "histology": 2}
+    versions = {
+        p["histology"].probe_version
+        for p in store.predictions_for(store.tracklet_ids("fake-v1")).values()
+    }
+    assert versions == {histology.version}
+    store.close()
+    # a probe of another encoder is refused, naming it; no probe at all is a clear error
+    linear_probe("size", "other-enc", rng.standard_normal(FakeEncoder.dim)).save(
+        probe_path(probes, "size")
+    )
+    result = runner.invoke(app, ["index", "predict", *base])
+    assert result.exit_code == 2 and "other-enc" in result.output
+    empty = ["--home", str(home), "--probes", str(tmp_path / "none")]
+    result = runner.invoke(app, ["index", "predict", *empty])
+    assert result.exit_code == 2 and "no probe installed" in result.output

@@ -12,10 +12,16 @@ import pytest
 import indexer.sources as sources
 from indexer.pipeline import Embedder, delete_procedure, index_dataset
 from indexer.store import Store
-from indexer.testing import write_coco
+from indexer.testing import linear_probe, write_coco
 from indexer.vector_index import VectorIndex, generation_dir
 from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from model.errors import ConfigError, ImageReadError, InvalidInputError, ProcedureNotFoundError
+from model.errors import (
+    ConfigError,
+    EncoderMismatchError,
+    ImageReadError,
+    InvalidInputError,
+    ProcedureNotFoundError,
+)
 
 TRACKLETS = TrackletConfig(min_tracklet_length=3)
 
@@ -189,3 +195,70 @@ def test_indexing_needs_whole_tracklet_fragments(
     with pytest.raises(ConfigError, match="fragment_length=-1"):
         index_dataset(dataset, "test", store, tmp_path / "i", encoder, TRACKLETS, progress=False)
     assert store.count_tracklets() == 0
+
+
+def test_probes_predict_at_indexing_and_are_checked(
+    dataset: Path, store: Store, tmp_path: Path
+) -> None:
+    encoder = FakeEncoder()
+    direction = np.random.default_rng(3).normal(size=encoder.dim).astype(np.float32)
+    size = linear_probe("size", "fake-v1", direction, bias=0.1, temperature=2.0)
+    histology = linear_probe("histology", "fake-v1", -direction)
+    index_dataset(
+        dataset,
+        "test",
+        store,
+        tmp_path / "index",
+        encoder,
+        TRACKLETS,
+        progress=False,
+        probes=[size, histology],
+    )
+    ids = store.tracklet_ids("fake-v1").tolist()
+    stored = store.predictions_for(ids)
+    assert set(stored) == set(ids)
+    for tid, record in store.get_tracklets(ids).items():
+        z = float(direction @ record.embedding)
+        p_size = 1 / (1 + np.exp(-(z + 0.1) / 2.0))
+        got = stored[tid]["size"]
+        assert got.probability == pytest.approx(p_size, abs=1e-6)
+        assert got.label == ("diminutive" if p_size >= 0.5 else "non_diminutive")
+        assert got.probe_version == size.version
+        assert stored[tid]["histology"].probability == pytest.approx(1 / (1 + np.exp(z)), abs=1e-6)
+    # a probe of another encoder, or two probes of one task, are refused before any work
+    other = linear_probe("size", "other-encoder", direction)
+    with pytest.raises(EncoderMismatchError, match="other-encoder"):
+        index_dataset(
+            dataset,
+            "test",
+            store,
+            tmp_path / "i2",
+            encoder,
+            TRACKLETS,
+            progress=False,
+            probes=[other],
+        )
+    short = linear_probe("size", "fake-v1", direction)
+    short.metadata["training"] = {"fragment": {"fragment_length": 8}}
+    with pytest.raises(ConfigError, match="fragments of 8 frames"):
+        index_dataset(
+            dataset,
+            "test",
+            store,
+            tmp_path / "i4",
+            encoder,
+            TRACKLETS,
+            progress=False,
+            probes=[short],
+        )
+    with pytest.raises(ConfigError, match="one probe per task"):
+        index_dataset(
+            dataset,
+            "test",
+            store,
+            tmp_path / "i3",
+            encoder,
+            TRACKLETS,
+            progress=False,
+            probes=[size, size],
+        )

@@ -202,6 +202,7 @@ def test_search_results_carry_the_tracklet_rows(client: TestClient, setup: Setup
         "end_frame": 3,
         "n_frames": 4,
         "identity_label": None,
+        "predictions": {},
     }
 
 
@@ -382,14 +383,18 @@ def test_frame_embedding_concurrency_is_bounded(setup: Setup) -> None:
 
 def test_healthz_ok(client: TestClient, setup: Setup) -> None:
     body = client.get("/healthz").json()
+    missing = body.pop("missing_probes")
     assert body == {
-        "status": "ok",
+        "status": "ok",  # probes are optional: none installed is not "degraded"
         "encoder_version": VERSION,
         "embedding_dim": DIM,
         "index_size": len(setup.vectors),
         "store_ok": True,
         "reasons": [],
+        "probes": {},
     }
+    assert set(missing) == {"size", "histology"}
+    assert "polypindex probe train size" in missing["size"]
 
 
 def test_healthz_degraded_without_model_file(setup: Setup) -> None:
