@@ -33,11 +33,13 @@ from torch import Tensor, nn
 
 from model.config import FragmentConfig, PreprocessConfig, _from_dict
 from model.errors import ConfigError, InvalidInputError, ModelLoadError
+from model.vit import VIT_PRESETS, VisionTransformer
 
 logger = logging.getLogger(__name__)
 
-BACKBONES = ("resnet18", "resnet50", "tiny")
+BACKBONES = ("resnet18", "resnet50", "tiny", *VIT_PRESETS)
 CHECKPOINT_FORMAT = "polypindex-encoder/1"
+FRAME_CHECKPOINT_FORMAT = "polypindex-frame-encoder/1"
 _STATE_DICT_CONTAINER_KEYS = ("state_dict", "model")
 
 
@@ -47,8 +49,9 @@ class EncoderConfig:
 
     Attributes:
         backbone: frame encoder: ``"resnet18"`` (512 features), ``"resnet50"``
-            (2048 features) or ``"tiny"`` (a 4-stage conv net for tests,
-            ``8 * tiny_width`` features).
+            (2048 features), ``"tiny"`` (a 4-stage conv net for tests,
+            ``8 * tiny_width`` features), or a ViT of :data:`model.vit.VIT_PRESETS`
+            (``"vit_tiny"``: ViT-Tiny/8, 192 features; ``"vit_micro"``: tests).
         tiny_width: channels of the tiny backbone's first stage (doubled per stage).
         d_model: width of the adapter output, the CLS token and the Transformer.
         n_layers: Transformer encoder layers.
@@ -138,10 +141,14 @@ class TinyBackbone(nn.Module):
 
 
 def build_backbone(config: EncoderConfig) -> tuple[nn.Module, int]:
-    """The frame encoder without classifier, and its feature size (512, 2048 or 8·tiny_width)."""
+    """The frame encoder without classifier, and its feature size (512, 2048, 8·tiny_width
+    or the ViT's width)."""
     if config.backbone == "tiny":
         tiny = TinyBackbone(config.tiny_width)
         return tiny, tiny.out_features
+    if config.backbone in VIT_PRESETS:
+        vit = VisionTransformer(VIT_PRESETS[config.backbone])
+        return vit, vit.out_features
     factory = (
         torchvision.models.resnet18
         if config.backbone == "resnet18"
@@ -509,3 +516,194 @@ def load_encoder_checkpoint(path: str | Path) -> LoadedEncoder:
     return LoadedEncoder(
         encoder, config, preprocess, fragment, version, dict(payload.get("extra") or {}), p
     )
+
+
+# --- Frame encoders on their own (MSN pretraining, the frame-mean baseline; SPEC §7) ---
+
+
+def frame_encoder_version(backbone: nn.Module, backbone_name: str, tiny_width: int) -> str:
+    """A stable id of a frame encoder's architecture + weights: ``frames-<backbone>-<12 hex>``."""
+    h = hashlib.sha256(json.dumps([backbone_name, tiny_width]).encode())
+    state = backbone.state_dict()
+    for name in sorted(state):
+        t = state[name]
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t))
+    return f"frames-{backbone_name}-{h.hexdigest()[:12]}"
+
+
+@dataclass
+class LoadedFrameEncoder:
+    """A frame-encoder checkpoint read by :func:`load_frame_encoder_checkpoint`.
+
+    Attributes:
+        backbone: the frame encoder (``[n, 3, H, W] → [n, feature_dim]``), CPU, eval mode.
+        backbone_name: one of :data:`BACKBONES`.
+        tiny_width: the tiny backbone's width (recorded for every backbone).
+        feature_dim: size of a frame feature.
+        preprocess: the crop settings it was trained with.
+        fragment: the frame sampling it was trained with (stride, max_frames).
+        version: see :func:`frame_encoder_version`.
+        extra: training information (MSN config, epoch, ...).
+        path: the file read.
+    """
+
+    backbone: nn.Module
+    backbone_name: str
+    tiny_width: int
+    feature_dim: int
+    preprocess: PreprocessConfig
+    fragment: FragmentConfig
+    version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        """An :class:`EncoderConfig` naming this backbone (HMVE fields at their defaults)."""
+        return EncoderConfig(backbone=self.backbone_name, tiny_width=self.tiny_width)
+
+
+def _atomic_torch_save(payload: dict[str, Any], p: Path) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_frame_encoder_checkpoint(
+    path: str | Path,
+    backbone: nn.Module,
+    backbone_name: str,
+    preprocess: PreprocessConfig,
+    fragment: FragmentConfig,
+    tiny_width: int = 32,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write a frame-encoder checkpoint atomically (``torch.load(weights_only=True)``-safe).
+
+    The file is ``{"format": "polypindex-frame-encoder/1", "backbone": {"backbone",
+    "tiny_width"}, "feature_dim", "preprocess", "fragment", "state_dict", "version",
+    "extra"}``; ``state_dict`` uses the key names of :func:`build_backbone`'s module, the
+    same as ``HMVE.frame_encoder``.
+
+    Returns:
+        The frame-encoder version written.
+    """
+    config = EncoderConfig(backbone=backbone_name, tiny_width=tiny_width)
+    reference, feature_dim = build_backbone(config)
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+    if expected != got:
+        raise ConfigError(
+            f"the module given is not a {backbone_name!r} backbone (tiny_width={tiny_width}): "
+            f"its state dict differs from build_backbone's"
+        )
+    version = frame_encoder_version(backbone, backbone_name, tiny_width)
+    payload = {
+        "format": FRAME_CHECKPOINT_FORMAT,
+        "backbone": {"backbone": backbone_name, "tiny_width": tiny_width},
+        "feature_dim": feature_dim,
+        "preprocess": preprocess.to_dict(),
+        "fragment": fragment.to_dict(),
+        "state_dict": {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()},
+        "version": version,
+        "extra": json.loads(json.dumps(extra or {}, default=_jsonable)),
+    }
+    _atomic_torch_save(payload, Path(path))
+    return version
+
+
+def load_frame_encoder_checkpoint(path: str | Path) -> LoadedFrameEncoder:
+    """Read a checkpoint written by :func:`save_frame_encoder_checkpoint`.
+
+    Raises:
+        ModelLoadError: missing or unreadable file, another format, weights that do not
+            fit the stored backbone, or a version mismatch (corruption).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"frame-encoder checkpoint not found: {p}")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read frame-encoder checkpoint {p}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FRAME_CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ModelLoadError(
+            f"{p} is not a frame-encoder checkpoint (format {found!r}, expected "
+            f"{FRAME_CHECKPOINT_FORMAT!r}); write one with `polypindex pretrain-frames`"
+        )
+    try:
+        name = str(payload["backbone"]["backbone"])
+        tiny_width = int(payload["backbone"].get("tiny_width", 32))
+        config = EncoderConfig(backbone=name, tiny_width=tiny_width)
+        preprocess = PreprocessConfig.from_dict(payload["preprocess"])
+        fragment = FragmentConfig.from_dict(payload["fragment"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"frame-encoder checkpoint {p} has an invalid config: {exc}") from exc
+    backbone, feature_dim = build_backbone(config)
+    try:
+        backbone.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise ModelLoadError(
+            f"frame-encoder checkpoint {p}: weights do not fit backbone {name!r}: {exc}"
+        ) from exc
+    backbone.eval()
+    version = frame_encoder_version(backbone, name, tiny_width)
+    if version != payload.get("version"):
+        raise ModelLoadError(
+            f"frame-encoder checkpoint {p}: stored version {payload.get('version')} but the "
+            f"weights hash to {version} (corrupt or edited file)"
+        )
+    return LoadedFrameEncoder(
+        backbone,
+        name,
+        tiny_width,
+        feature_dim,
+        preprocess,
+        fragment,
+        version,
+        dict(payload.get("extra") or {}),
+        p,
+    )
+
+
+class FrameMeanEncoder(nn.Module):
+    """The frame-mean baseline: embed every frame, average over time (no temporal model).
+
+    Each frame feature is L2-normalised before the mean, so every frame counts equally.
+
+    Args:
+        backbone: a frame encoder ``[n, 3, H, W] → [n, feature_dim]``.
+        feature_dim: its output size.
+
+    Shapes:
+        ``forward`` / ``embed``: ``[b, s, 3, H, W]`` → ``[b, feature_dim]`` (not
+        L2-normalised, like ``HMVE.embed``).
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
+        super().__init__()
+        self.frame_encoder = backbone
+        self.feature_dim = feature_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 5 or x.shape[2] != 3:
+            raise InvalidInputError(
+                f"FrameMeanEncoder expects frames of shape [b, s, 3, H, W], got {tuple(x.shape)}"
+            )
+        b, s = x.shape[0], x.shape[1]
+        feats = self.frame_encoder(x.flatten(0, 1)).reshape(b, s, self.feature_dim)
+        return nn.functional.normalize(feats, dim=-1).mean(dim=1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Same as :meth:`forward`: ``[b, s, 3, H, W]`` → ``[b, feature_dim]``."""
+        return self.forward(x)

@@ -11,6 +11,11 @@ The model carries everything a consumer needs in ``metadata_props``:
 ``polypindex.fragment`` (the indexing rule: training's stride and max_frames,
 ``fragment_length=-1``), ``polypindex.encoder_config``,
 ``polypindex.embedding_dim`` and ``polypindex.reid_threshold``.
+
+:func:`export_frame_mean_onnx` exports the frame-mean baseline
+(:class:`model.encoder.FrameMeanEncoder`) from a frame-encoder checkpoint (MSN
+pretraining) with the same input/output contract and metadata keys, so
+:class:`model.runtime.OnnxEncoder`, the indexer and the benchmarks use it unchanged.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ import torch
 from torch import Tensor, nn
 
 from model.config import FragmentConfig
-from model.encoder import HMVE, LoadedEncoder, load_encoder_checkpoint
+from model.encoder import (
+    HMVE,
+    FrameMeanEncoder,
+    LoadedEncoder,
+    LoadedFrameEncoder,
+    load_encoder_checkpoint,
+    load_frame_encoder_checkpoint,
+)
 from model.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -69,9 +81,9 @@ class ExportReport:
 
 
 class _Embed(nn.Module):
-    """Wraps ``HMVE.embed`` as the module's forward, for the exporter."""
+    """Wraps ``encoder.embed`` (HMVE or frame-mean) as the module's forward, for the exporter."""
 
-    def __init__(self, encoder: HMVE) -> None:
+    def __init__(self, encoder: HMVE | FrameMeanEncoder) -> None:
         super().__init__()
         self.encoder = encoder
 
@@ -118,7 +130,9 @@ def build_metadata(loaded: LoadedEncoder, reid_threshold: float) -> dict[str, st
     }
 
 
-def _export_proto(encoder: HMVE, im_size: int, opset: int | None) -> onnx.ModelProto:
+def _export_proto(
+    encoder: HMVE | FrameMeanEncoder, im_size: int, opset: int | None
+) -> onnx.ModelProto:
     example = torch.randn(
         EXAMPLE_BATCH, EXAMPLE_SEQ, 3, im_size, im_size, generator=torch.Generator().manual_seed(0)
     )
@@ -160,7 +174,9 @@ def _opset(proto: onnx.ModelProto) -> int:
     return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
 
 
-def check_parity(encoder: HMVE, onnx_path: Path, im_size: int, seed: int = 0) -> float:
+def check_parity(
+    encoder: HMVE | FrameMeanEncoder, onnx_path: Path, im_size: int, seed: int = 0
+) -> float:
     """Max |torch ``embed`` − ONNX Runtime| over inputs of shapes :data:`PARITY_SHAPES`."""
     import onnxruntime as ort
 
@@ -217,7 +233,23 @@ def export_onnx(
     loaded = load_encoder_checkpoint(checkpoint)
     threshold = resolve_reid_threshold(loaded, reid_threshold)
     encoder = loaded.encoder.eval()
-    im_size = loaded.preprocess.im_size
+    metadata = build_metadata(loaded, threshold)
+    return _export_checked(
+        encoder, metadata, checkpoint, out, loaded.preprocess.im_size, opset, check, start
+    )
+
+
+def _export_checked(
+    encoder: HMVE | FrameMeanEncoder,
+    metadata: dict[str, str],
+    checkpoint: Path,
+    out: Path,
+    im_size: int,
+    opset: int | None,
+    check: bool,
+    start: float,
+) -> ExportReport:
+    """Trace, check dynamic dims, add metadata, check parity, write atomically."""
     try:
         proto = _export_proto(encoder, im_size, opset)
     except ModelLoadError:
@@ -225,9 +257,10 @@ def export_onnx(
     except Exception as exc:
         raise ModelLoadError(f"ONNX export of {checkpoint} failed: {exc}") from exc
     _check_dynamic(proto)
-    for key, value in build_metadata(loaded, threshold).items():
+    for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    version = metadata[f"{META_PREFIX}encoder_version"]
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
@@ -243,8 +276,85 @@ def export_onnx(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    report = ExportReport(
-        out, loaded.encoder_version, diff, _opset(proto), time.perf_counter() - start
-    )
-    logger.info("exported %s (%s), parity max |diff| %.2e", out, loaded.encoder_version, diff)
+    report = ExportReport(out, version, diff, _opset(proto), time.perf_counter() - start)
+    logger.info("exported %s (%s), parity max |diff| %.2e", out, version, diff)
     return report
+
+
+def frame_mean_version(loaded: LoadedFrameEncoder) -> str:
+    """``framemean-<backbone>-<12 hex>``: the frame encoder's hash, marked as frame-mean."""
+    return "framemean-" + loaded.version.removeprefix("frames-")
+
+
+def build_frame_mean_metadata(loaded: LoadedFrameEncoder, reid_threshold: float) -> dict[str, str]:
+    """The frame-mean model's ``metadata_props``: the keys of :func:`build_metadata`;
+    ``encoder_config`` describes the frame-mean encoder instead of an HMVE."""
+    encoder_config = {
+        "kind": "frame_mean",
+        "backbone": loaded.backbone_name,
+        "tiny_width": loaded.tiny_width,
+        "feature_dim": loaded.feature_dim,
+        "frame_encoder_version": loaded.version,
+        "pretraining": loaded.extra.get("kind", "unknown"),
+        "pretraining_epochs": loaded.extra.get("epoch"),
+    }
+    return {
+        f"{META_PREFIX}format": ONNX_FORMAT,
+        f"{META_PREFIX}encoder_version": frame_mean_version(loaded),
+        f"{META_PREFIX}preprocess": loaded.preprocess.to_json(),
+        f"{META_PREFIX}fragment": json.dumps(
+            indexing_fragment(loaded.fragment).to_dict(), sort_keys=True
+        ),
+        f"{META_PREFIX}encoder_config": json.dumps(encoder_config, sort_keys=True),
+        f"{META_PREFIX}embedding_dim": str(loaded.feature_dim),
+        f"{META_PREFIX}reid_threshold": repr(float(reid_threshold)),
+    }
+
+
+def export_frame_mean_onnx(
+    checkpoint: Path,
+    out: Path,
+    opset: int | None = None,
+    reid_threshold: float | None = None,
+    check: bool = True,
+) -> ExportReport:
+    """Export the frame-mean baseline of a frame-encoder checkpoint (``msn.pt``) to ONNX.
+
+    The graph embeds every frame with the pretrained backbone, L2-normalises each
+    frame feature and averages over time (:class:`model.encoder.FrameMeanEncoder`): input
+    ``frames`` ``[batch, seq, 3, H, W]``, output ``embedding`` ``[batch, feature_dim]``,
+    both dynamic in batch and sequence, metadata as :func:`export_onnx` writes it (the
+    checkpoint's crop settings and stride), and the same parity check.
+
+    Args:
+        checkpoint: written by :func:`model.encoder.save_frame_encoder_checkpoint`.
+        out: the ``.onnx`` path to write.
+        opset: ONNX opset; ``None`` lets the exporter choose.
+        reid_threshold: same-polyp threshold to store; default the checkpoint's
+            ``extra["reid_threshold"]``, else 0.6 (with a warning).
+        check: run the torch vs ONNX Runtime parity check.
+
+    Raises:
+        ModelLoadError: unreadable checkpoint, export failure or a parity failure.
+    """
+    start = time.perf_counter()
+    checkpoint, out = Path(checkpoint), Path(out)
+    loaded = load_frame_encoder_checkpoint(checkpoint)
+    if reid_threshold is None and not isinstance(loaded.extra.get("reid_threshold"), int | float):
+        logger.warning(
+            "frame encoder %s has no reid_threshold and none was given; storing the default %.2f",
+            checkpoint,
+            DEFAULT_REID_THRESHOLD,
+        )
+    threshold = float(
+        reid_threshold
+        if reid_threshold is not None
+        else loaded.extra.get("reid_threshold", DEFAULT_REID_THRESHOLD)
+    )
+    if not 0.0 <= threshold <= 1.0:
+        raise ModelLoadError(f"reid_threshold must be a probability in [0, 1], got {threshold}")
+    encoder = FrameMeanEncoder(loaded.backbone, loaded.feature_dim).eval()
+    metadata = build_frame_mean_metadata(loaded, threshold)
+    return _export_checked(
+        encoder, metadata, checkpoint, out, loaded.preprocess.im_size, opset, check, start
+    )

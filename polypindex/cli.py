@@ -14,6 +14,7 @@ import typer
 from model.errors import PolypIndexError
 from polypindex.cli_probe import BENCH_CONTEXT, bench_histology, bench_size, probe_app
 from polypindex.cli_store import db_app, delete, index_app
+from polypindex.cli_train import export_frame_mean, pretrain_frames
 from polypindex.paths import layout
 
 app = typer.Typer(
@@ -96,6 +97,9 @@ def train(
         list[str] | None,
         typer.Option("--set", help="Override a config field: key=value (repeatable)."),
     ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/last.ckpt (same config).")
+    ] = False,
 ) -> None:
     """Train the tracklet encoder (self-supervised by default) and keep the best checkpoint."""
     from training.train import load_train_config
@@ -104,7 +108,7 @@ def train(
     try:
         overrides = _parse_overrides(set_ or [])
         overrides.update(data_root=str(data), out_dir=str(out))
-        result = run_train(load_train_config(config, overrides))
+        result = run_train(load_train_config(config, overrides), resume=resume)
     except (PolypIndexError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"best checkpoint: {result.best_checkpoint}")
@@ -131,6 +135,8 @@ def export(
     )
 
 
+app.command("pretrain-frames")(pretrain_frames)
+app.command("export-frame-mean")(export_frame_mean)
 app.add_typer(index_app, name="index")
 app.add_typer(db_app, name="db")
 app.add_typer(probe_app, name="probe")

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from training.losses import MilNceLoss, mil_nce, multi_positive_contrastive
+from training.losses import (
+    MilNceLoss,
+    mil_nce,
+    msn_loss,
+    multi_positive_contrastive,
+    soft_multi_positive_contrastive,
+)
 from training.samplers import (
     BagSampler,
     FragmentIndex,
@@ -22,12 +28,16 @@ from training.samplers import (
 if TYPE_CHECKING:
     from training.datamodule import FragmentDataModule, embed_tracklets_torch
     from training.module import HmveModule
+    from training.msn import MsnConfig, load_msn_config, pretrain_frames
     from training.train import TrainConfig, TrainResult, load_train_config
 
 _LAZY = {
     "FragmentDataModule": "training.datamodule",
     "embed_tracklets_torch": "training.datamodule",
     "HmveModule": "training.module",
+    "MsnConfig": "training.msn",
+    "load_msn_config": "training.msn",
+    "pretrain_frames": "training.msn",
     "TrainConfig": "training.train",
     "TrainResult": "training.train",
     "load_train_config": "training.train",
@@ -41,14 +51,19 @@ __all__ = [
     "IdentityBagSampler",
     "KNearestBagSampler",
     "MilNceLoss",
+    "MsnConfig",
     "TemporalTemperatureBagSampler",
     "TrainConfig",
     "TrainResult",
     "bag_noise_rate",
     "embed_tracklets_torch",
+    "load_msn_config",
     "load_train_config",
     "mil_nce",
+    "msn_loss",
     "multi_positive_contrastive",
+    "pretrain_frames",
+    "soft_multi_positive_contrastive",
 ]
 
 

@@ -438,6 +438,9 @@ class FragmentDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader[Any]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            self.train_sampler.set_distributed(trainer.world_size, trainer.global_rank)
         dataset = FragmentDataset(
             self.train_fragments, self.train_crops, self.fragment.stride, self.preprocess
         )

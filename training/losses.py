@@ -1,5 +1,6 @@
-"""Contrastive losses (SPEC §5): MIL-NCE over noisy temporal bags, and the supervised
-multi-positive contrastive loss it is compared against.
+"""Contrastive losses (SPEC §5): MIL-NCE over noisy temporal bags, the supervised
+multi-positive contrastive loss it is compared against, and the distance-aware soft
+version of the latter (targets weighted by the temporal distance between bag members).
 
 All losses take cosine similarities over a temperature, exclude self pairs, and
 compute in float32 whatever the input dtype (safe under mixed precision).
@@ -116,6 +117,79 @@ def multi_positive_contrastive(
     return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
 
 
+def temporal_soft_targets(
+    positive: Tensor, times: Tensor, sigma: float, groups: Tensor | None = None
+) -> Tensor:
+    """Row-normalised target weights over positives: ``w_ij ∝ exp(−|t_i − t_j| / σ)``.
+
+    Args:
+        positive: (N, N) bool, the pairs that receive weight.
+        times: (N,) item times (e.g. normalised position in the video, in [0, 1]).
+        sigma: σ > 0, in the units of ``times``.
+        groups: optional (N,) int group (video) per item; pairs of different groups
+            are taken as ``Δt = 1`` apart (a whole video).
+
+    Returns:
+        (N, N) float32, rows summing to 1 over ``positive`` (all-zero rows without one).
+    """
+    if sigma <= 0:
+        raise ConfigError(f"sigma must be > 0, got {sigma}")
+    t = times.float().to(positive.device)
+    dt = (t[:, None] - t[None, :]).abs()
+    if groups is not None:
+        same = groups.to(positive.device)[:, None] == groups.to(positive.device)[None, :]
+        dt = torch.where(same, dt, torch.ones_like(dt))
+    logits = (-dt / sigma).masked_fill(~positive, torch.finfo(dt.dtype).min)
+    weights = torch.softmax(logits, dim=1)
+    return torch.where(positive, weights, torch.zeros_like(weights))
+
+
+def soft_multi_positive_contrastive(
+    embeddings: Tensor,
+    labels: Tensor,
+    times: Tensor,
+    sigma: float = 0.05,
+    temperature: float = 0.07,
+    ignore_mask: Tensor | None = None,
+    groups: Tensor | None = None,
+) -> Tensor:
+    """Distance-aware soft multi-positive contrastive loss.
+
+    Like :func:`multi_positive_contrastive`, but the target over an anchor's positives
+    is not uniform: ``w_ij ∝ exp(−|t_i − t_j| / σ)`` (:func:`temporal_soft_targets`),
+    so bag members close in time count more than distant ones (which are more often
+    another polyp): ``loss_i = −Σ_{j∈P_i} w_ij log softmax_{k∈A_i}(s_ik)_j``.
+    As σ → ∞ it equals the uniform multi-positive loss.
+
+    Args:
+        embeddings: (N, D) vectors (normalised here).
+        labels: (N,) int bag labels; same label = positive.
+        times: (N,) item times (normalised video position).
+        sigma: σ, in the units of ``times``.
+        temperature: τ.
+        ignore_mask: optional (N, N) bool of pairs to exclude.
+        groups: optional (N,) video codes; cross-video pairs count as ``Δt = 1``.
+
+    Returns:
+        Scalar: the mean over anchors with at least one positive (0 if none).
+    """
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    sim, valid, positive = _pair_masks(embeddings, labels, ignore_mask)
+    if times.shape != labels.shape:
+        raise InvalidInputError(
+            f"times must be {tuple(labels.shape)} like labels, got {tuple(times.shape)}"
+        )
+    weights = temporal_soft_targets(positive, times, sigma, groups)
+    logits = (sim / temperature).masked_fill(~valid, torch.finfo(sim.dtype).min)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    has_pos = positive.any(dim=1)
+    if not bool(has_pos.any()):
+        return embeddings.sum() * 0.0
+    per_anchor = -torch.where(positive, weights * log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    return per_anchor[has_pos].mean()
+
+
 class MilNceLoss(nn.Module):
     """The three-term MIL-NCE of SPEC §5 over projected tokens.
 
@@ -208,3 +282,70 @@ class MilNceLoss(nn.Module):
             terms["frame_within"] = within.detach()
             total = total + self.frame_within_weight * within
         return total, terms
+
+
+def msn_loss(
+    anchors: Tensor,
+    targets: Tensor,
+    prototypes: Tensor,
+    temperature: float = 0.1,
+    sharpen_temperature: float = 0.25,
+    me_max_weight: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Masked Siamese Networks loss (SPEC §7): prototype matching + mean-entropy maximisation.
+
+    Each view's soft assignment to the prototypes is ``p = softmax(cos(z, c_k) / τ)``. The
+    target assignment is sharpened, ``p^(1/T) / Σ p^(1/T)``, and carries no gradient.
+    Anchor view ``a`` of image ``i`` is trained towards the target of image ``i``:
+    ``CE = mean_a −Σ_k t_ik log p_ak``. The me-max regulariser is the negative entropy
+    of the mean anchor assignment, ``Σ_k p̄_k log p̄_k`` (minimising it spreads the
+    anchors over all prototypes, so they do not collapse onto one).
+
+    Args:
+        anchors: (V·B, D) anchor-view projections, view-major (views of image ``i`` at
+            rows ``i, B + i, 2B + i, ...``).
+        targets: (B, D) target-view projections (from the EMA encoder).
+        prototypes: (K, D) learnable prototypes (normalised here).
+        temperature: τ of both assignments.
+        sharpen_temperature: T of the target sharpening (T < 1 sharpens).
+        me_max_weight: weight of the me-max term (0 disables it).
+
+    Returns:
+        ``(loss, terms)``, ``terms`` holding ``ce``, ``me_max`` (the negative entropy),
+        ``anchor_entropy`` and ``target_entropy`` (mean per-view entropies), detached.
+    """
+    if temperature <= 0 or sharpen_temperature <= 0:
+        raise ConfigError(
+            f"temperature and sharpen_temperature must be > 0, got {temperature}, "
+            f"{sharpen_temperature}"
+        )
+    if me_max_weight < 0:
+        raise ConfigError(f"me_max_weight must be >= 0, got {me_max_weight}")
+    if anchors.ndim != 2 or targets.ndim != 2 or prototypes.ndim != 2:
+        raise InvalidInputError("anchors, targets and prototypes must be 2-D (N, D)")
+    b = targets.shape[0]
+    if b == 0 or anchors.shape[0] % b:
+        raise InvalidInputError(
+            f"anchors ({anchors.shape[0]} rows) must be a multiple of targets ({b} rows)"
+        )
+    protos = F.normalize(prototypes.float(), dim=-1)
+    anchor_logits = F.normalize(anchors.float(), dim=-1) @ protos.T / temperature
+    anchor_log_p = torch.log_softmax(anchor_logits, dim=-1)
+    with torch.no_grad():
+        target_logits = F.normalize(targets.float(), dim=-1) @ protos.T / temperature
+        # p^(1/T) normalised = softmax(logits / T)
+        target_p = torch.softmax(target_logits / sharpen_temperature, dim=-1)
+    views = anchors.shape[0] // b
+    target_rep = target_p.repeat(views, 1)
+    ce = -(target_rep * anchor_log_p).sum(dim=-1).mean()
+    mean_p = anchor_log_p.exp().mean(dim=0)
+    me_max = (mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
+    loss = ce + me_max_weight * me_max
+    anchor_p = anchor_log_p.exp()
+    terms = {
+        "ce": ce.detach(),
+        "me_max": me_max.detach(),
+        "anchor_entropy": -(anchor_p * anchor_log_p).sum(-1).mean().detach(),
+        "target_entropy": -(target_p * target_p.clamp_min(1e-12).log()).sum(-1).mean(),
+    }
+    return loss, terms

@@ -13,9 +13,14 @@ from torch import Tensor, nn
 from model.encoder import HMVE, EncoderConfig
 from model.errors import ConfigError, InvalidInputError
 from model.evaluation import retrieval_metrics
-from training.losses import MilNceLoss, multi_positive_contrastive
+from training.losses import (
+    MilNceLoss,
+    multi_positive_contrastive,
+    soft_multi_positive_contrastive,
+)
+from training.samplers import FragmentIndex
 
-LOSS_KINDS = ("mil_nce", "multi_positive")
+LOSS_KINDS = ("mil_nce", "multi_positive", "soft_multi_positive")
 
 
 class Projector(nn.Module):
@@ -43,14 +48,17 @@ class HmveModule(L.LightningModule):
 
     Args:
         encoder_config: the HMVE architecture.
-        loss: ``"mil_nce"`` (three-term, bag labels) or ``"multi_positive"``
-            (fragment level, labels = bag labels; identity codes with identity bags).
+        loss: ``"mil_nce"`` (three-term, bag labels), ``"multi_positive"``
+            (fragment level, labels = bag labels; identity codes with identity bags) or
+            ``"soft_multi_positive"`` (its distance-aware version: targets over bag
+            members ∝ exp(−Δt / ``soft_sigma``); needs :meth:`set_fragment_times`).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         d_proj: projector output size.
         loss_temperature: τ of the contrastive losses.
         fragment_weight, frame_across_weight, frame_within_weight,
         ignore_same_fragment_pairs: :class:`training.losses.MilNceLoss` settings.
+        soft_sigma: σ of ``soft_multi_positive`` in normalised video time.
 
     Batches: training ``(frames [B, s, 3, H, W], labels [B], fragment ids [B])``;
     validation loader 0 ``(frames [b, s, 3, H, W], tracklet idx [b], identity code [b])``
@@ -72,10 +80,13 @@ class HmveModule(L.LightningModule):
         frame_across_weight: float = 1.0,
         frame_within_weight: float = 1.0,
         ignore_same_fragment_pairs: bool = True,
+        soft_sigma: float = 0.05,
     ) -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ConfigError(f"unknown loss {loss!r}; choose one of {LOSS_KINDS}")
+        if soft_sigma <= 0:
+            raise ConfigError(f"soft_sigma must be > 0, got {soft_sigma}")
         if lr <= 0 or weight_decay < 0:
             raise ConfigError(
                 f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}"
@@ -88,6 +99,7 @@ class HmveModule(L.LightningModule):
                 "weight_decay": weight_decay,
                 "d_proj": d_proj,
                 "loss_temperature": loss_temperature,
+                "soft_sigma": soft_sigma,
             }
         )
         self.encoder_config = encoder_config
@@ -104,6 +116,9 @@ class HmveModule(L.LightningModule):
             frame_within_weight,
             ignore_same_fragment_pairs,
         )
+        self.soft_sigma = soft_sigma
+        # per-fragment (time, video code) of the train / val fragments, for the soft loss
+        self._fragment_times: dict[str, tuple[Tensor, Tensor]] = {}
         self.last_eval: dict[str, float] = {}
         self._train_losses: list[float] = []
         self._val_losses: list[float] = []
@@ -113,14 +128,48 @@ class HmveModule(L.LightningModule):
         """``[b, s, 3, H, W] → [b, 1+s, d_proj]`` projected tokens."""
         return self.projector(self.encoder(frames))
 
+    def set_fragment_times(self, **indexes: FragmentIndex) -> None:
+        """Give the soft loss each fragment's time: ``set_fragment_times(train=..., val=...)``.
+
+        A fragment's time is its normalised position in its video
+        (:attr:`FragmentIndex.position`); its video becomes an int code.
+        """
+        for split, index in indexes.items():
+            _, videos = np.unique(np.asarray([str(v) for v in index.video]), return_inverse=True)
+            self._fragment_times[split] = (
+                torch.as_tensor(np.asarray(index.position, dtype=np.float32)),
+                torch.as_tensor(videos.astype(np.int64)),
+            )
+
     def compute_loss(
-        self, frames: Tensor, labels: Tensor, fragment_ids: Tensor
+        self, frames: Tensor, labels: Tensor, fragment_ids: Tensor, split: str = "train"
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The configured loss on one bag batch; pairs of one fragment drawn twice are ignored."""
+        """The configured loss on one bag batch; pairs of one fragment drawn twice are ignored.
+
+        ``split`` names the fragment set ``fragment_ids`` index (for the soft loss's times).
+        """
         proj = self(frames)
         ignore = duplicate_fragment_mask(fragment_ids)
         if self.loss_kind == "mil_nce":
             return self.mil_nce(proj, labels, ignore)
+        if self.loss_kind == "soft_multi_positive":
+            if split not in self._fragment_times:
+                raise ConfigError(
+                    f"loss soft_multi_positive needs fragment times for split {split!r}: "
+                    f"call HmveModule.set_fragment_times({split}=FragmentIndex)"
+                )
+            times, videos = self._fragment_times[split]
+            ids = fragment_ids.cpu()
+            loss = soft_multi_positive_contrastive(
+                proj[:, 0],
+                labels,
+                times[ids].to(proj.device),
+                self.soft_sigma,
+                self.loss_temperature,
+                ignore,
+                groups=videos[ids].to(proj.device),
+            )
+            return loss, {"soft_multi_positive": loss.detach()}
         loss = multi_positive_contrastive(proj[:, 0], labels, self.loss_temperature, ignore)
         return loss, {"multi_positive": loss.detach()}
 
@@ -128,9 +177,25 @@ class HmveModule(L.LightningModule):
         frames, labels, fragment_ids = batch
         loss, terms = self.compute_loss(frames, labels, fragment_ids)
         size = frames.shape[0]
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        # sync_dist: under DDP the epoch means are over every process's batches
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=size,
+            sync_dist=True,
+        )
         for name, value in terms.items():
-            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+            self.log(
+                f"train_{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=size,
+                sync_dist=True,
+            )
         self._train_losses.append(float(loss.detach()))
         return loss
 
@@ -157,7 +222,7 @@ class HmveModule(L.LightningModule):
             )
         else:
             frames, labels, fragment_ids = batch
-            loss, _ = self.compute_loss(frames, labels, fragment_ids)
+            loss, _ = self.compute_loss(frames, labels, fragment_ids, split="val")
             self._val_losses.append(float(loss))
 
     def on_validation_epoch_end(self) -> None:

@@ -95,6 +95,27 @@ class BagSampler:
         self.bags_per_batch = batch_size // n_views
         self.seed = seed
         self.epoch = 0
+        self.num_replicas = 1
+        self.rank = 0
+
+    def set_distributed(self, num_replicas: int, rank: int) -> None:
+        """Shard batches across ``num_replicas`` processes (DDP): this process (``rank``)
+        iterates batches ``rank, rank + num_replicas, ...``; every process gets the same
+        number of batches (the remainder is dropped).
+
+        Raises:
+            ConfigError: fewer batches per epoch than processes.
+        """
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ConfigError(f"need 0 <= rank < num_replicas, got rank={rank}, {num_replicas}")
+        total = math.ceil(self.n_bags() / self.bags_per_batch)
+        if total < num_replicas:
+            raise ConfigError(
+                f"only {total} batch(es) of {self.bags_per_batch} bags per epoch for {num_replicas} "
+                f"processes: lower batch_size (or devices / num_nodes), or add data"
+            )
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose bags the next iteration yields (bags are rebuilt)."""
@@ -134,14 +155,35 @@ class BagSampler:
         return out
 
     def __iter__(self) -> Iterator[Batch]:
-        return iter(self.batches())
+        # A generator: the bags are built at the first ``next``, after the epoch is set.
+        batches = self.batches()
+        if self.num_replicas > 1:
+            batches = batches[self.rank : len(self) * self.num_replicas : self.num_replicas]
+        yield from batches
+
+    @property
+    def sampler(self) -> _EpochSetter:
+        """What Lightning's per-epoch ``set_epoch`` reaches (``batch_sampler.sampler``), so
+        the epoch is set before every epoch, also in a run resumed from a checkpoint."""
+        return _EpochSetter(self)
 
     def __len__(self) -> int:
-        return math.ceil(self.n_bags() / self.bags_per_batch)
+        """Batches this process iterates per epoch."""
+        return math.ceil(self.n_bags() / self.bags_per_batch) // self.num_replicas
 
     def temperature(self, epoch: int) -> float | None:
         """The bag temperature at ``epoch`` (``None`` for samplers without one)."""
         return None
+
+
+class _EpochSetter:
+    """Forwards ``set_epoch`` to a :class:`BagSampler`."""
+
+    def __init__(self, owner: BagSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
 
 
 class _TemporalBase(BagSampler):

@@ -3,7 +3,13 @@
 ``train(load_train_config("demo", {"data_root": ..., "out_dir": ...}))`` writes
 ``out_dir/encoder.pt`` (:func:`model.encoder.save_encoder_checkpoint`, with the
 re-identification threshold and training info in ``extra``), ``out_dir/history.json``
-(evaluation before training as epoch −1, then one row per epoch) and CSV logs.
+(evaluation before training as epoch −1, then one row per epoch), ``out_dir/last.ckpt``
+(the full Lightning state after the last finished epoch, for ``resume=True``), CSV logs
+(``out_dir/logs``) and TensorBoard logs (``out_dir/tensorboard``).
+
+Multi-process (DDP) runs: ``strategy: ddp`` with ``devices`` / ``num_nodes``. Each
+process trains on its own share of the bag batches and evaluates the whole validation
+split; only global rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
 from model.encoder import EncoderConfig, save_encoder_checkpoint
@@ -33,8 +40,10 @@ from model.errors import ConfigError
 from model.evaluation import best_f1_threshold, pair_scores
 from training.datamodule import SAMPLER_KINDS, FragmentDataModule, embed_crops
 from training.module import LOSS_KINDS, HmveModule
+from training.msn_init import load_msn_into_hmve
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+LAST_CHECKPOINT = "last.ckpt"
 MONITORS = {"val_map": "max", "val_loss": "min"}
 _NESTED = {
     "encoder": EncoderConfig,
@@ -59,7 +68,8 @@ class TrainConfig:
         fragment: how tracklets become training fragments (``fragment_length`` > 0);
             evaluation embeds whole tracklets with the same stride.
         sampler: ``temporal_temperature`` | ``knn`` | ``identity``.
-        loss: ``mil_nce`` | ``multi_positive``.
+        loss: ``mil_nce`` | ``multi_positive`` | ``soft_multi_positive`` (targets over bag
+            members weighted by exp(−Δt / ``soft_sigma``)).
         n_views: bag size (anchor + n_views − 1).
         batch_size: fragments per batch, a multiple of ``n_views``.
         lr, weight_decay: AdamW settings.
@@ -70,6 +80,10 @@ class TrainConfig:
         accumulate_grad_batches: gradient accumulation steps.
         max_steps_per_epoch: cap on training batches per epoch (``None`` = all).
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+        devices: devices per node (an int, or ``"auto"``); ``> 1`` needs a DDP strategy.
+        num_nodes: machines taking part (DDP).
+        strategy: Lightning strategy (``auto``, ``ddp``, ``ddp_spawn``, ...). With DDP each
+            process gets every ``world_size``-th bag batch (the remainder is dropped).
         monitor: ``val_map`` (higher is better) or ``val_loss``: picks the best epoch.
         num_workers: DataLoader worker processes.
         eval_batch_size: tracklets per evaluation forward pass.
@@ -80,6 +94,10 @@ class TrainConfig:
         train_split, val_split: split names.
         max_val_loss_batches: cap on validation bag batches for the val loss
             (``None`` = all; the same fixed batches every epoch).
+        soft_sigma: σ of ``soft_multi_positive``, in normalised video time (a video spans 1).
+        init_frame_encoder: an MSN checkpoint (``polypindex pretrain-frames``) whose
+            backbone initialises the HMVE frame encoder; its backbone must equal
+            ``encoder.backbone``.
     """
 
     name: str = "custom"
@@ -116,6 +134,11 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     max_val_loss_batches: int | None = None
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    soft_sigma: float = 0.05
+    init_frame_encoder: str | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLER_KINDS:
@@ -159,6 +182,17 @@ class TrainConfig:
             )
         if self.num_workers < 0 or self.eval_batch_size < 1:
             raise ConfigError("num_workers must be >= 0 and eval_batch_size >= 1")
+        if isinstance(self.devices, bool) or not (
+            (isinstance(self.devices, int) and (self.devices >= 1 or self.devices == -1))
+            or self.devices == "auto"
+        ):
+            raise ConfigError(f"devices must be an int >= 1, -1 or 'auto', got {self.devices!r}")
+        if self.num_nodes < 1:
+            raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
+        if not isinstance(self.strategy, str) or not self.strategy:
+            raise ConfigError(f"strategy must be a Lightning strategy name, got {self.strategy!r}")
+        if not self.soft_sigma > 0:
+            raise ConfigError(f"soft_sigma must be > 0, got {self.soft_sigma}")
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -313,6 +347,27 @@ class _History(Callback):
                 k: v.detach().cpu().clone() for k, v in module.encoder.state_dict().items()
             }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in ``last.ckpt`` so a resumed run keeps its history and best weights."""
+        return {
+            "rows": copy.deepcopy(self.rows),
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+        self.best_value = float(state_dict["best_value"])
+        self.best_epoch = int(state_dict["best_epoch"])
+        self.best_state = state_dict["best_state"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed from a checkpoint written at an epoch's end starts the next epoch
+        # without calling on_train_epoch_start: set the epoch (bags) and clock here too.
+        self.datamodule.train_sampler.set_epoch(trainer.current_epoch)
+        self._start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning's own set_epoch reaches a DataLoader's sampler, not its batch_sampler;
         # the loader's iterator (hence this epoch's bags) is created after this hook.
@@ -322,6 +377,20 @@ class _History(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, HmveModule)
         self.record(pl_module, trainer.current_epoch, time.perf_counter() - self._start)
+
+
+class _LastCheckpoint(Callback):
+    """Writes the full training state to ``path`` after every training epoch (after
+    :class:`_History` has recorded it), atomically: a temporary file, then a rename."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
 
 def _jsonable(value: Any) -> Any:
@@ -351,14 +420,52 @@ def reid_threshold(embeddings: np.ndarray, identities: Sequence[Any]) -> tuple[f
     return float(threshold), float(f1)
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+def _check_resumable(checkpoint: Path, config: TrainConfig) -> None:
+    """Raise a ConfigError unless ``checkpoint`` exists and holds this run's architecture."""
+    if not checkpoint.is_file():
+        raise ConfigError(
+            f"cannot resume: no {checkpoint} (it is written after every finished epoch); "
+            f"run without --resume to start from scratch"
+        )
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ConfigError(f"cannot resume: {checkpoint} is unreadable: {exc}") from exc
+    saved = (state.get("hyper_parameters") or {}).get("encoder_config")
+    if saved is not None and saved != config.encoder.to_dict():
+        raise ConfigError(
+            f"cannot resume from {checkpoint}: it was trained with encoder {saved}, "
+            f"the config asks for {config.encoder.to_dict()}; use another out_dir or drop --resume"
+        )
+
+
+def train(
+    config: TrainConfig,
+    progress: bool = True,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
     """Fit the encoder, evaluating before training and after every epoch.
+
+    Args:
+        config: the run.
+        progress: show Lightning's progress bar and model summary.
+        resume: continue from ``out_dir/last.ckpt`` (weights, optimiser, epoch count,
+            history and best weights so far) up to ``config.epochs`` epochs in all.
+        callbacks: extra Lightning callbacks (run after the built-in ones).
 
     Returns:
         A :class:`TrainResult`; the files are in ``config.out_dir``.
+
+    Raises:
+        ConfigError: invalid data for the settings (too few fragments, ...), or
+            ``resume`` without a compatible ``last.ckpt``.
     """
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    last_checkpoint = out / LAST_CHECKPOINT
+    if resume:
+        _check_resumable(last_checkpoint, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = FragmentDataModule(
         data_root=config.data_root,
@@ -398,28 +505,47 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         frame_across_weight=config.frame_across_weight,
         frame_within_weight=config.frame_within_weight,
         ignore_same_fragment_pairs=config.ignore_same_fragment_pairs,
+        soft_sigma=config.soft_sigma,
     )
+    module.set_fragment_times(
+        train=datamodule.train_fragments.index, val=datamodule.val_fragments.index
+    )
+    init_info: dict[str, Any] | None = None
+    if config.init_frame_encoder and resume:  # the weights come from last.ckpt
+        init_info = {"path": config.init_frame_encoder, "loaded_before_resume": True}
+    elif config.init_frame_encoder:
+        init_info = load_msn_into_hmve(module.encoder, config.init_frame_encoder, config.preprocess)
     history = _History(datamodule, config.monitor)
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
-        devices=1,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
         precision=config.precision,  # type: ignore[arg-type]
         accumulate_grad_batches=config.accumulate_grad_batches,
         limit_train_batches=config.max_steps_per_epoch,
         num_sanity_val_steps=0,
-        enable_checkpointing=False,
+        enable_checkpointing=False,  # last.ckpt is written by _LastCheckpoint
         enable_progress_bar=progress,
         enable_model_summary=progress,
-        logger=CSVLogger(str(out), name="logs"),
-        callbacks=[history],
+        logger=[
+            CSVLogger(str(out), name="logs"),
+            TensorBoardLogger(str(out), name="tensorboard", default_hp_metric=False),
+        ],
+        callbacks=[history, _LastCheckpoint(last_checkpoint), *callbacks],
         deterministic="warn",
         log_every_n_steps=1,
+        # the bag samplers shard their batches across processes themselves
+        use_distributed_sampler=False,
     )
     start = time.perf_counter()
-    trainer.validate(module, datamodule=datamodule, verbose=False)
-    history.record(module, -1, time.perf_counter() - start)
-    trainer.fit(module, datamodule=datamodule)
+    if resume:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last_checkpoint))
+    else:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        history.record(module, -1, time.perf_counter() - start)
+        trainer.fit(module, datamodule=datamodule)
 
     assert history.best_state is not None
     final_state = {k: v.detach().cpu().clone() for k, v in module.encoder.state_dict().items()}
@@ -458,13 +584,20 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         "seed": config.seed,
         "seconds_per_epoch": seconds_per_epoch,
         "train_config": config.to_dict(),
+        "resumed": resume,
+        "world_size": trainer.world_size,
     }
+    if init_info is not None:
+        extra["init_frame_encoder"] = init_info
     checkpoint = out / "encoder.pt"
+    history_path = out / "history.json"
+    if not trainer.is_global_zero:  # DDP: only rank 0 writes
+        module.encoder.load_state_dict(final_state)
+        return _result(checkpoint, history_path, history, threshold, f1, seconds_per_epoch)
     save_encoder_checkpoint(
         checkpoint, module.encoder, config.encoder, config.preprocess, config.fragment, extra
     )
     module.encoder.load_state_dict(final_state)
-    history_path = out / "history.json"
     payload = {
         "config": config.to_dict(),
         "best_epoch": history.best_epoch,
@@ -475,6 +608,19 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         "history": [{k: _jsonable(v) for k, v in r.items()} for r in rows],
     }
     history_path.write_text(json.dumps(payload, indent=2, default=str))
+    return _result(checkpoint, history_path, history, threshold, f1, seconds_per_epoch)
+
+
+def _result(
+    checkpoint: Path,
+    history_path: Path,
+    history: _History,
+    threshold: float,
+    f1: float,
+    seconds_per_epoch: float,
+) -> TrainResult:
+    rows = history.rows
+    best_row = next(r for r in rows if r["epoch"] == history.best_epoch)
     return TrainResult(
         best_checkpoint=checkpoint,
         history_path=history_path,
@@ -496,6 +642,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", help="dataset folder (overrides data_root)")
     parser.add_argument("--out", help="output folder (overrides out_dir)")
     parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT/last.ckpt (same config)"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -516,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides["data_root"] = args.data
     if args.out:
         overrides["out_dir"] = args.out
-    result = train(load_train_config(args.config, overrides))
+    result = train(load_train_config(args.config, overrides), resume=args.resume)
     print(
         json.dumps(
             {

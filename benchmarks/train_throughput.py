@@ -1,0 +1,214 @@
+"""Training throughput: one optimisation step with the real data pipeline vs the same
+batches already in memory as tensors, interleaved side by side in one run.
+
+Builds the preset's :class:`training.datamodule.FragmentDataModule` (crops from the
+crop cache, held in memory as uint8), its :class:`training.module.HmveModule` and
+AdamW, then alternates two kinds of step:
+
+- ``pipeline``: the next batch from the training DataLoader (bag sampler → fragment
+  gather → ``model.preprocess.normalize`` → collate) + forward, loss, backward, step;
+- ``in_memory``: a batch taken from the loader before timing, already a tensor, +
+  forward, loss, backward, step.
+
+The difference is what the data path costs per step. Reports median seconds per step,
+fragments/s and frames/s for each, and the pipeline's data-loading seconds.
+
+    python -m benchmarks.train_throughput --config demo --data var/data/synth \\
+        --steps 3 --warmup 1 --out var/bench/train_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+
+from benchmarks.protocols import environment
+from training.datamodule import FragmentDataModule
+from training.module import HmveModule
+from training.train import TrainConfig, load_train_config
+
+
+def _datamodule(config: TrainConfig) -> FragmentDataModule:
+    dm = FragmentDataModule(
+        data_root=config.data_root,
+        cache_dir=config.resolved_cache_dir,
+        preprocess=config.preprocess,
+        tracklet=config.tracklet,
+        fragment=config.fragment,
+        sampler=config.sampler,
+        n_views=config.n_views,
+        batch_size=config.batch_size,
+        max_epochs=config.epochs,
+        t_min=config.t_min,
+        t_max=config.t_max,
+        seed=config.seed,
+        eval_batch_size=config.eval_batch_size,
+        num_workers=config.num_workers,
+        train_split=config.train_split,
+        val_split=config.val_split,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def _module(config: TrainConfig, dm: FragmentDataModule) -> HmveModule:
+    module = HmveModule(
+        config.encoder,
+        loss=config.loss,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        d_proj=config.d_proj,
+        loss_temperature=config.loss_temperature,
+        fragment_weight=config.fragment_weight,
+        frame_across_weight=config.frame_across_weight,
+        frame_within_weight=config.frame_within_weight,
+        ignore_same_fragment_pairs=config.ignore_same_fragment_pairs,
+        soft_sigma=config.soft_sigma,
+    )
+    module.set_fragment_times(train=dm.train_fragments.index)
+    return module.train()
+
+
+class _Batches:
+    """Endless training batches from the real DataLoader (a new epoch when one ends)."""
+
+    def __init__(self, dm: FragmentDataModule) -> None:
+        self.dm = dm
+        self.epoch = 0
+        self._it = self._new()
+
+    def _new(self) -> Iterator[Any]:
+        self.dm.train_sampler.set_epoch(self.epoch)
+        return iter(self.dm.train_dataloader())
+
+    def next(self) -> Any:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self._it = self._new()
+            return next(self._it)
+
+
+def run(config: TrainConfig, steps: int, warmup: int, threads: int | None = None) -> dict[str, Any]:
+    """Time ``steps`` interleaved pairs of steps after ``warmup`` untimed pairs."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    start = time.perf_counter()
+    dm = _datamodule(config)
+    setup_seconds = time.perf_counter() - start
+    module = _module(config, dm)
+    optimiser = torch.optim.AdamW(
+        module.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    batches = _Batches(dm)
+    in_memory = [batches.next() for _ in range(min(steps + warmup, len(dm.train_sampler)))]
+
+    def step(batch: Any) -> float:
+        frames, labels, ids = batch
+        loss, _ = module.compute_loss(frames, labels, ids)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        return float(loss.detach())
+
+    timings: dict[str, list[float]] = {"pipeline": [], "in_memory": [], "pipeline_data": []}
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        batch = batches.next()
+        t1 = time.perf_counter()
+        step(batch)
+        t2 = time.perf_counter()
+        step(in_memory[i % len(in_memory)])
+        t3 = time.perf_counter()
+        if i >= warmup:
+            timings["pipeline"].append(t2 - t0)
+            timings["pipeline_data"].append(t1 - t0)
+            timings["in_memory"].append(t3 - t2)
+    fragments = config.batch_size
+    frames = fragments * config.fragment.fragment_length
+    results: dict[str, Any] = {}
+    for name in ("pipeline", "in_memory"):
+        median = statistics.median(timings[name])
+        results[name] = {
+            "median_seconds_per_step": median,
+            "fragments_per_second": fragments / median,
+            "frames_per_second": frames / median,
+            "seconds": timings[name],
+        }
+    results["pipeline"]["median_data_seconds"] = statistics.median(timings["pipeline_data"])
+    results["pipeline_over_in_memory"] = (
+        results["pipeline"]["median_seconds_per_step"]
+        / results["in_memory"]["median_seconds_per_step"]
+    )
+    return {
+        "benchmark": "train_throughput",
+        "config": config.name,
+        "settings": {
+            "backbone": config.encoder.backbone,
+            "im_size": config.preprocess.im_size,
+            "batch_size": config.batch_size,
+            "n_views": config.n_views,
+            "fragment_length": config.fragment.fragment_length,
+            "loss": config.loss,
+            "sampler": config.sampler,
+            "num_workers": config.num_workers,
+            "steps": steps,
+            "warmup": warmup,
+            "torch_threads": torch.get_num_threads(),
+            "train_fragments": len(dm.train_fragments),
+            "setup_seconds": setup_seconds,
+        },
+        "results": results,
+        "environment": environment()
+        | {
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "python_implementation": platform.python_implementation(),
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="demo", help="training preset or YAML path")
+    parser.add_argument("--data", help="dataset folder (overrides data_root)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--steps", type=int, default=3, help="timed step pairs")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed step pairs first")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--out", type=Path, default=Path("var/bench/train_throughput.json"))
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for pair in args.set:
+        key, _, raw = pair.partition("=")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    if args.data:
+        overrides["data_root"] = args.data
+    config = load_train_config(args.config, overrides)
+    result = run(config, args.steps, args.warmup, args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    summary = {
+        name: {k: round(v, 3) for k, v in result["results"][name].items() if isinstance(v, float)}
+        for name in ("pipeline", "in_memory")
+    }
+    print(json.dumps(summary | {"ratio": round(result["results"]["pipeline_over_in_memory"], 3)}))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
