@@ -117,15 +117,19 @@ def run(
             "data_root": str(data),
             "cache_dir": str(out / "crop_cache"),
             "seed": seed,
-            **overrides,
+            **{k: _with_seed(v, seed) for k, v in overrides.items()},
         }
-        configs = [
-            (
-                name,
-                load_train_config(config, {**common, "out_dir": str(out / f"seed{seed}" / name)}),
+        configs = []
+        for name, spec in rows:
+            config_name, row_overrides = _row_spec(spec)
+            row_overrides = {k: _with_seed(v, seed) for k, v in row_overrides.items()}
+            out_dir = str(out / f"seed{seed}" / name)
+            configs.append(
+                (
+                    name,
+                    load_train_config(config_name, {**common, **row_overrides, "out_dir": out_dir}),
+                )
             )
-            for name, config in rows
-        ]
         models: dict[str, Path] = {}
         checkpoints = {
             "untrained": untrained_checkpoint(configs[0][1], out / f"seed{seed}" / "untrained")
@@ -227,6 +231,30 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _row_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``CONFIG[,key=value...]``: a row's config and its own overrides."""
+    config, *pairs = spec.split(",")
+    overrides = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--row override wants key=value, got {pair!r} in {spec!r}")
+        overrides[key] = _parse_value(raw)
+    return config, overrides
+
+
+def _with_seed(value: Any, seed: int) -> Any:
+    """``{seed}`` in a string override is the run's seed (e.g. a per-seed MSN checkpoint)."""
+    return value.replace("{seed}", str(seed)) if isinstance(value, str) else value
+
+
 def _pair(text: str, option: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name or not value:
@@ -246,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         dest="rows",
         action="append",
         default=[],
-        help="NAME=CONFIG: a trained row (repeatable; default: self_supervised=demo and "
+        help="NAME=CONFIG[,key=value...]: a trained row with its own overrides ({seed} in a "
+        "value is replaced by the seed; repeatable; default: self_supervised=demo and "
         "supervised_upper_bound=supervised); the first one also configures the untrained row",
     )
     parser.add_argument(
@@ -257,7 +286,11 @@ def main(argv: list[str] | None = None) -> None:
         help="NAME=PATH.onnx: an already exported encoder row ({seed} is replaced by the seed)",
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], help="key=value for every run"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="key=value for every run ({seed} in a value is replaced by the seed)",
     )
     parser.add_argument(
         "--reuse", action="store_true", help="reuse finished runs found under --out"
@@ -266,10 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides: dict[str, Any] = {}
     for pair in args.overrides:
         key, _, raw = pair.partition("=")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
+        overrides[key] = _parse_value(raw)
     rows = [_pair(r, "--row") for r in args.rows] or list(DEFAULT_ROWS)
     exported = [_pair(m, "--model") for m in args.exported]
     result = run(args.data, args.out, args.seeds, rows, overrides, args.reuse, exported)

@@ -63,6 +63,16 @@ def synth(
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: up to 2).")
     ] = None,
+    interleave: Annotated[
+        float,
+        typer.Option(
+            help="In [0, 1]: how often visits of different polyps swap or overlap in time "
+            "(more: noisier temporal bags)."
+        ),
+    ] = 0.25,
+    lookalike_fraction: Annotated[
+        float, typer.Option(help="Fraction of polyps copying another polyp's look.")
+    ] = 0.5,
 ) -> None:
     """Generate a synthetic colonoscopy dataset in the COCO-with-video format."""
     from polypindex.synth import SynthConfig, generate
@@ -74,6 +84,8 @@ def synth(
             image_width=width,
             image_height=height,
             seed=seed,
+            interleave=interleave,
+            lookalike_fraction=lookalike_fraction,
         )
         if workers is not None:
             kwargs["workers"] = workers

@@ -14,7 +14,7 @@ The generator makes retrieval a real problem rather than a trivial one:
   pixel diameter is size in mm times a camera distance factor drawn per
   tracklet from a limited range, against mucosa of constant pixel scale);
 * each polyp is seen in 1–6 tracklets, each with its own viewpoint rotation,
-  distance, lighting, background window, occlusion (a fold or an instrument)
+  distance, lighting and colour cast, background window, occlusion (a fold or an instrument)
   and blur bursts; between two of them the polyp is out of view for at least
   ``MIN_GAP`` frames; tracklets of different polyps interleave and overlap in
   time, so temporal proximity is only a noisy hint of identity;
@@ -68,6 +68,8 @@ PX_PER_MM = (3.0, 5.5)  # pixel diameter per millimetre at 320x256 (camera dista
 DIMINUTIVE_FRACTION = 0.4  # polyps of size <= 5 mm
 MIN_VISIBLE_PX = 2  # a clipped box narrower than this ends the polyp's run
 MIN_CONSECUTIVE_IOU = 0.5  # what the motion model guarantees inside a run
+POLYP_COLOR_SD = 2.0  # per-polyp shift of its palette colour (RGB levels): colours are shared
+RUN_CAST_SD = 0.10  # per-tracklet colour cast (per-channel gain sd): light, angle, white balance
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class SynthConfig:
     polyps_per_procedure: tuple[int, int] = (1, 5)
     tracklets_per_polyp: tuple[int, int] = (1, 6)
     tracklet_length: tuple[int, int] = (30, 150)
-    lookalike_fraction: float = 0.3
+    lookalike_fraction: float = 0.5
     interleave: float = 0.25
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     jpeg_quality: int = 90
@@ -216,7 +218,7 @@ def _random_look(rng: np.random.Generator, adenoma: bool) -> PolypLook:
         base += np.array([8.0, -10.0, -8.0], dtype=np.float32)
     else:  # weakly paler
         base += np.array([6.0, 8.0, 8.0], dtype=np.float32)
-    base += rng.normal(0, 6, size=3).astype(np.float32)
+    base += rng.normal(0, POLYP_COLOR_SD, size=3).astype(np.float32)
     pattern = str(rng.choice(PATTERNS, p=PATTERN_P_ADENOMA if adenoma else PATTERN_P_OTHER))
     freq = {"tubular": (0.6, 1.1), "dots": (0.8, 1.6), "smooth": (0.3, 0.6)}[pattern]
     c = np.clip(base, 0, 255)
@@ -516,6 +518,7 @@ class _Run:
     angle: float
     spin: float
     gain: float
+    cast: tuple[float, float, float]  # per-channel colour cast of the polyp in this run
     light: tuple[float, float]  # highlight offset on the polyp, in radii
     occluder: tuple[int, int, str, float, float] | None  # first, last frame, kind, offset x, y
     blur: dict[int, tuple[str, float, float]]  # frame -> (kind, strength, angle)
@@ -567,11 +570,18 @@ def _new_run(
         zoom=float(rng.uniform(-0.25, 0.25)),
         angle=float(rng.uniform(0, 360)),
         spin=float(np.clip(rng.normal(0, 0.6), -1.2, 1.2)),
-        gain=float(rng.uniform(0.8, 1.2)),
+        gain=float(rng.uniform(0.75, 1.25)),
+        cast=_cast(rng),
         light=(float(rng.uniform(-0.4, 0.4)), float(rng.uniform(-0.5, 0.0))),
         occluder=occluder,
         blur=blur,
     )
+
+
+def _cast(rng: np.random.Generator) -> tuple[float, float, float]:
+    """A per-channel colour gain around 1 (sd ``RUN_CAST_SD``, clipped at ±2 sd)."""
+    g = np.clip(rng.normal(1.0, RUN_CAST_SD, size=3), 1 - 2 * RUN_CAST_SD, 1 + 2 * RUN_CAST_SD)
+    return (float(g[0]), float(g[1]), float(g[2]))
 
 
 def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -733,7 +743,7 @@ def _render_procedure(args: tuple[int, SynthConfig, list[PolypSpec], str]) -> di
             lighting = run.gain * (1 + 0.1 * math.sin((f - s) / 17.0 + i))
             roi = frame[y0:y1, x0:x1]
             roi *= warped[..., 3:]
-            roi += warped[..., :3] * lighting
+            roi += warped[..., :3] * (lighting * np.asarray(run.cast, np.float32))
             shown.append((run, box))
         if not shown:
             continue

@@ -87,3 +87,7 @@ def test_synth_rejects_bad_values(tmp_path: Path) -> None:
     result = runner.invoke(app, ["synth", "--out", str(tmp_path), "--procedures", "0"])
     assert result.exit_code == 2
     assert "n_procedures" in result.output
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path), "--interleave", "1.5"])
+    assert result.exit_code == 2 and "interleave" in result.output
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path), "--lookalike-fraction", "-0.1"])
+    assert result.exit_code == 2 and "lookalike_fraction" in result.output
