@@ -36,9 +36,15 @@ from tqdm.auto import tqdm
 
 from indexer.sources import ProcedureSource, coco_sources, procedure_uid
 from indexer.store import PredictionRow, Store, TrackletRow
-from indexer.vector_index import IndexPolicy, VectorIndex, list_generations
+from indexer.vector_index import IndexPolicy, VectorIndex, generation_dir, list_generations
 from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from model.errors import ConfigError, EncoderMismatchError, InvalidInputError, PolypIndexError
+from model.errors import (
+    ConfigError,
+    EncoderMismatchError,
+    InvalidInputError,
+    NotFoundError,
+    PolypIndexError,
+)
 from model.preprocess import crop_frame, normalize
 from model.probe import TASKS, Probe, load_probe, probe_path
 from model.tracklets import fragment_indices
@@ -615,4 +621,42 @@ def delete_procedure(uid: str, store: Store, index_dir: str | Path) -> list[int]
         index = VectorIndex.open_or_rebuild(index_dir, store, str(version), dim)
         index.save()
     shutil.rmtree(Path(index_dir) / THUMBNAIL_DIR / _safe_name(uid), ignore_errors=True)
+    return removed
+
+
+def retire_generation(encoder_version: str, store: Store, index_dir: str | Path) -> int:
+    """Retire an encoder's index generation: delete its procedures' rows (of that
+    version only) from the store, then its index folder.
+
+    Each procedure leaves in its own transaction; a crash half-way leaves some of
+    them, and running this again finishes the job. Thumbnails stay while another
+    generation still holds the procedure.
+
+    Returns:
+        The number of tracklets removed.
+
+    Raises:
+        NotFoundError: neither the store nor the index root knows this version.
+    """
+    procedures = store.list_procedures(encoder_version)
+    folder = generation_dir(index_dir, encoder_version)
+    if not procedures and not folder.exists():
+        known = sorted(
+            set(store.encoder_versions())
+            | {
+                str(g["encoder_version"])
+                for g in list_generations(index_dir)
+                if g.get("encoder_version")
+            }
+        )
+        raise NotFoundError(f"no index generation of encoder {encoder_version!r}; known: {known}")
+    removed = 0
+    for procedure in procedures:
+        removed += len(store.delete_procedure(procedure.uid, encoder_version))
+    shutil.rmtree(folder, ignore_errors=True)
+    for procedure in procedures:
+        if not store.has_procedure(procedure.uid):
+            shutil.rmtree(
+                Path(index_dir) / THUMBNAIL_DIR / _safe_name(procedure.uid), ignore_errors=True
+            )
     return removed

@@ -340,6 +340,31 @@ def index_predict(
         raise _fail(exc) from exc
 
 
+@index_app.command("retire")
+def index_retire(
+    encoder_version: Annotated[str, typer.Argument(help="The encoder version to retire.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    database_url: DatabaseOpt = None,
+    index_dir: IndexDirOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Retire an index generation: delete the rows of one encoder version and its index
+    folder (other generations are untouched)."""
+    from indexer.pipeline import retire_generation
+
+    if not yes:
+        typer.confirm(
+            f"Delete every tracklet embedded by {encoder_version} and its index?", abort=True
+        )
+    try:
+        removed = retire_generation(
+            encoder_version, _open_store(database_url, home), index_dir or layout(home).index_dir
+        )
+    except PolypIndexError as exc:
+        raise _fail(exc) from exc
+    _echo({"encoder_version": encoder_version, "tracklets_removed": removed})
+
+
 @index_app.command("rebuild")
 def index_rebuild(
     encoder_version: Annotated[

@@ -29,7 +29,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize(
     "command",
     [["db"], ["db", "upgrade"], ["db", "current"], ["index"], ["index", "coco"]]
-    + [["index", c] for c in ("video", "frames", "rebuild", "generations", "predict")]
+    + [["index", c] for c in ("video", "frames", "rebuild", "generations", "predict", "retire")]
     + [["delete"]],
     ids=" ".join,
 )
@@ -154,3 +154,31 @@ def test_index_with_probes_then_predict_again(home: Path, tmp_path: Path) -> Non
     empty = ["--home", str(home), "--probes", str(tmp_path / "none")]
     result = runner.invoke(app, ["index", "predict", *empty])
     assert result.exit_code == 2 and "no probe installed" in result.output
+
+
+def test_retire_a_generation_keeps_the_others(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = write_frames(tmp_path / "proc-b", 8)
+    csv = write_csv(tmp_path / "d.csv", 8)
+    args = ["index", "frames", str(frames), "--detections", str(csv), "--min-tracklet-length", "3"]
+    base = ["--home", str(home)]
+    assert runner.invoke(app, [*args, *base]).exit_code == 0
+    monkeypatch.setattr(cli_store, "_load_encoder", lambda model, home: FakeEncoder("fake-v2"))
+    assert runner.invoke(app, [*args, *base]).exit_code == 0
+    index_root = home / "index"
+    assert generation_dir(index_root, "fake-v1").is_dir()
+    result = runner.invoke(app, ["index", "retire", "fake-v1", *base], input="n\n")
+    assert result.exit_code != 0  # not confirmed: nothing happens
+    assert generation_dir(index_root, "fake-v1").is_dir()
+    result = runner.invoke(app, ["index", "retire", "fake-v1", "--yes", *base])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"encoder_version": "fake-v1", "tracklets_removed": 2}
+    assert not generation_dir(index_root, "fake-v1").exists()
+    store = Store(f"sqlite:///{index_root / 'polypindex.db'}")
+    assert store.encoder_versions() == ["fake-v2"] and store.count_tracklets("fake-v2") == 2
+    assert any((index_root / "thumbnails").rglob("*.jpg"))  # fake-v2 still holds the procedure
+    store.close()
+    result = runner.invoke(app, ["index", "retire", "fake-v1", "--yes", *base])
+    assert result.exit_code == 2 and "no index generation of encoder 'fake-v1'" in result.output
+    assert "fake-v2" in result.output
