@@ -360,3 +360,18 @@ def test_gpu_search_path_gives_the_cpu_answers(monkeypatch: pytest.MonkeyPatch) 
     index.remove(ids[:10])
     _assert_same(index.search(queries, 5), _exhaustive(ids[10:], db[10:], queries, 5))
     assert len(copies) == 3
+
+
+def test_hnsw_ef_search_follows_the_collection_size_unless_set() -> None:
+    auto = IndexPolicy()
+    assert [auto.ef_search_for(n) for n in (0, 100_000, 249_999, 250_000, 10**6)] == [
+        256,
+        256,
+        256,
+        1024,
+        1024,
+    ]
+    assert IndexPolicy(hnsw_ef_search=64).ef_search_for(10**6) == 64
+    assert IndexPolicy.from_dict(auto.to_dict()) == auto
+    with pytest.raises(ConfigError, match="hnsw_ef_search"):
+        IndexPolicy(hnsw_ef_search=0)
