@@ -56,6 +56,7 @@ class World:
     vectors: dict[int, np.ndarray]
     size: Probe
     histology: Probe
+    other_version_id: int
 
 
 def _probes() -> tuple[Probe, Probe]:
@@ -85,9 +86,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
             rows.append(TrackletRow(f"p{p}/t{j}", j, j + 4, 5, v, predictions=preds))
         ids = store.replace_procedure(f"proc/{p}", "test", "synthetic", VERSION, rows)
         vectors.update({i: r.embedding for i, r in zip(ids, rows, strict=True)})
+    other = TrackletRow("old/t0", 0, 4, 5, np.ones(DIM, dtype=np.float32) / np.sqrt(DIM))
+    (other_id,) = store.replace_procedure("proc/old", "test", "synthetic", "old-v0", [other])
     VectorIndex.open_or_rebuild(settings.index_dir, store, VERSION, DIM, save=True)
     store.close()
-    return World(settings, vectors, size, histology)
+    return World(settings, vectors, size, histology, other_id)
 
 
 def _client(settings: Settings) -> TestClient:
@@ -201,6 +204,16 @@ def test_unknown_tracklet_is_404(client: TestClient) -> None:
         404,
         "tracklet_not_found",
     )
+
+
+def test_tracklet_of_another_encoder_is_409(client: TestClient, world: World) -> None:
+    r = client.post("/predict", json={"tracklet": {"tracklet_id": world.other_version_id}})
+    _error(r, 409, "encoder_mismatch", "old-v0", VERSION)
+
+
+def test_wrong_embedding_size_is_422(client: TestClient) -> None:
+    r = client.post("/predict", json={"tracklet": {"embedding": [1.0] * (DIM + 1)}})
+    _error(r, 422, "validation_error", "embedding")
 
 
 def test_missing_probe_is_503_naming_it(world: World, tmp_path: Path) -> None:
