@@ -73,6 +73,12 @@ def synth(
     lookalike_fraction: Annotated[
         float, typer.Option(help="Fraction of polyps copying another polyp's look.")
     ] = 0.5,
+    polyps: Annotated[
+        tuple[int, int],
+        typer.Option(
+            help="Inclusive range of polyps per procedure (more: noisier temporal bags)."
+        ),
+    ] = (1, 5),
 ) -> None:
     """Generate a synthetic colonoscopy dataset in the COCO-with-video format."""
     from polypindex.synth import SynthConfig, generate
@@ -86,6 +92,7 @@ def synth(
             seed=seed,
             interleave=interleave,
             lookalike_fraction=lookalike_fraction,
+            polyps_per_procedure=polyps,
         )
         if workers is not None:
             kwargs["workers"] = workers

@@ -91,3 +91,5 @@ def test_synth_rejects_bad_values(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "interleave" in result.output
     result = runner.invoke(app, ["synth", "--out", str(tmp_path), "--lookalike-fraction", "-0.1"])
     assert result.exit_code == 2 and "lookalike_fraction" in result.output
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path), "--polyps", "3", "2"])
+    assert result.exit_code == 2 and "polyps_per_procedure" in result.output
