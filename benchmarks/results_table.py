@@ -191,6 +191,7 @@ def plot_val_map(compute: dict[str, dict[str, dict[str, Any]]], path: Path) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves: dict[str, list[list[float]]] = {}
     for seed_runs in compute.values():
@@ -208,7 +209,7 @@ def plot_val_map(compute: dict[str, dict[str, dict[str, Any]]], path: Path) -> N
     ax.set_xlabel("epoch (-1 = before training)")
     ax.set_ylabel("validation mAP")
     ax.set_title("Validation mAP (mean over seeds; band: min-max)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

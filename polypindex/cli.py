@@ -75,9 +75,7 @@ def synth(
     ] = 0.5,
     polyps: Annotated[
         tuple[int, int],
-        typer.Option(
-            help="Inclusive range of polyps per procedure (more: noisier temporal bags)."
-        ),
+        typer.Option(help="Inclusive range of polyps per procedure (more: noisier temporal bags)."),
     ] = (1, 5),
 ) -> None:
     """Generate a synthetic colonoscopy dataset in the COCO-with-video format."""
