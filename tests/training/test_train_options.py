@@ -186,3 +186,22 @@ def test_baseline_presets(name: str, sampler: str, loss: str) -> None:
         demo.batch_size,
     )
     assert (c.init_frame_encoder is not None) == (name == "msn_init")
+
+
+def test_mixed_precision_and_gradient_accumulation_train_on_cpu(
+    disc_data: Path, tmp_path: Path
+) -> None:
+    """bf16 autocast (the CPU's mixed precision) with 2 accumulated batches per step."""
+    config = _config(
+        disc_data, tmp_path / "run", epochs=1, precision="bf16-mixed", accumulate_grad_batches=2
+    )
+    result = train(config, progress=False)
+    assert np.isfinite(result.history[1]["train_loss"])
+    assert 0.0 <= result.history[1]["val_map"] <= 1.0
+    checkpoint = load_encoder_checkpoint(result.best_checkpoint)
+    # the saved weights stay float32 whatever the training precision
+    assert all(
+        t.dtype == torch.float32
+        for t in checkpoint.encoder.state_dict().values()
+        if t.is_floating_point()
+    )
