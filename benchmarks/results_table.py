@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks.protocols import evaluate, format_table
 from model.coco import load_coco_split
+from model.config import parse_value
 from model.encoder import save_encoder_checkpoint
 from model.export import export_onnx
 from model.preprocess import CropCache
@@ -233,13 +234,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parse_value(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 def _row_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``CONFIG[,key=value...]``: a row's config and its own overrides."""
     config, *pairs = spec.split(",")
@@ -248,7 +242,7 @@ def _row_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"--row override wants key=value, got {pair!r} in {spec!r}")
-        overrides[key] = _parse_value(raw)
+        overrides[key] = parse_value(raw)
     return config, overrides
 
 
@@ -301,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides: dict[str, Any] = {}
     for pair in args.overrides:
         key, _, raw = pair.partition("=")
-        overrides[key] = _parse_value(raw)
+        overrides[key] = parse_value(raw)
     rows = [_pair(r, "--row") for r in args.rows] or list(DEFAULT_ROWS)
     exported = [_pair(m, "--model") for m in args.exported]
     result = run(args.data, args.out, args.seeds, rows, overrides, args.reuse, exported)

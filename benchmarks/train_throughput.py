@@ -32,6 +32,8 @@ import lightning
 import torch
 
 from benchmarks.protocols import environment
+from model.config import parse_overrides
+from model.errors import ConfigError
 from training.datamodule import FragmentDataModule
 from training.module import HmveModule
 from training.train import TrainConfig, load_train_config
@@ -189,13 +191,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path("var/bench/train_throughput.json"))
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for pair in args.set:
-        key, _, raw = pair.partition("=")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as exc:
+        parser.error(str(exc))
     if args.data:
         overrides["data_root"] = args.data
     config = load_train_config(args.config, overrides)

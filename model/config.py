@@ -7,6 +7,7 @@ sidecar); consumers read them from there, never from their own defaults.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
@@ -131,3 +132,27 @@ class FragmentConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FragmentConfig:
         return _from_dict(cls, data)
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value: JSON when it parses (numbers, booleans, lists...), else the string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["epochs=3", "encoder.backbone=resnet50"]`` → ``{"epochs": 3, ...}`` (values as JSON
+    when they parse); the one parser of every ``--set key=value`` option.
+
+    Raises:
+        ConfigError: a pair without ``=`` or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} must look like key=value (e.g. epochs=3)")
+        out[key.strip()] = parse_value(raw)
+    return out

@@ -40,16 +40,9 @@ def _fail(exc: BaseException) -> typer.Exit:
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise typer.BadParameter(f"override {pair!r} must look like key=value (e.g. epochs=3)")
-        key, raw = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
+    from model.config import parse_overrides
+
+    return parse_overrides(pairs)
 
 
 @app.command()

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from model.coco import load_coco_split
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from model.config import FragmentConfig, PreprocessConfig, TrackletConfig, parse_overrides
 from model.encoder import (
     BACKBONES,
     EncoderConfig,
@@ -571,15 +571,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for pair in args.set:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            parser.error(f"--set {pair!r} must look like key=value")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as exc:
+        parser.error(str(exc))
     if args.data:
         overrides["data_root"] = args.data
     if args.out:

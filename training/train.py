@@ -34,7 +34,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from model.config import FragmentConfig, PreprocessConfig, TrackletConfig, parse_overrides
 from model.encoder import EncoderConfig, save_encoder_checkpoint
 from model.errors import ConfigError
 from model.evaluation import best_f1_threshold, pair_scores
@@ -652,15 +652,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="override a field (JSON value)",
     )
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for pair in args.set:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            parser.error(f"--set {pair!r} must look like key=value")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as exc:
+        parser.error(str(exc))
     if args.data:
         overrides["data_root"] = args.data
     if args.out:

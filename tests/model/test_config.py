@@ -1,0 +1,25 @@
+"""model.config: the one parser of ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.config import parse_overrides
+from model.errors import ConfigError
+
+
+def test_parse_overrides_json_values_and_errors() -> None:
+    got = parse_overrides(
+        ["epochs=3", " lr =1e-4", "name=demo", "flag=true", "sizes=[1, 2]", "p=a=b"]
+    )
+    assert got == {
+        "epochs": 3,
+        "lr": 1e-4,
+        "name": "demo",
+        "flag": True,
+        "sizes": [1, 2],
+        "p": "a=b",
+    }
+    for bad in ("epochs", "=3"):
+        with pytest.raises(ConfigError, match="must look like key=value"):
+            parse_overrides([bad])
