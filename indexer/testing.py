@@ -36,6 +36,12 @@ class FakeEncoder:
 
     def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
         self.calls += 1
+        size = self.preprocess.im_size
+        for seq in seqs:  # what the pipeline must hand an encoder: normalised float32 crops
+            if seq.dtype != np.float32 or seq.shape[1:] != (3, size, size):
+                raise AssertionError(
+                    f"expected float32 (S, 3, {size}, {size}), got {seq.dtype} {seq.shape}"
+                )
         feats = [seq.mean(axis=0).reshape(3, 4, 8, 4, 8).mean(axis=(2, 4)).ravel() for seq in seqs]
         out = np.stack(feats) @ self.projection + 1e-3
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)

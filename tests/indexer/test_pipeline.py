@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,9 @@ import pytest
 import indexer.sources as sources
 from indexer.pipeline import Embedder, delete_procedure, index_dataset
 from indexer.store import Store
-from indexer.testing import linear_probe, write_coco
+from indexer.testing import TRACKLETS, FakeEncoder, linear_probe, write_coco
 from indexer.vector_index import VectorIndex, generation_dir
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from model.config import FragmentConfig
 from model.errors import (
     ConfigError,
     EncoderMismatchError,
@@ -22,34 +21,6 @@ from model.errors import (
     InvalidInputError,
     ProcedureNotFoundError,
 )
-
-TRACKLETS = TrackletConfig(min_tracklet_length=3)
-
-
-class FakeEncoder:
-    """Mean-pooled crops projected by a fixed random matrix, L2-normalised."""
-
-    version = "fake-v1"
-    dim = 16
-    preprocess = PreprocessConfig(im_size=32, bbox_scale_factor=2.0)
-    fragment = FragmentConfig(stride=1, fragment_length=-1, max_frames=4)
-    reid_threshold = 0.5
-
-    def __init__(self) -> None:
-        self.projection = (
-            np.random.default_rng(0).normal(size=(3 * 4 * 4, self.dim)).astype(np.float32)
-        )
-        self.calls = 0
-
-    def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
-        self.calls += 1
-        feats = []
-        for seq in seqs:
-            assert seq.dtype == np.float32 and seq.shape[1:] == (3, 32, 32)
-            pooled = seq.mean(axis=0).reshape(3, 4, 8, 4, 8).mean(axis=(2, 4))
-            feats.append(pooled.reshape(-1))
-        out = np.stack(feats) @ self.projection
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture

@@ -138,51 +138,16 @@ def test_one_epoch_fit_end_to_end(synth_dataset: Path, tmp_path: Path) -> None:
     assert loaded.encoder.embed(x).shape == (2, config.encoder.d_model)
 
 
-def _write_discs(root: Path, split: str, n_videos: int, frames: int, seed: int) -> None:
-    """A hand-made split: per video three polyps (discs) in turn, 16 frames each, then 4 empty."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "annotations").mkdir(exist_ok=True)
-    images, annotations = [], []
-    for v in range(n_videos):
-        seq = f"{split}-{v:02d}"
-        colours = rng.integers(40, 255, (3, 3))
-        for f in range(frames):
-            image = np.full((64, 80, 3), 30, np.uint8)
-            polyp = (f // 20) % 3
-            name = f"{seq}_{f:04d}.jpg"
-            images.append(
-                {"id": len(images) + 1, "file_name": name, "width": 80, "height": 64}
-                | {"frame_id": f, "sequence_id": seq, "dataset_id": "discs"}
-            )
-            if f % 20 < 16:
-                x = 20 + f % 20
-                cv2.circle(image, (x + 8, 28), 8, tuple(int(c) for c in colours[polyp]), -1)
-                annotations.append(
-                    {"id": len(annotations) + 1, "image_id": len(images), "bbox": [x, 20, 16, 16]}
-                    | {"category_id": 1, "identity_id": f"{seq}-p{polyp}"}
-                )
-            cv2.imwrite(str(root / "images" / name), image[:, :, ::-1])
-    data = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "polyp"}],
-    }
-    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
-
-
 @pytest.mark.parametrize(
     ("sampler", "loss"), [("temporal_temperature", "mil_nce"), ("identity", "multi_positive")]
 )
-def test_two_epoch_fit_follows_the_schedule(tmp_path: Path, sampler: str, loss: str) -> None:
-    _write_discs(tmp_path / "data", "train", n_videos=2, frames=120, seed=0)
-    _write_discs(tmp_path / "data", "val", n_videos=1, frames=120, seed=1)
+def test_two_epoch_fit_follows_the_schedule(
+    disc_data: Path, tmp_path: Path, sampler: str, loss: str
+) -> None:
     config = load_train_config(
         "test_tiny",
         {
-            "data_root": str(tmp_path / "data"),
+            "data_root": str(disc_data),
             "out_dir": str(tmp_path / "run"),
             "cache_dir": str(tmp_path / "crops"),
             "epochs": 2,
