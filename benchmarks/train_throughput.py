@@ -36,30 +36,7 @@ from model.config import parse_overrides
 from model.errors import ConfigError
 from training.datamodule import FragmentDataModule
 from training.module import HmveModule
-from training.train import TrainConfig, load_train_config
-
-
-def _datamodule(config: TrainConfig) -> FragmentDataModule:
-    dm = FragmentDataModule(
-        data_root=config.data_root,
-        cache_dir=config.resolved_cache_dir,
-        preprocess=config.preprocess,
-        tracklet=config.tracklet,
-        fragment=config.fragment,
-        sampler=config.sampler,
-        n_views=config.n_views,
-        batch_size=config.batch_size,
-        max_epochs=config.epochs,
-        t_min=config.t_min,
-        t_max=config.t_max,
-        seed=config.seed,
-        eval_batch_size=config.eval_batch_size,
-        num_workers=config.num_workers,
-        train_split=config.train_split,
-        val_split=config.val_split,
-    )
-    dm.setup("fit")
-    return dm
+from training.train import TrainConfig, load_train_config, make_datamodule
 
 
 def _module(config: TrainConfig, dm: FragmentDataModule) -> HmveModule:
@@ -107,7 +84,7 @@ def run(config: TrainConfig, steps: int, warmup: int, threads: int | None = None
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    dm = _datamodule(config)
+    dm = make_datamodule(config)
     setup_seconds = time.perf_counter() - start
     module = _module(config, dm)
     optimiser = torch.optim.AdamW(

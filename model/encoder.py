@@ -463,6 +463,26 @@ def save_encoder_checkpoint(
     return version
 
 
+def _read_checkpoint(
+    p: Path, what: str, expected_format: str, how_to_write: str, kind: str | None = None
+) -> dict[str, Any]:
+    """The payload dict of a checkpoint of ``expected_format``; ModelLoadError otherwise
+    (``kind`` names it in the wrong-format message, default ``what``)."""
+    if not p.is_file():
+        raise ModelLoadError(f"{what} not found: {p}")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read {what} {p}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ModelLoadError(
+            f"{p} is not a {kind or what} (format {found!r}, expected {expected_format!r}); "
+            f"{how_to_write}"
+        )
+    return payload
+
+
 def load_encoder_checkpoint(path: str | Path) -> LoadedEncoder:
     """Read a checkpoint written by :func:`save_encoder_checkpoint`.
 
@@ -474,18 +494,13 @@ def load_encoder_checkpoint(path: str | Path) -> LoadedEncoder:
             not fit the stored architecture, or a version mismatch (corruption).
     """
     p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"encoder checkpoint not found: {p}")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read encoder checkpoint {p}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ModelLoadError(
-            f"{p} is not a PolypIndex encoder checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r}); "
-            f"write it with model.encoder.save_encoder_checkpoint"
-        )
+    payload = _read_checkpoint(
+        p,
+        "encoder checkpoint",
+        CHECKPOINT_FORMAT,
+        "write it with model.encoder.save_encoder_checkpoint",
+        kind="PolypIndex encoder checkpoint",
+    )
     missing = [
         k
         for k in ("encoder_config", "preprocess", "fragment", "state_dict", "encoder_version")
@@ -629,18 +644,12 @@ def load_frame_encoder_checkpoint(path: str | Path) -> LoadedFrameEncoder:
             fit the stored backbone, or a version mismatch (corruption).
     """
     p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"frame-encoder checkpoint not found: {p}")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read frame-encoder checkpoint {p}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FRAME_CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ModelLoadError(
-            f"{p} is not a frame-encoder checkpoint (format {found!r}, expected "
-            f"{FRAME_CHECKPOINT_FORMAT!r}); write one with `polypindex pretrain-frames`"
-        )
+    payload = _read_checkpoint(
+        p,
+        "frame-encoder checkpoint",
+        FRAME_CHECKPOINT_FORMAT,
+        "write one with `polypindex pretrain-frames`",
+    )
     try:
         name = str(payload["backbone"]["backbone"])
         tiny_width = int(payload["backbone"].get("tiny_width", 32))

@@ -439,6 +439,31 @@ def _check_resumable(checkpoint: Path, config: TrainConfig) -> None:
         )
 
 
+def make_datamodule(config: TrainConfig) -> FragmentDataModule:
+    """The run's fragment data module, set up for fitting (crops loaded, samplers built)."""
+    datamodule = FragmentDataModule(
+        data_root=config.data_root,
+        cache_dir=config.resolved_cache_dir,
+        preprocess=config.preprocess,
+        tracklet=config.tracklet,
+        fragment=config.fragment,
+        sampler=config.sampler,
+        n_views=config.n_views,
+        batch_size=config.batch_size,
+        max_epochs=config.epochs,
+        t_min=config.t_min,
+        t_max=config.t_max,
+        seed=config.seed,
+        eval_batch_size=config.eval_batch_size,
+        num_workers=config.num_workers,
+        train_split=config.train_split,
+        val_split=config.val_split,
+        max_val_loss_batches=config.max_val_loss_batches,
+    )
+    datamodule.setup("fit")
+    return datamodule
+
+
 def train(
     config: TrainConfig,
     progress: bool = True,
@@ -467,26 +492,7 @@ def train(
     if resume:
         _check_resumable(last_checkpoint, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    datamodule = FragmentDataModule(
-        data_root=config.data_root,
-        cache_dir=config.resolved_cache_dir,
-        preprocess=config.preprocess,
-        tracklet=config.tracklet,
-        fragment=config.fragment,
-        sampler=config.sampler,
-        n_views=config.n_views,
-        batch_size=config.batch_size,
-        max_epochs=config.epochs,
-        t_min=config.t_min,
-        t_max=config.t_max,
-        seed=config.seed,
-        eval_batch_size=config.eval_batch_size,
-        num_workers=config.num_workers,
-        train_split=config.train_split,
-        val_split=config.val_split,
-        max_val_loss_batches=config.max_val_loss_batches,
-    )
-    datamodule.setup("fit")
+    datamodule = make_datamodule(config)
     if config.monitor == "val_map" and len(set(datamodule.val_identities)) == len(
         datamodule.val_identities
     ):
