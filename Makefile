@@ -25,7 +25,7 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy model training indexer service benchmarks polypindex
+	$(BIN)/mypy polypindex
 	$(BIN)/hadolint Dockerfile
 
 test: $(STAMP)

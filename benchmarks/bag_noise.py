@@ -1,7 +1,7 @@
 """How noisy are temporal bags? The rate at which the SPEC §5 temporal bags (default
 settings) put a different polyp in an anchor's bag, on a dataset's train split.
 
-    python -m benchmarks.bag_noise --data var/data/synth --out var/bench/bag_noise.json
+    python -m polypindex.benchmarks.bag_noise --data var/data/synth --out var/bench/bag_noise.json
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.coco import load_coco_split
-from model.config import FragmentConfig, TrackletConfig
-from training.datamodule import build_fragments
-from training.samplers import TemporalTemperatureBagSampler, bag_noise_rate
+from polypindex.model.coco import load_coco_split
+from polypindex.model.config import FragmentConfig, TrackletConfig
+from polypindex.training.datamodule import build_fragments
+from polypindex.training.samplers import TemporalTemperatureBagSampler, bag_noise_rate
 
 
 def measure(data: Path, split: str = "train", epochs: int = 50, seed: int = 0) -> dict[str, object]:

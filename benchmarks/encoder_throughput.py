@@ -5,7 +5,7 @@ Builds a randomly initialised HMVE, writes a checkpoint, exports it with
 fixed input batch with both runtimes, interleaving the repeats after a warm-up,
 and reports the median frames per second of each and their ratio.
 
-    python -m benchmarks.encoder_throughput --backbone resnet18 --im-size 64 \\
+    python -m polypindex.benchmarks.encoder_throughput --backbone resnet18 --im-size 64 \\
         --seq 8 --batch 4 --repeats 10 --out results/encoder_throughput.json
 """
 
@@ -27,11 +27,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from benchmarks.env import cpu_model
-from model.config import FragmentConfig, PreprocessConfig
-from model.encoder import HMVE, EncoderConfig, save_encoder_checkpoint
-from model.export import export_onnx
-from model.runtime import OnnxEncoder
+from polypindex.benchmarks.env import cpu_model
+from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.encoder import HMVE, EncoderConfig, save_encoder_checkpoint
+from polypindex.model.export import export_onnx
+from polypindex.model.runtime import OnnxEncoder
 
 
 def environment(device: str) -> dict[str, Any]:

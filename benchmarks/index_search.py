@@ -27,8 +27,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks.env import cpu_model
-from indexer.vector_index import IndexPolicy, VectorIndex
+from polypindex.benchmarks.env import cpu_model
+from polypindex.indexer.vector_index import IndexPolicy, VectorIndex
 
 
 def environment() -> dict[str, Any]:

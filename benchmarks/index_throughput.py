@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.index_search import environment
-from indexer.pipeline import _EMBED_CHUNK, Embedder, _selected_frames, index_sources
-from indexer.sources import coco_sources
-from indexer.store import Store
-from indexer.testing import FakeEncoder
-from model.config import TrackletConfig
-from model.preprocess import crop_frame, normalize
+from polypindex.benchmarks.index_search import environment
+from polypindex.indexer.pipeline import _EMBED_CHUNK, Embedder, _selected_frames, index_sources
+from polypindex.indexer.sources import coco_sources
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import FakeEncoder
+from polypindex.model.config import TrackletConfig
+from polypindex.model.preprocess import crop_frame, normalize
 
 
 def bare_encoder(sources: list[Any], encoder: Embedder, batch_size: int) -> dict[str, float]:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     encoder: Any
     if args.model:
-        from model.runtime import OnnxEncoder
+        from polypindex.model.runtime import OnnxEncoder
 
         encoder, label = OnnxEncoder(args.model), str(args.model)
     else:

@@ -30,19 +30,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.protocols import HISTOGRAM_CROP, environment
-from model.config import FragmentConfig
-from model.errors import InvalidInputError
-from model.evaluation import (
+from polypindex.benchmarks.protocols import HISTOGRAM_CROP, environment
+from polypindex.model.config import FragmentConfig
+from polypindex.model.errors import InvalidInputError
+from polypindex.model.evaluation import (
     color_histogram_embedding,
     expected_calibration_error,
     save_reliability_png,
 )
-from model.preprocess import CropCache
-from model.probe import CLASSES, check_task, sigmoid, task_label
-from model.runtime import OnnxEncoder
-from model.tracklets import Tracklet
-from training.probe import (
+from polypindex.model.preprocess import CropCache
+from polypindex.model.probe import CLASSES, check_task, sigmoid, task_label
+from polypindex.model.runtime import OnnxEncoder
+from polypindex.model.tracklets import Tracklet
+from polypindex.training.probe import (
     FragmentSet,
     LabelledFragments,
     ProbeTrainConfig,

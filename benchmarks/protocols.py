@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.env import cpu_model
-from model.coco import load_coco_split
-from model.config import PreprocessConfig, TrackletConfig
-from model.errors import InvalidInputError
-from model.evaluation import (
+from polypindex.benchmarks.env import cpu_model
+from polypindex.model.coco import load_coco_split
+from polypindex.model.config import PreprocessConfig, TrackletConfig
+from polypindex.model.errors import InvalidInputError
+from polypindex.model.evaluation import (
     chance_average_precision,
     chance_retrieval_map,
     color_histogram_embedding,
@@ -30,9 +30,9 @@ from model.evaluation import (
     retrieval_metrics,
     save_curves_png,
 )
-from model.preprocess import CropCache, normalize
-from model.runtime import OnnxEncoder
-from model.tracklets import Tracklet, fragment_indices
+from polypindex.model.preprocess import CropCache, normalize
+from polypindex.model.runtime import OnnxEncoder
+from polypindex.model.tracklets import Tracklet, fragment_indices
 
 HISTOGRAM_CROP = PreprocessConfig(im_size=64)
 

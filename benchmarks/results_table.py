@@ -12,7 +12,7 @@ evaluated with the product's protocols (``benchmarks.protocols.evaluate``) on th
 test split, for one or more seeds (mean ± std when several), and a plot of the
 validation mAP over epochs of every trained row (mean over seeds).
 
-    python -m benchmarks.results_table --data var/data/synth --out var/bench/table --seeds 0 1 2
+    python -m polypindex.benchmarks.results_table --data var/data/synth --out var/bench/table --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from benchmarks.protocols import evaluate, format_table
-from model.coco import load_coco_split
-from model.config import parse_value
-from model.encoder import save_encoder_checkpoint
-from model.export import export_onnx
-from model.preprocess import CropCache
-from training.datamodule import embed_tracklets_torch
-from training.module import HmveModule
-from training.train import TrainConfig, load_train_config, reid_threshold, train
+from polypindex.benchmarks.protocols import evaluate, format_table
+from polypindex.model.coco import load_coco_split
+from polypindex.model.config import parse_value
+from polypindex.model.encoder import save_encoder_checkpoint
+from polypindex.model.export import export_onnx
+from polypindex.model.preprocess import CropCache
+from polypindex.training.datamodule import embed_tracklets_torch
+from polypindex.training.module import HmveModule
+from polypindex.training.train import TrainConfig, load_train_config, reid_threshold, train
 
 METRICS = (
     ("retrieval", "map"),

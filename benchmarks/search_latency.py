@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.protocols import environment
-from indexer.store import Store
+from polypindex.benchmarks.protocols import environment
+from polypindex.indexer.store import Store
 from polypindex.paths import layout
 
 

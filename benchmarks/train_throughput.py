@@ -13,7 +13,7 @@ AdamW, then alternates two kinds of step:
 The difference is what the data path costs per step. Reports median seconds per step,
 fragments/s and frames/s for each, and the pipeline's data-loading seconds.
 
-    python -m benchmarks.train_throughput --config demo --data var/data/synth \\
+    python -m polypindex.benchmarks.train_throughput --config demo --data var/data/synth \\
         --steps 3 --warmup 1 --out var/bench/train_throughput.json
 """
 
@@ -31,12 +31,12 @@ from typing import Any
 import lightning
 import torch
 
-from benchmarks.protocols import environment
-from model.config import parse_overrides
-from model.errors import ConfigError
-from training.datamodule import FragmentDataModule
-from training.module import HmveModule
-from training.train import TrainConfig, load_train_config, make_datamodule
+from polypindex.benchmarks.protocols import environment
+from polypindex.model.config import parse_overrides
+from polypindex.model.errors import ConfigError
+from polypindex.training.datamodule import FragmentDataModule
+from polypindex.training.module import HmveModule
+from polypindex.training.train import TrainConfig, load_train_config, make_datamodule
 
 
 def _module(config: TrainConfig, dm: FragmentDataModule) -> HmveModule:

@@ -36,7 +36,7 @@ done
 
 stamp "results table, seeds $SEEDS"
 # shellcheck disable=SC2086  # SEEDS is a list
-[ -f "$OUT/table/results_table.json" ] || "$BIN/python" -m benchmarks.results_table --data "$DATA" --out "$OUT/table" --seeds $SEEDS --reuse \
+[ -f "$OUT/table/results_table.json" ] || "$BIN/python" -m polypindex.benchmarks.results_table --data "$DATA" --out "$OUT/table" --seeds $SEEDS --reuse \
   --row self_supervised=demo \
   --row knn_multipositive=knn_multipositive \
   --row msn_init=msn_init,init_frame_encoder="$OUT/msn/seed{seed}/msn.pt" \
@@ -50,11 +50,11 @@ for level in $SWEEP; do
   [ -f "$d/annotations/instances_test.json" ] ||
     "$BIN/polypindex" synth --out "$d" --seed 0 --polyps "$low" "$high" --interleave "$il"
   [ -f "$OUT/sweep/bag_noise_$name.json" ] ||
-    "$BIN/python" -m benchmarks.bag_noise --data "$d" --out "$OUT/sweep/bag_noise_$name.json"
+    "$BIN/python" -m polypindex.benchmarks.bag_noise --data "$d" --out "$OUT/sweep/bag_noise_$name.json"
   stamp "noise sweep, $name"
   # shellcheck disable=SC2086
   [ -f "$OUT/sweep/table_$name/results_table.json" ] ||
-    "$BIN/python" -m benchmarks.results_table --data "$d" --out "$OUT/sweep/table_$name" \
+    "$BIN/python" -m polypindex.benchmarks.results_table --data "$d" --out "$OUT/sweep/table_$name" \
     --seeds $SWEEP_SEEDS --reuse \
     --row mil_nce=demo \
     --row plain_multi_positive=demo,loss=multi_positive

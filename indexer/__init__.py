@@ -7,8 +7,8 @@ The store (:mod:`indexer.store`) is the source of truth; the vector index
 Imports only the ``model`` runtime, never torch. See ``docs/store.md``.
 """
 
-from indexer.jobs import JobRecord, JobRunner
-from indexer.pipeline import (
+from polypindex.indexer.jobs import JobRecord, JobRunner
+from polypindex.indexer.pipeline import (
     Embedder,
     IndexReport,
     Progress,
@@ -17,9 +17,14 @@ from indexer.pipeline import (
     index_sources,
     procedure_uid,
 )
-from indexer.sources import ProcedureSource, coco_sources, frames_source, video_source
-from indexer.store import ProcedureRecord, Store, TrackletRecord, TrackletRow
-from indexer.vector_index import IndexPolicy, VectorIndex, generation_dir, rebuild_generation
+from polypindex.indexer.sources import ProcedureSource, coco_sources, frames_source, video_source
+from polypindex.indexer.store import ProcedureRecord, Store, TrackletRecord, TrackletRow
+from polypindex.indexer.vector_index import (
+    IndexPolicy,
+    VectorIndex,
+    generation_dir,
+    rebuild_generation,
+)
 
 __all__ = [
     "Embedder",

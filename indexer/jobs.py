@@ -32,19 +32,19 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from indexer.pipeline import Embedder, Progress, index_sources
-from indexer.sources import (
+from polypindex.indexer.pipeline import Embedder, Progress, index_sources
+from polypindex.indexer.sources import (
     ProcedureSource,
     check_in_roots,
     coco_sources,
     frames_source,
     video_source,
 )
-from indexer.store import JobModel, Store
-from indexer.vector_index import IndexPolicy
-from model.config import TrackletConfig
-from model.errors import InvalidInputError, NotFoundError
-from model.probe import Probe
+from polypindex.indexer.store import JobModel, Store
+from polypindex.indexer.vector_index import IndexPolicy
+from polypindex.model.config import TrackletConfig
+from polypindex.model.errors import InvalidInputError, NotFoundError
+from polypindex.model.probe import Probe
 
 JOB_KINDS = ("coco", "video", "frames")
 STATUSES = ("queued", "running", "succeeded", "failed")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from model.errors import PolypIndexError
+from polypindex.model.errors import PolypIndexError
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -34,20 +34,25 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from indexer.sources import ProcedureSource, coco_sources, procedure_uid
-from indexer.store import PredictionRow, Store, TrackletRow
-from indexer.vector_index import IndexPolicy, VectorIndex, generation_dir, list_generations
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from model.errors import (
+from polypindex.indexer.sources import ProcedureSource, coco_sources, procedure_uid
+from polypindex.indexer.store import PredictionRow, Store, TrackletRow
+from polypindex.indexer.vector_index import (
+    IndexPolicy,
+    VectorIndex,
+    generation_dir,
+    list_generations,
+)
+from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.errors import (
     ConfigError,
     EncoderMismatchError,
     InvalidInputError,
     NotFoundError,
     PolypIndexError,
 )
-from model.preprocess import crop_frame, normalize
-from model.probe import TASKS, Probe, load_probe, probe_path
-from model.tracklets import fragment_indices
+from polypindex.model.preprocess import crop_frame, normalize
+from polypindex.model.probe import TASKS, Probe, load_probe, probe_path
+from polypindex.model.tracklets import fragment_indices
 
 logger = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import TrackletConfig
-from model.errors import ImageReadError, InvalidInputError
-from model.preprocess import read_image
-from model.tracklets import Tracklet, link_detections, split_runs
+from polypindex.model.config import TrackletConfig
+from polypindex.model.errors import ImageReadError, InvalidInputError
+from polypindex.model.preprocess import read_image
+from polypindex.model.tracklets import Tracklet, link_detections, split_runs
 
 CSV_COLUMNS = ("frame", "x", "y", "w", "h", "score")
 TRACK_COLUMN = "track_id"
@@ -450,7 +450,10 @@ def coco_sources(
     root: str | Path, split: str, config: TrackletConfig | None = None
 ) -> list[ProcedureSource]:
     """One procedure per sequence of a COCO split (SPEC §2), ordered by UID."""
-    from model.coco import annotation_path, load_coco_split  # pycocotools is slow to import
+    from polypindex.model.coco import (  # pycocotools is slow to import
+        annotation_path,
+        load_coco_split,
+    )
 
     data = load_coco_split(root, split)
     source = str(annotation_path(root, split))

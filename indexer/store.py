@@ -45,9 +45,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from indexer.migrate import check_schema
-from indexer.migrate import upgrade as migrate_schema
-from model.errors import (
+from polypindex.indexer.migrate import check_schema
+from polypindex.indexer.migrate import upgrade as migrate_schema
+from polypindex.model.errors import (
     ConflictError,
     EncoderMismatchError,
     InvalidInputError,

@@ -12,8 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from model.probe import CLASSES, Probe
+from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.probe import CLASSES, Probe
 
 TRACKLETS = TrackletConfig(min_tracklet_length=3)
 W, H = 64, 48

@@ -56,11 +56,16 @@ except ImportError as exc:  # pragma: no cover - every supported install has one
         "'gpu' extra (faiss-gpu-cu12), e.g. `make venv EXTRAS=cpu,postgres`"
     ) from exc
 
-from model.config import FragmentConfig, PreprocessConfig
-from model.errors import ConfigError, EncoderMismatchError, IndexNotReadyError, InvalidInputError
+from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.errors import (
+    ConfigError,
+    EncoderMismatchError,
+    IndexNotReadyError,
+    InvalidInputError,
+)
 
 if TYPE_CHECKING:
-    from indexer.store import Store
+    from polypindex.indexer.store import Store
 
 logger = logging.getLogger(__name__)
 

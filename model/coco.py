@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from model.config import TrackletConfig
-from model.errors import InvalidAnnotationError
-from model.tracklets import Tracklet, split_runs
+from polypindex.model.config import TrackletConfig
+from polypindex.model.errors import InvalidAnnotationError
+from polypindex.model.tracklets import Tracklet, split_runs
 
 IMAGE_FIELDS = ("id", "file_name", "width", "height", "frame_id", "sequence_id")
 ANNOTATION_FIELDS = ("id", "image_id", "bbox", "identity_id")

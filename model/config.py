@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
-from model.errors import ConfigError
+from polypindex.model.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -31,9 +31,9 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from model.config import FragmentConfig, PreprocessConfig, _from_dict
-from model.errors import ConfigError, InvalidInputError, ModelLoadError
-from model.vit import VIT_PRESETS, VisionTransformer
+from polypindex.model.config import FragmentConfig, PreprocessConfig, _from_dict
+from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
+from polypindex.model.vit import VIT_PRESETS, VisionTransformer
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import InvalidInputError
+from polypindex.model.errors import InvalidInputError
 
 HISTOGRAM_BINS_PER_CHANNEL = 8
 HISTOGRAM_DIM = HISTOGRAM_BINS_PER_CHANNEL**3

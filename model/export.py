@@ -35,8 +35,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from model.config import FragmentConfig
-from model.encoder import (
+from polypindex.model.config import FragmentConfig
+from polypindex.model.encoder import (
     HMVE,
     FrameMeanEncoder,
     LoadedEncoder,
@@ -44,7 +44,7 @@ from model.encoder import (
     load_encoder_checkpoint,
     load_frame_encoder_checkpoint,
 )
-from model.errors import ModelLoadError
+from polypindex.model.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.config import PreprocessConfig
-from model.errors import ImageReadError, InvalidInputError
+from polypindex.model.config import PreprocessConfig
+from polypindex.model.errors import ImageReadError, InvalidInputError
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
+from polypindex.model.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
 
 TASKS = ("size", "histology")
 CLASSES: dict[str, tuple[str, str]] = {

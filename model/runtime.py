@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from model.config import FragmentConfig, PreprocessConfig
-from model.errors import ConfigError, InvalidInputError, ModelLoadError
-from model.preprocess import preprocess_frames
-from model.tracklets import fragment_indices
+from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
+from polypindex.model.preprocess import preprocess_frames
+from polypindex.model.tracklets import fragment_indices
 
 ONNX_FORMAT = "polypindex-onnx/1"
 META_PREFIX = "polypindex."

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from model.config import FragmentConfig, TrackletConfig
-from model.errors import InvalidInputError
+from polypindex.model.config import FragmentConfig, TrackletConfig
+from polypindex.model.errors import InvalidInputError
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:

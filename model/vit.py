@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from model.errors import ConfigError, InvalidInputError
+from polypindex.model.errors import ConfigError, InvalidInputError
 
 
 @dataclass(frozen=True)

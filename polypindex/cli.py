@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from model.errors import PolypIndexError
 from polypindex.cli_probe import BENCH_CONTEXT, bench_histology, bench_size, probe_app
 from polypindex.cli_store import db_app, delete, index_app
 from polypindex.cli_train import export_frame_mean, pretrain_frames
+from polypindex.model.errors import PolypIndexError
 from polypindex.paths import layout
 
 app = typer.Typer(
@@ -40,7 +40,7 @@ def _fail(exc: BaseException) -> typer.Exit:
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    from model.config import parse_overrides
+    from polypindex.model.config import parse_overrides
 
     return parse_overrides(pairs)
 
@@ -112,8 +112,8 @@ def train(
     ] = False,
 ) -> None:
     """Train the tracklet encoder (self-supervised by default) and keep the best checkpoint."""
-    from training.train import load_train_config
-    from training.train import train as run_train
+    from polypindex.training.train import load_train_config
+    from polypindex.training.train import train as run_train
 
     try:
         overrides = _parse_overrides(set_ or [])
@@ -133,7 +133,7 @@ def export(
     ] = None,
 ) -> None:
     """Export the encoder to ONNX (dynamic batch and length) and check parity with torch."""
-    from model.export import export_onnx
+    from polypindex.model.export import export_onnx
 
     try:
         report = export_onnx(checkpoint, out, reid_threshold=reid_threshold)
@@ -173,8 +173,8 @@ def serve(
     """Serve the HTTP API (search, re-identification, health) with uvicorn."""
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from polypindex.service.app import create_app
+    from polypindex.service.settings import Settings
 
     lay = layout(home)
     settings = Settings(
@@ -242,7 +242,7 @@ def bench_reid(
 def _bench(
     kind: str, data: Path, models: list[str], split: str, out: Path, reference_rows: bool
 ) -> None:
-    from benchmarks.protocols import evaluate, format_table
+    from polypindex.benchmarks.protocols import evaluate, format_table
 
     named = {}
     for m in models:

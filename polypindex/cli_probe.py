@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from model.errors import PolypIndexError
+from polypindex.model.errors import PolypIndexError
 from polypindex.paths import layout
 
 probe_app = typer.Typer(
@@ -95,7 +95,7 @@ def probe_train(
     trained on the 70 % and temperature-scaled on the 30 %. Writes the probe, a
     JSON report and a reliability diagram next to it.
     """
-    from training.probe import ProbeTrainConfig, train_probe_on_encoder
+    from polypindex.training.probe import ProbeTrainConfig, train_probe_on_encoder
 
     cache, crops = _caches(home, cache_dir)
     try:
@@ -143,7 +143,7 @@ def _bench(
     cache_dir: Path | None,
     home: Path | None,
 ) -> None:
-    from benchmarks.probes import markdown, run
+    from polypindex.benchmarks.probes import markdown, run
 
     named: dict[str, Path] = {}
     for m in models:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from model.errors import PolypIndexError
+from polypindex.model.errors import PolypIndexError
 from polypindex.paths import layout
 
 HomeOpt = Annotated[
@@ -84,7 +84,7 @@ def _echo(data: Any) -> None:
 
 
 def _load_encoder(model: Path | None, home: Path | None) -> Any:
-    from model.runtime import OnnxEncoder
+    from polypindex.model.runtime import OnnxEncoder
 
     return OnnxEncoder(model or layout(home).demo_model_dir / "encoder.onnx")
 
@@ -92,20 +92,20 @@ def _load_encoder(model: Path | None, home: Path | None) -> Any:
 def _installed_probes(
     model: Path | None, probes: Path | None, home: Path | None, encoder_version: str
 ) -> Any:
-    from indexer.pipeline import installed_probes
+    from polypindex.indexer.pipeline import installed_probes
 
     model_path = model or layout(home).demo_model_dir / "encoder.onnx"
     return installed_probes(probes or model_path.parent / "probes", encoder_version)
 
 
 def _open_store(database_url: str | None, home: Path | None, migrate: bool = True) -> Any:
-    from indexer.store import Store
+    from polypindex.indexer.store import Store
 
     return Store(database_url or layout(home).database_url, migrate=migrate)
 
 
 def _policy(threshold: int | None, ivf_threshold: int | None = None) -> Any:
-    from indexer.vector_index import IndexPolicy
+    from polypindex.indexer.vector_index import IndexPolicy
 
     if not threshold and not ivf_threshold:
         return None
@@ -116,7 +116,7 @@ def _policy(threshold: int | None, ivf_threshold: int | None = None) -> Any:
 
 
 def _tracklet_config(min_length: int, gap: int, iou: float) -> Any:
-    from model.config import TrackletConfig
+    from polypindex.model.config import TrackletConfig
 
     return TrackletConfig(separation_thresh=gap, iou_thresh=iou, min_tracklet_length=min_length)
 
@@ -134,7 +134,7 @@ def db_upgrade(
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from indexer.migrate import upgrade
+    from polypindex.indexer.migrate import upgrade
 
     url = database_url or layout(home).database_url
     try:
@@ -158,7 +158,7 @@ def db_current(database_url: DatabaseOpt = None, home: HomeOpt = None) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from indexer.migrate import schema_state
+    from polypindex.indexer.migrate import schema_state
 
     engine = create_engine(database_url or layout(home).database_url, poolclass=NullPool)
     try:
@@ -191,7 +191,7 @@ def index_coco(
     home: HomeOpt = None,
 ) -> None:
     """Index the procedures of a COCO dataset: tracklets -> embeddings -> SQL rows + FAISS."""
-    from indexer.pipeline import index_dataset
+    from polypindex.indexer.pipeline import index_dataset
 
     try:
         encoder = _load_encoder(model, home)
@@ -237,8 +237,8 @@ def index_video(
     home: HomeOpt = None,
 ) -> None:
     """Index one procedure from a video file and its detections (streamed, never fully loaded)."""
-    from indexer.pipeline import index_sources
-    from indexer.sources import video_source
+    from polypindex.indexer.pipeline import index_sources
+    from polypindex.indexer.sources import video_source
 
     try:
         source = video_source(
@@ -288,8 +288,8 @@ def index_frames(
     home: HomeOpt = None,
 ) -> None:
     """Index one procedure from a folder of frames and its detections."""
-    from indexer.pipeline import index_sources
-    from indexer.sources import frames_source
+    from polypindex.indexer.pipeline import index_sources
+    from polypindex.indexer.sources import frames_source
 
     try:
         source = frames_source(
@@ -324,7 +324,7 @@ def index_predict(
 ) -> None:
     """(Re)compute the stored size/histology predictions of every indexed tracklet of the
     model's encoder with the installed probes (e.g. after training a new probe)."""
-    from indexer.pipeline import predict_stored
+    from polypindex.indexer.pipeline import predict_stored
 
     try:
         encoder = _load_encoder(model, home)
@@ -350,7 +350,7 @@ def index_retire(
 ) -> None:
     """Retire an index generation: delete the rows of one encoder version and its index
     folder (other generations are untouched)."""
-    from indexer.pipeline import retire_generation
+    from polypindex.indexer.pipeline import retire_generation
 
     if not yes:
         typer.confirm(
@@ -378,7 +378,7 @@ def index_rebuild(
     home: HomeOpt = None,
 ) -> None:
     """Rebuild index generations from scratch from the database (atomic save)."""
-    from indexer.vector_index import rebuild_generation
+    from polypindex.indexer.vector_index import rebuild_generation
 
     try:
         store = _open_store(database_url, home)
@@ -407,7 +407,7 @@ def index_generations(
     database_url: DatabaseOpt = None, index_dir: IndexDirOpt = None, home: HomeOpt = None
 ) -> None:
     """List the index generations (one per encoder version) and whether each is in sync."""
-    from indexer.vector_index import describe_generations
+    from polypindex.indexer.vector_index import describe_generations
 
     try:
         store = _open_store(database_url, home)
@@ -426,7 +426,7 @@ def delete(
     home: HomeOpt = None,
 ) -> None:
     """Remove a procedure's rows and its vectors from every index generation."""
-    from indexer.pipeline import delete_procedure
+    from polypindex.indexer.pipeline import delete_procedure
 
     try:
         removed = delete_procedure(

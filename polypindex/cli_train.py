@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from model.errors import PolypIndexError
+from polypindex.model.errors import PolypIndexError
 
 
 def pretrain_frames(
@@ -33,8 +33,8 @@ def pretrain_frames(
 ) -> None:
     """Pretrain the frame encoder with Masked Siamese Networks on unlabelled frame crops."""
     from polypindex.cli import _fail, _parse_overrides
-    from training.msn import load_msn_config
-    from training.msn import pretrain_frames as run
+    from polypindex.training.msn import load_msn_config
+    from polypindex.training.msn import pretrain_frames as run
 
     try:
         overrides = _parse_overrides(set_ or [])
@@ -56,8 +56,8 @@ def export_frame_mean(
     ] = None,
 ) -> None:
     """Export the frame-mean baseline (per-frame embedding averaged over time) to ONNX."""
-    from model.export import export_frame_mean_onnx
     from polypindex.cli import _fail
+    from polypindex.model.export import export_frame_mean_onnx
 
     try:
         report = export_frame_mean_onnx(checkpoint, out, reid_threshold=reid_threshold)

@@ -46,8 +46,8 @@ def ensure_model(lay: Layout, data: Path, config: str = "demo") -> Path:
     if onnx_path.is_file():
         _step(f"model present: {onnx_path}")
         return onnx_path
-    from model.export import export_onnx
-    from training.train import load_train_config, train
+    from polypindex.model.export import export_onnx
+    from polypindex.training.train import load_train_config, train
 
     _step(f"training the demo encoder ({config} preset) into {out} ...")
     cfg = load_train_config(
@@ -62,14 +62,14 @@ def ensure_model(lay: Layout, data: Path, config: str = "demo") -> Path:
 
 def ensure_probes(lay: Layout, data: Path, model_path: Path) -> None:
     """Train the size and histology probes on the demo encoder unless they exist."""
-    from model.probe import TASKS, probe_path
+    from polypindex.model.probe import TASKS, probe_path
 
     for task in TASKS:
         path = probe_path(model_path.parent / "probes", task)
         if path.is_file():
             _step(f"{task} probe present: {path}")
             continue
-        from training.probe import train_probe_on_encoder
+        from polypindex.training.probe import train_probe_on_encoder
 
         _step(f"training the {task} probe on the demo encoder ...")
         train_probe_on_encoder(
@@ -85,9 +85,9 @@ def ensure_probes(lay: Layout, data: Path, model_path: Path) -> None:
 def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
     """Index every split of the dataset (skips procedures already indexed), with the
     installed probes' predictions; fills in predictions missing from earlier runs."""
-    from indexer.pipeline import index_dataset, installed_probes, predict_stored
-    from indexer.store import Store
-    from model.runtime import OnnxEncoder
+    from polypindex.indexer.pipeline import index_dataset, installed_probes, predict_stored
+    from polypindex.indexer.store import Store
+    from polypindex.model.runtime import OnnxEncoder
 
     encoder = OnnxEncoder(model_path)
     probes = installed_probes(model_path.parent / "probes", encoder.version)

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexer import pipeline
-from indexer.jobs import JobRecord, JobRunner
-from indexer.store import PredictionRow, Store, TrackletRecord
-from indexer.vector_index import VectorIndex
-from model.errors import (
+from polypindex.indexer import pipeline
+from polypindex.indexer.jobs import JobRecord, JobRunner
+from polypindex.indexer.store import PredictionRow, Store, TrackletRecord
+from polypindex.indexer.vector_index import VectorIndex
+from polypindex.model.errors import (
     EncoderMismatchError,
     ImageReadError,
     IndexNotReadyError,
@@ -34,11 +34,11 @@ from model.errors import (
     ProbeNotInstalledError,
     ProcedureNotFoundError,
 )
-from model.preprocess import decode_image
-from model.probe import TASKS, Probe, load_probe, probe_path
-from service.errors import field_error
-from service.schemas import FrameInput, TrackletInput
-from service.settings import Settings
+from polypindex.model.preprocess import decode_image
+from polypindex.model.probe import TASKS, Probe, load_probe, probe_path
+from polypindex.service.errors import field_error
+from polypindex.service.schemas import FrameInput, TrackletInput
+from polypindex.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resour
     """
     res = Resources(encoder=encoder)
     if res.encoder is None:
-        from model.runtime import OnnxEncoder
+        from polypindex.model.runtime import OnnxEncoder
 
         try:
             res.encoder = OnnxEncoder(settings.model_path)

@@ -12,9 +12,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from model.errors import IndexNotReadyError
-from service.backend import Encoder, IndexRefresher, JobRunner, Probe, Store, VectorIndex
-from service.settings import Settings
+from polypindex.model.errors import IndexNotReadyError
+from polypindex.service.backend import Encoder, IndexRefresher, JobRunner, Probe, Store, VectorIndex
+from polypindex.service.settings import Settings
 
 
 def _problem(request: Request, key: str, default: str) -> str:

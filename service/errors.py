@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.jobs import JobNotFoundError
-from indexer.sources import PathNotAllowedError
-from model.errors import (
+from polypindex.indexer.jobs import JobNotFoundError
+from polypindex.indexer.sources import PathNotAllowedError
+from polypindex.model.errors import (
     ConflictError,
     EncoderMismatchError,
     IndexNotReadyError,

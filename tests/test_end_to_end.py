@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.pipeline import index_dataset, installed_probes
-from indexer.store import Store
-from model.evaluation import average_precision, chance_retrieval_map
-from model.export import export_onnx
-from model.runtime import OnnxEncoder
+from polypindex.indexer.pipeline import index_dataset, installed_probes
+from polypindex.indexer.store import Store
+from polypindex.model.evaluation import average_precision, chance_retrieval_map
+from polypindex.model.export import export_onnx
+from polypindex.model.runtime import OnnxEncoder
+from polypindex.service.app import create_app
+from polypindex.service.settings import Settings
 from polypindex.synth import SynthConfig, generate
-from service.app import create_app
-from service.settings import Settings
-from training.probe import train_probe_on_encoder
-from training.train import load_train_config, train
+from polypindex.training.probe import train_probe_on_encoder
+from polypindex.training.train import load_train_config, train
 
 SPLITS = ("train", "val", "test")
 
@@ -119,7 +119,7 @@ def test_query_by_frames_matches_query_by_id(client: TestClient, built: dict[str
     tid = store.tracklet_ids_for_procedure(proc.uid)[0]
     record = store.get_tracklet(tid)
     # rebuild the tracklet's frames + boxes from the dataset it was indexed from
-    from model.coco import load_coco_split
+    from polypindex.model.coco import load_coco_split
 
     tracklet = next(
         t

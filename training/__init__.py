@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from training.losses import (
+from polypindex.training.losses import (
     MilNceLoss,
     mil_nce,
     msn_loss,
     multi_positive_contrastive,
     soft_multi_positive_contrastive,
 )
-from training.samplers import (
+from polypindex.training.samplers import (
     BagSampler,
     FragmentIndex,
     IdentityBagSampler,
@@ -26,21 +26,21 @@ from training.samplers import (
 )
 
 if TYPE_CHECKING:
-    from training.datamodule import FragmentDataModule, embed_tracklets_torch
-    from training.module import HmveModule
-    from training.msn import MsnConfig, load_msn_config, pretrain_frames
-    from training.train import TrainConfig, TrainResult, load_train_config
+    from polypindex.training.datamodule import FragmentDataModule, embed_tracklets_torch
+    from polypindex.training.module import HmveModule
+    from polypindex.training.msn import MsnConfig, load_msn_config, pretrain_frames
+    from polypindex.training.train import TrainConfig, TrainResult, load_train_config
 
 _LAZY = {
-    "FragmentDataModule": "training.datamodule",
-    "embed_tracklets_torch": "training.datamodule",
-    "HmveModule": "training.module",
-    "MsnConfig": "training.msn",
-    "load_msn_config": "training.msn",
-    "pretrain_frames": "training.msn",
-    "TrainConfig": "training.train",
-    "TrainResult": "training.train",
-    "load_train_config": "training.train",
+    "FragmentDataModule": "polypindex.training.datamodule",
+    "embed_tracklets_torch": "polypindex.training.datamodule",
+    "HmveModule": "polypindex.training.module",
+    "MsnConfig": "polypindex.training.msn",
+    "load_msn_config": "polypindex.training.msn",
+    "pretrain_frames": "polypindex.training.msn",
+    "TrainConfig": "polypindex.training.train",
+    "TrainResult": "polypindex.training.train",
+    "load_train_config": "polypindex.training.train",
 }
 
 __all__ = [

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from model.config import PreprocessConfig
-from model.errors import ConfigError
+from polypindex.model.config import PreprocessConfig
+from polypindex.model.errors import ConfigError
 
 
 @dataclass(frozen=True)

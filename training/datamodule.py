@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from model.coco import load_coco_split
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from model.errors import ConfigError
-from model.preprocess import CropCache, normalize
-from model.tracklets import Tracklet, fragment_indices
-from training.samplers import (
+from polypindex.model.coco import load_coco_split
+from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.errors import ConfigError
+from polypindex.model.preprocess import CropCache, normalize
+from polypindex.model.tracklets import Tracklet, fragment_indices
+from polypindex.training.samplers import (
     BagSampler,
     FragmentIndex,
     IdentityBagSampler,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.errors import ConfigError, InvalidInputError
+from polypindex.model.errors import ConfigError, InvalidInputError
 
 
 def _pair_masks(

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.encoder import HMVE, EncoderConfig
-from model.errors import ConfigError, InvalidInputError
-from model.evaluation import retrieval_metrics
-from training.losses import (
+from polypindex.model.encoder import HMVE, EncoderConfig
+from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.model.evaluation import retrieval_metrics
+from polypindex.training.losses import (
     MilNceLoss,
     multi_positive_contrastive,
     soft_multi_positive_contrastive,
 )
-from training.samplers import FragmentIndex
+from polypindex.training.samplers import FragmentIndex
 
 LOSS_KINDS = ("mil_nce", "multi_positive", "soft_multi_positive")
 

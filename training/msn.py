@@ -43,22 +43,27 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from model.coco import load_coco_split
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig, parse_overrides
-from model.encoder import (
+from polypindex.model.coco import load_coco_split
+from polypindex.model.config import (
+    FragmentConfig,
+    PreprocessConfig,
+    TrackletConfig,
+    parse_overrides,
+)
+from polypindex.model.encoder import (
     BACKBONES,
     EncoderConfig,
     build_backbone,
     load_frame_encoder_checkpoint,
     save_frame_encoder_checkpoint,
 )
-from model.errors import ConfigError
-from model.preprocess import CropCache, normalize
-from model.vit import VisionTransformer
-from training.augment import AugmentConfig, augment, mask_patches, random_keep_indices
-from training.datamodule import load_crops
-from training.losses import msn_loss
-from training.train import CONFIG_DIR, LAST_CHECKPOINT, _LastCheckpoint, _merge
+from polypindex.model.errors import ConfigError
+from polypindex.model.preprocess import CropCache, normalize
+from polypindex.model.vit import VisionTransformer
+from polypindex.training.augment import AugmentConfig, augment, mask_patches, random_keep_indices
+from polypindex.training.datamodule import load_crops
+from polypindex.training.losses import msn_loss
+from polypindex.training.train import CONFIG_DIR, LAST_CHECKPOINT, _LastCheckpoint, _merge
 
 MSN_CHECKPOINT = "msn.pt"
 _NESTED = {
@@ -563,7 +568,7 @@ def pretrain_frames(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m training.msn msn_test_tiny --data DIR --out DIR --set epochs=2``."""
+    """``python -m polypindex.training.msn msn_test_tiny --data DIR --out DIR --set epochs=2``."""
     parser = argparse.ArgumentParser(description="MSN pretraining of the frame encoder.")
     parser.add_argument("config", help="MSN preset (msn_resnet18, msn_vit_tiny, ...) or YAML path")
     parser.add_argument("--data", help="dataset folder (overrides data_root)")

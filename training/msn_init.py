@@ -7,9 +7,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from model.config import PreprocessConfig
-from model.encoder import HMVE, load_frame_encoder_checkpoint
-from model.errors import ConfigError
+from polypindex.model.config import PreprocessConfig
+from polypindex.model.encoder import HMVE, load_frame_encoder_checkpoint
+from polypindex.model.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

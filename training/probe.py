@@ -28,16 +28,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model.coco import annotation_path, load_coco_split
-from model.config import FragmentConfig, TrackletConfig
-from model.errors import ConfigError, InvalidInputError
-from model.evaluation import (
+from polypindex.model.coco import annotation_path, load_coco_split
+from polypindex.model.config import FragmentConfig, TrackletConfig
+from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.model.evaluation import (
     binary_classification_metrics,
     expected_calibration_error,
     save_reliability_png,
 )
-from model.preprocess import CropCache, normalize
-from model.probe import (
+from polypindex.model.preprocess import CropCache, normalize
+from polypindex.model.probe import (
     CLASSES,
     HEADS,
     MLP_HIDDEN,
@@ -48,8 +48,8 @@ from model.probe import (
     task_label,
     vote_by_identity,
 )
-from model.runtime import OnnxEncoder
-from model.tracklets import Tracklet, fragment_indices
+from polypindex.model.runtime import OnnxEncoder
+from polypindex.model.tracklets import Tracklet, fragment_indices
 
 CACHE_FORMAT = "polypindex-probe-embeddings/1"
 TEMPERATURE_BOUNDS = (0.05, 20.0)

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from model.errors import ConfigError, InvalidInputError
+from polypindex.model.errors import ConfigError, InvalidInputError
 
 SmallVideoPolicy = Literal["raise", "skip"]
 

@@ -34,13 +34,18 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig, parse_overrides
-from model.encoder import EncoderConfig, save_encoder_checkpoint
-from model.errors import ConfigError
-from model.evaluation import best_f1_threshold, pair_scores
-from training.datamodule import SAMPLER_KINDS, FragmentDataModule, embed_crops
-from training.module import LOSS_KINDS, HmveModule
-from training.msn_init import load_msn_into_hmve
+from polypindex.model.config import (
+    FragmentConfig,
+    PreprocessConfig,
+    TrackletConfig,
+    parse_overrides,
+)
+from polypindex.model.encoder import EncoderConfig, save_encoder_checkpoint
+from polypindex.model.errors import ConfigError
+from polypindex.model.evaluation import best_f1_threshold, pair_scores
+from polypindex.training.datamodule import SAMPLER_KINDS, FragmentDataModule, embed_crops
+from polypindex.training.module import LOSS_KINDS, HmveModule
+from polypindex.training.msn_init import load_msn_into_hmve
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 LAST_CHECKPOINT = "last.ckpt"
@@ -642,7 +647,7 @@ def _result(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m training.train demo --data var/data/synth --out var/train/demo --set epochs=3``."""
+    """``python -m polypindex.training.train demo --data var/data/synth --out var/train/demo --set epochs=3``."""
     parser = argparse.ArgumentParser(description="Train the HMVE tracklet encoder.")
     parser.add_argument("config", help=f"preset ({', '.join(available_configs())}) or YAML path")
     parser.add_argument("--data", help="dataset folder (overrides data_root)")

@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import Connection
 
-from indexer.store import Base
+from polypindex.indexer.store import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,5 +1,5 @@
 """One router per resource: health, search, re-identification, predictions, indexing jobs."""
 
-from service.routers import health, jobs, predict, reid, search
+from polypindex.service.routers import health, jobs, predict, reid, search
 
 __all__ = ["health", "jobs", "predict", "reid", "search"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service import backend
-from service.schemas import HealthResponse
+from polypindex.service import backend
+from polypindex.service.schemas import HealthResponse
 
 router = APIRouter(tags=["health"])
 

@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from service import backend
-from service.deps import JobsDep, OptionalIndexDep, SettingsDep, StoreDep
-from service.errors import error_responses
-from service.schemas import (
+from polypindex.service import backend
+from polypindex.service.deps import JobsDep, OptionalIndexDep, SettingsDep, StoreDep
+from polypindex.service.errors import error_responses
+from polypindex.service.schemas import (
     DeleteProcedureResponse,
     IndexRequest,
     JobListResponse,

@@ -6,10 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from service import backend
-from service.deps import EmbeddingSlotsDep, EncoderDep, OptionalStoreDep, ProbesDep, SettingsDep
-from service.errors import error_responses
-from service.schemas import PREDICT_EXAMPLES, Prediction, PredictRequest, PredictResponse
+from polypindex.service import backend
+from polypindex.service.deps import (
+    EmbeddingSlotsDep,
+    EncoderDep,
+    OptionalStoreDep,
+    ProbesDep,
+    SettingsDep,
+)
+from polypindex.service.errors import error_responses
+from polypindex.service.schemas import PREDICT_EXAMPLES, Prediction, PredictRequest, PredictResponse
 
 router = APIRouter(tags=["predict"])
 

@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from service import backend
-from service.deps import EmbeddingSlotsDep, EncoderDep, OptionalStoreDep, SettingsDep
-from service.errors import error_responses
-from service.schemas import REID_EXAMPLES, ReidRequest, ReidResponse
+from polypindex.service import backend
+from polypindex.service.deps import EmbeddingSlotsDep, EncoderDep, OptionalStoreDep, SettingsDep
+from polypindex.service.errors import error_responses
+from polypindex.service.schemas import REID_EXAMPLES, ReidRequest, ReidResponse
 
 router = APIRouter(tags=["reid"])
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from service import backend
-from service.deps import (
+from polypindex.service import backend
+from polypindex.service.deps import (
     EmbeddingSlotsDep,
     EncoderDep,
     IndexDep,
@@ -15,8 +15,8 @@ from service.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.errors import error_responses, field_error
-from service.schemas import (
+from polypindex.service.errors import error_responses, field_error
+from polypindex.service.schemas import (
     SEARCH_EXAMPLES,
     Prediction,
     SearchHit,

@@ -1,4 +1,4 @@
-"""benchmarks.results_table: per-row overrides, {seed} substitution, the val-mAP plot."""
+"""polypindex.benchmarks.results_table: per-row overrides, {seed} substitution, the val-mAP plot."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.results_table import _pair, _row_spec, _with_seed, plot_val_map
+from polypindex.benchmarks.results_table import _pair, _row_spec, _with_seed, plot_val_map
 
 
 def test_row_spec_and_seed_substitution() -> None:

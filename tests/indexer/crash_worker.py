@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from indexer.pipeline import Progress, delete_procedure, index_sources
-from indexer.sources import frames_source
-from indexer.store import Store
-from indexer.testing import TRACKLETS, FakeEncoder
+from polypindex.indexer.pipeline import Progress, delete_procedure, index_sources
+from polypindex.indexer.sources import frames_source
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import TRACKLETS, FakeEncoder
 
 
 class SlowEncoder(FakeEncoder):

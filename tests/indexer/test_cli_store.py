@@ -10,11 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 import polypindex.cli_store as cli_store
-from indexer.store import Store
-from indexer.testing import FakeEncoder, linear_probe, write_csv, write_frames, write_video
-from indexer.vector_index import VectorIndex, generation_dir
-from model.probe import probe_path
 from polypindex.cli import app
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import (
+    FakeEncoder,
+    linear_probe,
+    write_csv,
+    write_frames,
+    write_video,
+)
+from polypindex.indexer.vector_index import VectorIndex, generation_dir
+from polypindex.model.probe import probe_path
 
 runner = CliRunner()
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.pipeline import index_sources
-from indexer.sources import frames_source
-from indexer.store import Store
-from indexer.testing import TRACKLETS, FakeEncoder, write_csv, write_frames
-from indexer.vector_index import VectorIndex
+from polypindex.indexer.pipeline import index_sources
+from polypindex.indexer.sources import frames_source
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import TRACKLETS, FakeEncoder, write_csv, write_frames
+from polypindex.indexer.vector_index import VectorIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("crash_worker.py")

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from indexer.store import Store
-from indexer.testing import write_csv, write_frames
-from indexer.vector_index import VectorIndex, generation_dir
-from model.errors import IndexNotReadyError
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import write_csv, write_frames
+from polypindex.indexer.vector_index import VectorIndex, generation_dir
+from polypindex.model.errors import IndexNotReadyError
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("crash_worker.py")

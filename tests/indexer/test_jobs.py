@@ -1,4 +1,4 @@
-"""indexer.jobs: queued in the database, run in the background, failures say why, restarts recover."""
+"""polypindex.indexer.jobs: queued in the database, run in the background, failures say why, restarts recover."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from indexer.jobs import JobNotFoundError, JobRunner
-from indexer.sources import PathNotAllowedError
-from indexer.store import Store
-from indexer.testing import FakeEncoder, write_csv, write_frames
-from model.errors import InvalidInputError
+from polypindex.indexer.jobs import JobNotFoundError, JobRunner
+from polypindex.indexer.sources import PathNotAllowedError
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import FakeEncoder, write_csv, write_frames
+from polypindex.model.errors import InvalidInputError
 
 
 @pytest.fixture

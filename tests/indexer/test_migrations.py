@@ -12,8 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from indexer import migrate
-from indexer.store import Base, Store
+from polypindex.indexer import migrate
+from polypindex.indexer.store import Base, Store
 
 TABLES = {"procedures", "tracklets", "jobs", "tracklet_predictions"}
 

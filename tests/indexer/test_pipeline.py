@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import indexer.sources as sources
-from indexer.pipeline import Embedder, delete_procedure, index_dataset
-from indexer.store import Store
-from indexer.testing import TRACKLETS, FakeEncoder, linear_probe, write_coco
-from indexer.vector_index import VectorIndex, generation_dir
-from model.config import FragmentConfig
-from model.errors import (
+import polypindex.indexer.sources as sources
+from polypindex.indexer.pipeline import Embedder, delete_procedure, index_dataset
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import TRACKLETS, FakeEncoder, linear_probe, write_coco
+from polypindex.indexer.vector_index import VectorIndex, generation_dir
+from polypindex.model.config import FragmentConfig
+from polypindex.model.errors import (
     ConfigError,
     EncoderMismatchError,
     ImageReadError,

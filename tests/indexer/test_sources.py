@@ -1,4 +1,4 @@
-"""indexer.sources: detections CSV, video (PyAV, streamed), frames folders, data roots, bad inputs."""
+"""polypindex.indexer.sources: detections CSV, video (PyAV, streamed), frames folders, data roots, bad inputs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.pipeline import index_sources
-from indexer.sources import (
+from polypindex.indexer.pipeline import index_sources
+from polypindex.indexer.sources import (
     PathNotAllowedError,
     VideoReadError,
     check_in_roots,
@@ -17,8 +17,8 @@ from indexer.sources import (
     stream_video,
     video_source,
 )
-from indexer.store import Store
-from indexer.testing import (
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import (
     TRACKLETS,
     FakeEncoder,
     frame_pixels,
@@ -26,8 +26,8 @@ from indexer.testing import (
     write_frames,
     write_video,
 )
-from indexer.vector_index import VectorIndex, generation_dir
-from model.errors import ImageReadError, InvalidInputError
+from polypindex.indexer.vector_index import VectorIndex, generation_dir
+from polypindex.model.errors import ImageReadError, InvalidInputError
 
 N = 12
 
@@ -168,8 +168,8 @@ def test_paths_outside_the_data_roots_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_new_encoder_makes_a_new_generation_beside_the_old(store: Store, tmp_path: Path) -> None:
-    from indexer.pipeline import delete_procedure
-    from indexer.vector_index import describe_generations
+    from polypindex.indexer.pipeline import delete_procedure
+    from polypindex.indexer.vector_index import describe_generations
 
     src = frames_source(
         write_frames(tmp_path / "f", N), write_csv(tmp_path / "d.csv", N), uid="P", config=TRACKLETS

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from indexer.store import PredictionRow, Store, TrackletRow
-from model.errors import (
+from polypindex.indexer.store import PredictionRow, Store, TrackletRow
+from polypindex.model.errors import (
     ConflictError,
     InvalidInputError,
     ProcedureNotFoundError,

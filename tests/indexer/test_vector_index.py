@@ -1,4 +1,4 @@
-"""indexer.vector_index: exact search vs numpy, exclusion, atomic save/load, catch-up."""
+"""polypindex.indexer.vector_index: exact search vs numpy, exclusion, atomic save/load, catch-up."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.store import Store, TrackletRow
-from indexer.vector_index import (
+from polypindex.indexer.store import Store, TrackletRow
+from polypindex.indexer.vector_index import (
     INDEX_FILE,
     SIDECAR_FILE,
     IndexPolicy,
@@ -20,8 +20,13 @@ from indexer.vector_index import (
     list_generations,
     rebuild_generation,
 )
-from model.config import FragmentConfig, PreprocessConfig
-from model.errors import ConfigError, EncoderMismatchError, IndexNotReadyError, InvalidInputError
+from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.errors import (
+    ConfigError,
+    EncoderMismatchError,
+    IndexNotReadyError,
+    InvalidInputError,
+)
 
 DIM = 16
 
@@ -338,7 +343,7 @@ def test_gpu_search_path_gives_the_cpu_answers(monkeypatch: pytest.MonkeyPatch) 
     """The GPU seam, with FAISS's CPU→GPU copy replaced by a CPU clone (no GPU here)."""
     import faiss
 
-    import indexer.vector_index as vector_index
+    import polypindex.indexer.vector_index as vector_index
 
     copies: list[object] = []
 

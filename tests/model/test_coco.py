@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from model.coco import load_coco_split
-from model.config import TrackletConfig
-from model.errors import InvalidAnnotationError
+from polypindex.model.coco import load_coco_split
+from polypindex.model.config import TrackletConfig
+from polypindex.model.errors import InvalidAnnotationError
 
 
 def _dataset(n_frames: int = 6) -> dict[str, Any]:

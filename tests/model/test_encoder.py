@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from model.config import FragmentConfig, PreprocessConfig
-from model.encoder import (
+from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.encoder import (
     CHECKPOINT_FORMAT,
     HMVE,
     EncoderConfig,
@@ -20,7 +20,7 @@ from model.encoder import (
     load_encoder_checkpoint,
     save_encoder_checkpoint,
 )
-from model.errors import ConfigError, InvalidInputError, ModelLoadError
+from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
 
 TINY = EncoderConfig(
     backbone="tiny", tiny_width=8, d_model=32, n_layers=2, n_heads=4, dim_feedforward=64

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.errors import InvalidInputError
-from model.evaluation import (
+from polypindex.model.errors import InvalidInputError
+from polypindex.model.evaluation import (
     HISTOGRAM_DIM,
     RetrievalResult,
     average_precision,

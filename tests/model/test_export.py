@@ -17,16 +17,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model.config import FragmentConfig, PreprocessConfig
-from model.encoder import (
+from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.encoder import (
     HMVE,
     EncoderConfig,
     LoadedEncoder,
     load_encoder_checkpoint,
     save_encoder_checkpoint,
 )
-from model.errors import ModelLoadError
-from model.export import (
+from polypindex.model.errors import ModelLoadError
+from polypindex.model.export import (
     DEFAULT_REID_THRESHOLD,
     ONNX_FORMAT,
     PARITY_ATOL,
@@ -34,9 +34,9 @@ from model.export import (
     export_onnx,
     resolve_reid_threshold,
 )
-from model.preprocess import preprocess_frames
-from model.runtime import OnnxEncoder, read_onnx_metadata
-from model.tracklets import fragment_indices
+from polypindex.model.preprocess import preprocess_frames
+from polypindex.model.runtime import OnnxEncoder, read_onnx_metadata
+from polypindex.model.tracklets import fragment_indices
 
 TINY = EncoderConfig(
     backbone="tiny", tiny_width=8, d_model=32, n_layers=2, n_heads=4, dim_feedforward=64
@@ -163,7 +163,7 @@ def test_reid_threshold_resolution(caplog: pytest.LogCaptureFixture) -> None:
 
     assert resolve_reid_threshold(loaded({"reid_threshold": 0.8}), 0.55) == 0.55
     assert resolve_reid_threshold(loaded({"reid_threshold": 0.8})) == 0.8
-    with caplog.at_level(logging.WARNING, logger="model.export"):
+    with caplog.at_level(logging.WARNING, logger="polypindex.model.export"):
         assert resolve_reid_threshold(loaded({})) == DEFAULT_REID_THRESHOLD
     assert "reid_threshold" in caplog.text
     with pytest.raises(ModelLoadError, match=r"\[0, 1\]"):

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from model.config import PreprocessConfig
-from model.errors import ConfigError, ImageReadError, InvalidInputError
-from model.preprocess import (
+from polypindex.model.config import PreprocessConfig
+from polypindex.model.errors import ConfigError, ImageReadError, InvalidInputError
+from polypindex.model.preprocess import (
     CropCache,
     crop_frame,
     crop_frames,

@@ -17,11 +17,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from model.config import FragmentConfig, PreprocessConfig
-from model.errors import InvalidInputError, ModelLoadError
-from model.preprocess import preprocess_frames
-from model.runtime import OnnxEncoder, l2_normalize, read_onnx_metadata
-from model.tracklets import fragment_indices
+from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.errors import InvalidInputError, ModelLoadError
+from polypindex.model.preprocess import preprocess_frames
+from polypindex.model.runtime import OnnxEncoder, l2_normalize, read_onnx_metadata
+from polypindex.model.tracklets import fragment_indices
 
 ROOT = Path(__file__).resolve().parents[2]
 IM = 16

@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.config import FragmentConfig, TrackletConfig
-from model.errors import ConfigError, InvalidInputError
-from model.tracklets import box_iou, box_iou_matrix, fragment_indices, link_detections, split_runs
+from polypindex.model.config import FragmentConfig, TrackletConfig
+from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.model.tracklets import (
+    box_iou,
+    box_iou_matrix,
+    fragment_indices,
+    link_detections,
+    split_runs,
+)
 
 
 def _moving_boxes(n: int, x0: float = 10.0, step: float = 1.0) -> np.ndarray:

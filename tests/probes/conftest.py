@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.synth import SynthConfig, generate
 
 IM = 16

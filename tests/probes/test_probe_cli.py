@@ -12,9 +12,9 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 from typer.testing import CliRunner
 
-from model.probe import load_probe, task_label
-from model.runtime import OnnxEncoder
 from polypindex.cli import app
+from polypindex.model.probe import load_probe, task_label
+from polypindex.model.runtime import OnnxEncoder
 
 runner = CliRunner()
 

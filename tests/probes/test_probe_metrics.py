@@ -12,13 +12,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from model.errors import InvalidInputError
-from model.evaluation import (
+from polypindex.model.errors import InvalidInputError
+from polypindex.model.evaluation import (
     binary_classification_metrics,
     expected_calibration_error,
     reliability_bins,
 )
-from training.probe import binary_nll, fit_temperature
+from polypindex.training.probe import binary_nll, fit_temperature
 
 
 def _sklearn(y: np.ndarray, p: np.ndarray, s: np.ndarray | None) -> dict[str, float]:

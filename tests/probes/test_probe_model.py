@@ -1,4 +1,4 @@
-"""model.probe: labels, the vote and its tie rule, the numpy probe, its file and its errors."""
+"""polypindex.model.probe: labels, the vote and its tie rule, the numpy probe, its file and its errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
-from model.probe import (
+from polypindex.model.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
+from polypindex.model.probe import (
     CLASSES,
     MLP_HIDDEN,
     Probe,

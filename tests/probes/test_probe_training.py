@@ -1,4 +1,4 @@
-"""training.probe: the polyp split, the heads (torch ↔ numpy parity), labels, caching, and
+"""polypindex.training.probe: the polyp split, the heads (torch ↔ numpy parity), labels, caching, and
 `train_probe_on_encoder` end to end on a tiny dataset and a tiny ONNX encoder."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import FragmentConfig
-from model.errors import ConfigError, EncoderMismatchError, InvalidInputError
-from model.probe import Probe, load_probe, probe_path
-from model.runtime import OnnxEncoder
-from training.probe import (
+from polypindex.model.config import FragmentConfig
+from polypindex.model.errors import ConfigError, EncoderMismatchError, InvalidInputError
+from polypindex.model.probe import Probe, load_probe, probe_path
+from polypindex.model.runtime import OnnxEncoder
+from polypindex.training.probe import (
     FragmentSet,
     ProbeTrainConfig,
     encoder_fragment_features,

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.store import Store, TrackletRow
-from indexer.vector_index import VectorIndex
-from service.app import create_app
-from service.deps import get_encoder
-from service.settings import Settings
+from polypindex.indexer.store import Store, TrackletRow
+from polypindex.indexer.vector_index import VectorIndex
+from polypindex.service.app import create_app
+from polypindex.service.deps import get_encoder
+from polypindex.service.settings import Settings
 
 DIM = 16
 VERSION = "fake-v1"

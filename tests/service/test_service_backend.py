@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.vector_index import VectorIndex
-from service.backend import search
+from polypindex.indexer.vector_index import VectorIndex
+from polypindex.service.backend import search
 
 DIM = 8
 N = 600

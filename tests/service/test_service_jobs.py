@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.store import Store
-from indexer.testing import FakeEncoder, write_coco
-from service.app import create_app
-from service.settings import Settings
+from polypindex.indexer.store import Store
+from polypindex.indexer.testing import FakeEncoder, write_coco
+from polypindex.service.app import create_app
+from polypindex.service.settings import Settings
 
 WAIT_S = 20.0
 
@@ -216,8 +216,8 @@ def test_data_roots_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_a_job_left_running_by_a_dead_process_runs_after_a_restart(settings: Settings) -> None:
     from sqlalchemy import update
 
-    from indexer.jobs import JobRunner
-    from indexer.store import JobModel
+    from polypindex.indexer.jobs import JobRunner
+    from polypindex.indexer.store import JobModel
 
     data = write_coco(settings.data_roots[0] / "again")
     store = Store(settings.database_url)

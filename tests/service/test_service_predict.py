@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.pipeline import predict
-from indexer.store import Store, TrackletRow
-from indexer.testing import linear_probe
-from indexer.vector_index import VectorIndex
-from model.probe import Probe, probe_path
-from service.app import create_app
-from service.settings import Settings
+from polypindex.indexer.pipeline import predict
+from polypindex.indexer.store import Store, TrackletRow
+from polypindex.indexer.testing import linear_probe
+from polypindex.indexer.vector_index import VectorIndex
+from polypindex.model.probe import Probe, probe_path
+from polypindex.service.app import create_app
+from polypindex.service.settings import Settings
 
 DIM = 8
 VERSION = "fake-v1"

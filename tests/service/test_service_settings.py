@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from polypindex.service.settings import Settings
 
 
 def test_defaults_are_derived_from_home(tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from model.coco import load_coco_split
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from model.errors import ConfigError
-from model.preprocess import CropCache, normalize
-from model.tracklets import Tracklet
-from training.datamodule import (
+from polypindex.model.coco import load_coco_split
+from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.errors import ConfigError
+from polypindex.model.preprocess import CropCache, normalize
+from polypindex.model.tracklets import Tracklet
+from polypindex.training.datamodule import (
     FragmentDataModule,
     LengthGroupSampler,
     build_fragments,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.errors import ConfigError, InvalidInputError
-from training.losses import MilNceLoss, mil_nce, multi_positive_contrastive
+from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.training.losses import MilNceLoss, mil_nce, multi_positive_contrastive
 
 
 def _cos(z: torch.Tensor) -> np.ndarray:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("model.evaluation")
+pytest.importorskip("polypindex.model.evaluation")
 
-from model.encoder import EncoderConfig
-from model.errors import ConfigError
-from training.losses import mil_nce
-from training.module import HmveModule, duplicate_fragment_mask
+from polypindex.model.encoder import EncoderConfig
+from polypindex.model.errors import ConfigError
+from polypindex.training.losses import mil_nce
+from polypindex.training.module import HmveModule, duplicate_fragment_mask
 
 TINY = EncoderConfig(
     backbone="tiny",

@@ -12,9 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from model.coco import load_coco_split
-from model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from model.encoder import (
+from polypindex.cli import app
+from polypindex.model.coco import load_coco_split
+from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.encoder import (
     HMVE,
     EncoderConfig,
     FrameMeanEncoder,
@@ -23,17 +24,16 @@ from model.encoder import (
     load_frame_encoder_checkpoint,
     save_frame_encoder_checkpoint,
 )
-from model.errors import ConfigError, ModelLoadError
-from model.export import export_frame_mean_onnx
-from model.preprocess import preprocess_frames, read_image
-from model.runtime import OnnxEncoder, read_onnx_metadata
-from model.vit import VIT_PRESETS, VisionTransformer
-from polypindex.cli import app
-from training.augment import color_jitter, mask_patches, random_flip, random_keep_indices
-from training.losses import msn_loss
-from training.msn import MsnModule, ema_momentum, load_msn_config, pretrain_frames
-from training.msn_init import load_msn_into_hmve
-from training.train import load_train_config, train
+from polypindex.model.errors import ConfigError, ModelLoadError
+from polypindex.model.export import export_frame_mean_onnx
+from polypindex.model.preprocess import preprocess_frames, read_image
+from polypindex.model.runtime import OnnxEncoder, read_onnx_metadata
+from polypindex.model.vit import VIT_PRESETS, VisionTransformer
+from polypindex.training.augment import color_jitter, mask_patches, random_flip, random_keep_indices
+from polypindex.training.losses import msn_loss
+from polypindex.training.msn import MsnModule, ema_momentum, load_msn_config, pretrain_frames
+from polypindex.training.msn_init import load_msn_into_hmve
+from polypindex.training.train import load_train_config, train
 
 PRE = PreprocessConfig(im_size=32)
 

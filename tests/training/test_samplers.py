@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from model.errors import ConfigError, InvalidInputError
-from training.samplers import (
+from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.training.samplers import (
     FragmentIndex,
     IdentityBagSampler,
     KNearestBagSampler,

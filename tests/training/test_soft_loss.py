@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder import EncoderConfig
-from model.errors import ConfigError, InvalidInputError
-from training.losses import (
+from polypindex.model.encoder import EncoderConfig
+from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.training.losses import (
     multi_positive_contrastive,
     soft_multi_positive_contrastive,
     temporal_soft_targets,
 )
-from training.module import HmveModule
-from training.samplers import FragmentIndex
+from polypindex.training.module import HmveModule
+from polypindex.training.samplers import FragmentIndex
 
 
 def _naive(

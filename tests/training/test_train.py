@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("model.encoder")
-pytest.importorskip("model.evaluation")
+pytest.importorskip("polypindex.model.encoder")
+pytest.importorskip("polypindex.model.evaluation")
 
-from model.encoder import load_encoder_checkpoint
-from model.errors import ConfigError
-from training.train import TrainConfig, available_configs, load_train_config, reid_threshold, train
+from polypindex.model.encoder import load_encoder_checkpoint
+from polypindex.model.errors import ConfigError
+from polypindex.training.train import (
+    TrainConfig,
+    available_configs,
+    load_train_config,
+    reid_threshold,
+    train,
+)
 
 
 @pytest.mark.parametrize(

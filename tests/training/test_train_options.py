@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder import load_encoder_checkpoint
-from model.errors import ConfigError
-from training.samplers import FragmentIndex, KNearestBagSampler
-from training.train import LAST_CHECKPOINT, TrainConfig, load_train_config, train
+from polypindex.model.encoder import load_encoder_checkpoint
+from polypindex.model.errors import ConfigError
+from polypindex.training.samplers import FragmentIndex, KNearestBagSampler
+from polypindex.training.train import LAST_CHECKPOINT, TrainConfig, load_train_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,7 +88,7 @@ def test_resume_errors(disc_data: Path, tmp_path: Path) -> None:
 def test_ddp_two_cpu_processes(disc_data: Path, tmp_path: Path) -> None:
     """strategy ddp, 2 CPU processes (gloo): one epoch, rank 0 writes the checkpoints."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "training.train", "test_tiny", "--data", str(disc_data)]
+    cmd = [sys.executable, "-m", "polypindex.training.train", "test_tiny", "--data", str(disc_data)]
     cmd += ["--out", str(out), "--set", f"cache_dir={tmp_path / 'crops'}"]
     cmd += ["--set", "strategy=ddp", "--set", "devices=2", "--set", "accelerator=cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

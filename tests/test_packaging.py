@@ -1,0 +1,62 @@
+"""The wheel installs one top-level package, ``polypindex``, with the linked layers,
+the presets and the migrations inside it, and no test helpers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP = {".venv", "var", ".git", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache"}
+
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    src = tmp_path_factory.mktemp("src") / "polypindex"
+    shutil.copytree(
+        ROOT,
+        src,
+        symlinks=True,
+        ignore=lambda _d, names: [n for n in names if n in SKIP or n.endswith(".egg-info")],
+    )
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(out), str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (wheel,) = out.glob("polypindex-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        return zf.namelist()
+
+
+def test_one_top_level_package(wheel_names: list[str]) -> None:
+    tops = {name.split("/")[0] for name in wheel_names}
+    dist_info = {t for t in tops if t.endswith(".dist-info")}
+    assert tops - dist_info == {"polypindex"}, sorted(tops)
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        "polypindex/model/encoder.py",
+        "polypindex/training/configs/demo.yaml",
+        "polypindex/indexer/migrations/env.py",
+        "polypindex/indexer/migrations/script.py.mako",
+        "polypindex/service/app.py",
+        "polypindex/benchmarks/protocols.py",
+    ],
+)
+def test_layers_presets_and_migrations_are_inside(wheel_names: list[str], member: str) -> None:
+    assert member in wheel_names
+
+
+def test_no_test_helpers_in_the_wheel(wheel_names: list[str]) -> None:
+    assert not [n for n in wheel_names if n.endswith("/testing.py") or "/tests/" in n]
