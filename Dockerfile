@@ -18,7 +18,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml Makefile README.md ./
+COPY pyproject.toml Makefile README.md requirements-dev.lock ./
 COPY model ./model
 COPY training ./training
 COPY indexer ./indexer

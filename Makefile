@@ -6,14 +6,18 @@ BIN    := $(VENV)/bin
 # Extras to install: dev (CI, developers: training + tests) or postgres (the serving image).
 EXTRAS ?= dev
 STAMP  := $(VENV)/.installed
+# The dev install (CI, developers) takes the exact versions of requirements-dev.lock;
+# other extras (the serving image) resolve from pyproject.toml's ranges.
+LOCK   := requirements-dev.lock
+PIN    := $(if $(filter dev,$(EXTRAS)),-c $(LOCK),)
 
-.PHONY: serve test lint venv demo clean
+.PHONY: serve test lint venv demo clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet $(PIN) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,6 +35,15 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(MAKE) lint
 	$(BIN)/python -m pytest
+
+# Regenerate requirements-dev.lock from a fresh venv resolved from pyproject.toml alone.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# pip constraints for 'make venv' with EXTRAS=dev; regenerate with 'make lock'."; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(LOCK)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf var

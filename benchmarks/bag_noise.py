@@ -1,5 +1,5 @@
-"""How noisy are temporal bags? The rate at which the SPEC §5 temporal bags (default
-settings) put a different polyp in an anchor's bag, on a dataset's train split.
+"""How noisy are temporal bags? The rate at which the temporal bags (default
+settings; docs/method.md#bag-noise) put a different polyp in an anchor's bag, on a dataset's train split.
 
     python -m polypindex.benchmarks.bag_noise --data var/data/synth --out var/bench/bag_noise.json
 """
@@ -43,7 +43,7 @@ def measure(data: Path, split: str = "train", epochs: int = 50, seed: int = 0) -
         "split": split,
         "tracklets": len(tracklets),
         "fragments": len(identity),
-        "settings": "stride 4, fragment_length 8, n_views 5, t 0.3 -> 12 over 50 epochs (SPEC §5 defaults)",
+        "settings": "stride 4, fragment_length 8, n_views 5, t 0.3 -> 12 over 50 epochs (the defaults of docs/method.md#temporal-bags)",
         "by_epoch": rows,
     }
 

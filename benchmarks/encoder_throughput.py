@@ -12,10 +12,8 @@ and reports the median frames per second of each and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,30 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from polypindex.benchmarks.env import cpu_model
+from polypindex.benchmarks.env import environment, write_result
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.encoder import HMVE, EncoderConfig, save_encoder_checkpoint
 from polypindex.model.export import export_onnx
 from polypindex.model.runtime import OnnxEncoder
-
-
-def environment(device: str) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
-    if device == "cuda" and torch.cuda.is_available():
-        env.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
-    return env
 
 
 def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
@@ -150,7 +131,7 @@ def run(
         "results": result,
         "onnxruntime_over_torch": result["onnxruntime"]["frames_per_second"]
         / result["torch"]["frames_per_second"],
-        "environment": environment(device),
+        "environment": environment(device=device),
     }
 
 
@@ -181,9 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.threads,
         args.device,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    write_result(args.out, results)
     return results
 
 

@@ -2,7 +2,7 @@
 
 Synthetic L2-normalised vectors shaped like tracklet embeddings (D=256, clusters
 of about 20 near-duplicates, as several tracklets of one polyp), indexed with
-the product's :class:`indexer.vector_index.VectorIndex`. For each size: build
+the product's :class:`indexer.vectors.VectorIndex`. For each size: build
 time, bytes per vector of the saved index (and per million vectors), single-query
 latency p50/p99 with k=10 (one FAISS thread), and recall@10 against exact search of
 HNSW for a few ``efSearch`` values and of IVF for a few ``nprobe`` values. HNSW is
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -27,25 +25,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from polypindex.benchmarks.env import cpu_model
-from polypindex.indexer.vector_index import IndexPolicy, VectorIndex
-
-
-def environment() -> dict[str, Any]:
-    """Hardware and library versions recorded with every result."""
-    import sqlalchemy
-
-    return {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "faiss_gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
-        "sqlalchemy": sqlalchemy.__version__,
-        "platform": platform.platform(),
-    }
+from polypindex.benchmarks.env import environment
+from polypindex.indexer.vectors import EXACT, HNSW, IVF, IndexPolicy, VectorIndex
 
 
 def synthetic(n: int, dim: int, rng: np.random.Generator, group: int = 20) -> np.ndarray:
@@ -113,7 +94,7 @@ def run_size(
     }
 
     t0 = time.perf_counter()
-    exact = VectorIndex(dim, "bench", kind="flat_ip")
+    exact = VectorIndex(dim, "bench", kind=EXACT)
     exact.add(ids, db)
     build_exact = time.perf_counter() - t0
     truth, lat = _latencies(exact, queries, k)
@@ -133,7 +114,7 @@ def run_size(
         return out
     policy = IndexPolicy(hnsw_m=m, hnsw_ef_construction=200, hnsw_ef_search=max(ef_values))
     t0 = time.perf_counter()
-    approx = VectorIndex(dim, "bench", kind="hnsw_ip", policy=policy)
+    approx = VectorIndex(dim, "bench", kind=HNSW, policy=policy)
     approx.add(ids, db)
     build_hnsw = time.perf_counter() - t0
     size = _size_bytes(approx, tmp / f"hnsw{n}")
@@ -171,7 +152,7 @@ def _run_ivf(
     """The product's IVF (automatic list count) built on all vectors, for each ``nprobe``."""
     n = len(db)
     t0 = time.perf_counter()
-    index = VectorIndex(db.shape[1], "bench", kind="ivf_ip", policy=IndexPolicy())
+    index = VectorIndex(db.shape[1], "bench", kind=IVF, policy=IndexPolicy())
     index.add(ids, db)
     build = time.perf_counter() - t0
     size = _size_bytes(index, tmp / f"ivf{n}")

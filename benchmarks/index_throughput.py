@@ -7,7 +7,7 @@
    add, snapshot), timed end to end.
 
 The difference is the pipeline's overhead. ``--model`` takes an exported ONNX
-encoder; without it the deterministic numpy fake encoder (``indexer.testing``)
+encoder; without it a deterministic numpy stand-in (``benchmarks/stand_in.py``)
 is used, which measures the pipeline's own cost.
 
     python benchmarks/index_throughput.py --data var/data/synth --split test \
@@ -25,35 +25,31 @@ from typing import Any
 
 import numpy as np
 
-from polypindex.benchmarks.index_search import environment
-from polypindex.indexer.pipeline import _EMBED_CHUNK, Embedder, _selected_frames, index_sources
+from polypindex.benchmarks.env import environment
+from polypindex.benchmarks.stand_in import StandInEncoder
+from polypindex.indexer.pipeline import Embedder, index_sources
 from polypindex.indexer.sources import coco_sources
 from polypindex.indexer.store import Store
-from polypindex.indexer.testing import FakeEncoder
 from polypindex.model.config import TrackletConfig
-from polypindex.model.preprocess import crop_frame, normalize
+from polypindex.model.embedding import EMBED_CHUNK, CropStream, selected_frames
+from polypindex.model.preprocess import normalize
 
 
 def bare_encoder(sources: list[Any], encoder: Embedder, batch_size: int) -> dict[str, float]:
+    """Crop every tracklet as the pipeline does (not timed), then time ``embed_sequences``."""
     seqs: list[np.ndarray] = []
     for src in sources:
-        needs: dict[int, list[tuple[int, int, np.ndarray]]] = {}
-        stacks = []
-        for tracklet in src.tracklets:
-            sel = _selected_frames(len(tracklet), encoder)
-            size = encoder.preprocess.im_size
-            stacks.append(np.empty((len(sel), size, size, 3), dtype=np.uint8))
-            for slot, pos in enumerate(sel):
-                needs.setdefault(int(tracklet.frame_ids[pos]), []).append(
-                    (len(stacks) - 1, slot, tracklet.boxes[pos])
-                )
-        for frame, image in src.frames(sorted(needs)):
-            for ti, slot, box in needs[frame]:
-                stacks[ti][slot] = crop_frame(image, box, encoder.preprocess)
-        seqs.extend(normalize(s, encoder.preprocess) for s in stacks)
+        stream = CropStream(
+            [(t.frame_ids, t.boxes) for t in src.tracklets],
+            [[selected_frames(len(t), encoder.fragment)] for t in src.tracklets],
+            src.frames,
+            encoder.preprocess,
+        )
+        crops: dict[int, np.ndarray] = {ti: seq for done in stream for ti, (seq,) in done}
+        seqs.extend(normalize(crops[ti], encoder.preprocess) for ti in sorted(crops))
     t0 = time.perf_counter()
-    for start in range(0, len(seqs), _EMBED_CHUNK):
-        encoder.embed_sequences(seqs[start : start + _EMBED_CHUNK], batch_size=batch_size)
+    for start in range(0, len(seqs), EMBED_CHUNK):
+        encoder.embed_sequences(seqs[start : start + EMBED_CHUNK], batch_size=batch_size)
     seconds = time.perf_counter() - t0
     frames = sum(len(s) for s in seqs)
     return {
@@ -70,7 +66,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", type=Path, default=Path("var/data/synth"))
     parser.add_argument("--split", default="test")
     parser.add_argument("--procedures", type=int, default=3, help="first N procedures")
-    parser.add_argument("--model", type=Path, default=None, help="ONNX encoder (default: fake)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="ONNX encoder (default: the stand-in)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("var/bench/index_throughput.json"))
     args = parser.parse_args(argv)
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         encoder, label = OnnxEncoder(args.model), str(args.model)
     else:
-        encoder, label = FakeEncoder(), "fake (numpy, indexer.testing.FakeEncoder)"
+        encoder, label = StandInEncoder(), "stand-in (numpy, benchmarks.stand_in.StandInEncoder)"
     sources = coco_sources(args.data, args.split, TrackletConfig())[: args.procedures]
     bare = bare_encoder(sources, encoder, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Size and histology probe benchmark (SPEC §6, issue 6).
+"""Size and histology probe benchmark (docs/method.md#probes, issue 6).
 
 For each seed, the labelled polyps of the **train** split are divided 70/30 by
 polyp (stratified by label, :func:`training.probe.split_polyps`, seeded); a
@@ -21,7 +21,6 @@ ECE (15 equal-width bins of P(positive)) is measured on the test fragments.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,18 +29,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from polypindex.benchmarks.protocols import HISTOGRAM_CROP, environment
+from polypindex.benchmarks.env import environment
+from polypindex.benchmarks.protocols import HISTOGRAM_CROP
 from polypindex.model.config import FragmentConfig
 from polypindex.model.errors import InvalidInputError
-from polypindex.model.evaluation import (
-    color_histogram_embedding,
-    expected_calibration_error,
-    save_reliability_png,
-)
+from polypindex.model.evaluation import color_histogram_embedding, expected_calibration_error
 from polypindex.model.preprocess import CropCache
 from polypindex.model.probe import CLASSES, check_task, sigmoid, task_label
 from polypindex.model.runtime import OnnxEncoder
 from polypindex.model.tracklets import Tracklet
+from polypindex.training.plots import pyplot, save_reliability_png
 from polypindex.training.probe import (
     FragmentSet,
     LabelledFragments,
@@ -180,11 +177,7 @@ def _summary(per_seed: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, A
 
 def save_confusion_png(task: str, rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Polyp-level confusion matrices, one panel per row, summed over the seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     classes = CLASSES[task]
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.9), squeeze=False)
@@ -363,29 +356,13 @@ def run(
         "confusion": str(
             save_confusion_png(task, rows, out / "confusion.png", title + " (summed)")
         ),
-        "reliability_calibrated": str(
-            save_reliability_png(
-                {
-                    n: (np.concatenate(c["after"]), np.concatenate(c["labels"]))
-                    for n, c in curves.items()
-                },
-                out / "reliability_calibrated.png",
-                title + "\ntest fragments pooled over seeds, after temperature scaling",
-            )
-        ),
-        "reliability_uncalibrated": str(
-            save_reliability_png(
-                {
-                    n: (np.concatenate(c["before"]), np.concatenate(c["labels"]))
-                    for n, c in curves.items()
-                },
-                out / "reliability_uncalibrated.png",
-                title + "\ntest fragments pooled over seeds, before temperature scaling",
-            )
-        ),
     }
-    import torch
-
+    for name, key in (("reliability_calibrated", "after"), ("reliability_uncalibrated", "before")):
+        pooled = {
+            n: (np.concatenate(c[key]), np.concatenate(c["labels"])) for n, c in curves.items()
+        }
+        note = f"\ntest fragments pooled over seeds, {key} temperature scaling"
+        pngs[name] = str(save_reliability_png(pooled, out / f"{name}.png", title + note))
     results = {
         "task": task,
         "classes": list(CLASSES[task]),
@@ -398,7 +375,7 @@ def run(
         "equal-width bins of P(positive), test fragments",
         "std": "population standard deviation over seeds (ddof=0)",
         "data_summary": data_summary,
-        "environment": environment() | {"torch": torch.__version__, "machine": platform.machine()},
+        "environment": environment(),
         "wall_seconds": time.perf_counter() - t_start,
         "rows": rows,
         "figures": pngs,

@@ -1,4 +1,4 @@
-"""The paper's evaluation protocols (SPEC §6) over a dataset split, for one or more
+"""The paper's evaluation protocols (docs/method.md#evaluation-protocols) over a dataset split, for one or more
 ONNX encoders plus the reference rows (chance, colour histogram).
 
 Each tracklet is one item, embedded whole with the same functions the product
@@ -8,8 +8,6 @@ uses (``load_coco_split`` → ``CropCache``/``normalize`` → ``OnnxEncoder``).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,9 +16,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from polypindex.benchmarks.env import cpu_model
+from polypindex.benchmarks.env import environment
 from polypindex.model.coco import load_coco_split
-from polypindex.model.config import PreprocessConfig, TrackletConfig
+from polypindex.model.config import (
+    WHOLE_TRACKLET,
+    FragmentConfig,
+    PreprocessConfig,
+    TrackletConfig,
+)
+from polypindex.model.embedding import cached_sequences, selected_frames
 from polypindex.model.errors import InvalidInputError
 from polypindex.model.evaluation import (
     chance_average_precision,
@@ -28,29 +32,13 @@ from polypindex.model.evaluation import (
     color_histogram_embedding,
     reid_metrics,
     retrieval_metrics,
-    save_curves_png,
 )
 from polypindex.model.preprocess import CropCache, normalize
 from polypindex.model.runtime import OnnxEncoder
-from polypindex.model.tracklets import Tracklet, fragment_indices
+from polypindex.model.tracklets import Tracklet
+from polypindex.training.plots import save_curves_png
 
 HISTOGRAM_CROP = PreprocessConfig(im_size=64)
-
-
-def environment() -> dict[str, Any]:
-    """Hardware and library versions, stored with every result."""
-    import faiss
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "faiss": getattr(faiss, "__version__", "unknown"),
-    }
 
 
 def embed_tracklets_onnx(
@@ -60,8 +48,7 @@ def embed_tracklets_onnx(
     cache = CropCache(cache_dir, encoder.preprocess)
     seqs = []
     for t in tqdm(tracklets, desc="crop", disable=not progress, leave=False):
-        (idx,) = fragment_indices(len(t), encoder.fragment)
-        crops = cache.get([t.image_paths[i] for i in idx], t.boxes[idx])
+        (crops,) = cached_sequences(t, [selected_frames(len(t), encoder.fragment)], cache)
         seqs.append(normalize(crops, encoder.preprocess))
     return encoder.embed_sequences(seqs)
 
@@ -71,9 +58,12 @@ def color_histogram_tracklets(
 ) -> np.ndarray:
     """The non-learned reference row: centre-of-crop RGB histograms → (N, 512)."""
     cache = CropCache(cache_dir, HISTOGRAM_CROP)
+    every = FragmentConfig(stride=stride, fragment_length=WHOLE_TRACKLET, max_frames=0)
     return np.stack(
         [
-            color_histogram_embedding(cache.get(list(t.image_paths[::stride]), t.boxes[::stride]))
+            color_histogram_embedding(
+                cached_sequences(t, [selected_frames(len(t), every)], cache)[0]
+            )
             for t in tracklets
         ]
     )

@@ -34,6 +34,7 @@ from polypindex.model.export import export_onnx
 from polypindex.model.preprocess import CropCache
 from polypindex.training.datamodule import embed_tracklets_torch
 from polypindex.training.module import HmveModule
+from polypindex.training.plots import pyplot
 from polypindex.training.train import TrainConfig, load_train_config, reid_threshold, train
 
 METRICS = (
@@ -188,10 +189,7 @@ def run(
 
 def plot_val_map(compute: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     """Validation mAP over epochs of each trained row: mean over seeds, band = min..max."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     curves: dict[str, list[list[float]]] = {}

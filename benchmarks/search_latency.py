@@ -10,7 +10,6 @@ p50/p90/p99 with the hardware and versions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -21,9 +20,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from polypindex.benchmarks.protocols import environment
+from polypindex.benchmarks.env import environment, write_result
 from polypindex.indexer.store import Store
-from polypindex.paths import layout
+from polypindex.model.layout import Layout
 
 
 def _free_port() -> int:
@@ -34,7 +33,12 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--home", type=Path, default=None, help="artefact folder (default: var/)")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="artefact folder (default: $POLYPINDEX_HOME or var/)",
+    )
     parser.add_argument(
         "--requests", type=int, default=500, help="timed requests (after 20 warm-up)"
     )
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--out", type=Path, default=Path("var/bench/search_latency.json"))
     args = parser.parse_args(argv)
 
-    lay = layout(args.home)
+    lay = Layout(home=args.home) if args.home else Layout()  # else $POLYPINDEX_HOME or var/
     store = Store(lay.database_url)
     ids = [i for p in store.list_procedures() for i in store.tracklet_ids_for_procedure(p.uid)]
     if not ids:
@@ -104,9 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "mean_ms": float(lat.mean()),
         "environment": environment(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return result
 
 

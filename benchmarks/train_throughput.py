@@ -21,40 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
 
-from polypindex.benchmarks.protocols import environment
-from polypindex.model.config import parse_overrides
-from polypindex.model.errors import ConfigError
+from polypindex.benchmarks.env import environment
 from polypindex.training.datamodule import FragmentDataModule
-from polypindex.training.module import HmveModule
-from polypindex.training.train import TrainConfig, load_train_config, make_datamodule
-
-
-def _module(config: TrainConfig, dm: FragmentDataModule) -> HmveModule:
-    module = HmveModule(
-        config.encoder,
-        loss=config.loss,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        d_proj=config.d_proj,
-        loss_temperature=config.loss_temperature,
-        fragment_weight=config.fragment_weight,
-        frame_across_weight=config.frame_across_weight,
-        frame_within_weight=config.frame_within_weight,
-        ignore_same_fragment_pairs=config.ignore_same_fragment_pairs,
-        soft_sigma=config.soft_sigma,
-    )
-    module.set_fragment_times(train=dm.train_fragments.index)
-    return module.train()
+from polypindex.training.train import TrainConfig, load_train_config, make_datamodule, make_module
+from polypindex.training.trainer import add_run_arguments, run_overrides
 
 
 class _Batches:
@@ -86,7 +64,9 @@ def run(config: TrainConfig, steps: int, warmup: int, threads: int | None = None
     start = time.perf_counter()
     dm = make_datamodule(config)
     setup_seconds = time.perf_counter() - start
-    module = _module(config, dm)
+    module = make_module(config)
+    module.set_fragment_times(train=dm.train_fragments.index)
+    module.train()
     optimiser = torch.optim.AdamW(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -149,32 +129,20 @@ def run(config: TrainConfig, steps: int, warmup: int, threads: int | None = None
             "setup_seconds": setup_seconds,
         },
         "results": results,
-        "environment": environment()
-        | {
-            "torch": torch.__version__,
-            "lightning": lightning.__version__,
-            "python_implementation": platform.python_implementation(),
-        },
+        "environment": environment(),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="training preset or YAML path")
-    parser.add_argument("--data", help="dataset folder (overrides data_root)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_run_arguments(parser, out=False)
     parser.add_argument("--steps", type=int, default=3, help="timed step pairs")
     parser.add_argument("--warmup", type=int, default=1, help="untimed step pairs first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path("var/bench/train_throughput.json"))
     args = parser.parse_args(argv)
-    try:
-        overrides = parse_overrides(args.set)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if args.data:
-        overrides["data_root"] = args.data
-    config = load_train_config(args.config, overrides)
+    config = load_train_config(args.config, run_overrides(parser, args))
     result = run(config, args.steps, args.warmup, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -1,12 +1,14 @@
 """indexer: turns procedures into tracklet embeddings in the SQL store and the FAISS index.
 
 The store (:mod:`indexer.store`) is the source of truth; the vector index
-(:mod:`indexer.vector_index`) is derived from it and rebuildable; the pipeline
-(:mod:`indexer.pipeline`) writes both, from the inputs of :mod:`indexer.sources`;
-:mod:`indexer.jobs` runs it in the background with its state in the database.
+(:mod:`indexer.vectors`, one generation per encoder: :mod:`indexer.generations`) is
+derived from it and rebuildable; the pipeline (:mod:`indexer.pipeline`) writes both,
+from the inputs of :mod:`indexer.sources`; :mod:`indexer.jobs` runs it in the
+background with its state in the database.
 Imports only the ``model`` runtime, never torch. See ``docs/store.md``.
 """
 
+from polypindex.indexer.generations import generation_dir, rebuild_generation
 from polypindex.indexer.jobs import JobRecord, JobRunner
 from polypindex.indexer.pipeline import (
     Embedder,
@@ -19,12 +21,7 @@ from polypindex.indexer.pipeline import (
 )
 from polypindex.indexer.sources import ProcedureSource, coco_sources, frames_source, video_source
 from polypindex.indexer.store import ProcedureRecord, Store, TrackletRecord, TrackletRow
-from polypindex.indexer.vector_index import (
-    IndexPolicy,
-    VectorIndex,
-    generation_dir,
-    rebuild_generation,
-)
+from polypindex.indexer.vectors import IndexPolicy, VectorIndex
 
 __all__ = [
     "Embedder",

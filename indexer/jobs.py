@@ -1,4 +1,4 @@
-"""Indexing jobs with their state in the database, run in the background (SPEC §8, issue 4).
+"""Indexing jobs with their state in the database, run in the background (docs/store.md, issue 4).
 
 What ``POST /procedures`` and ``GET /jobs/{id}`` need, without HTTP:
 
@@ -30,18 +30,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 
 from polypindex.indexer.pipeline import Embedder, Progress, index_sources
 from polypindex.indexer.sources import (
     ProcedureSource,
+    SourceOptions,
     check_in_roots,
     coco_sources,
     frames_source,
     video_source,
 )
 from polypindex.indexer.store import JobModel, Store
-from polypindex.indexer.vector_index import IndexPolicy
+from polypindex.indexer.vectors import IndexPolicy
 from polypindex.model.config import TrackletConfig
 from polypindex.model.errors import InvalidInputError, NotFoundError
 from polypindex.model.probe import Probe
@@ -122,6 +123,11 @@ def _record(m: JobModel) -> JobRecord:
     )
 
 
+def _records(store: Store, query: Select[JobModel]) -> list[JobRecord]:
+    with store.sessions() as session:
+        return [_record(m) for m in session.scalars(query)]
+
+
 def validate_request(
     kind: str, params: dict[str, Any], data_roots: Sequence[str | Path]
 ) -> dict[str, Any]:
@@ -156,26 +162,13 @@ def build_sources(kind: str, params: dict[str, Any]) -> list[ProcedureSource]:
     config = TrackletConfig(min_tracklet_length=int(params.get("min_tracklet_length", 30)))
     if kind == "coco":
         return coco_sources(params["root"], params.get("split", "test"), config)
+    # a video or a frames folder, each with its detections CSV
+    detections, uid = params["detections"], params.get("uid")
+    options: SourceOptions = {"config": config, "min_score": float(params.get("min_score", 0.0))}
     if kind == "video":
-        return [
-            video_source(
-                params["video"],
-                params["detections"],
-                params.get("uid"),
-                config=config,
-                first_frame=int(params.get("first_frame", 0)),
-                min_score=float(params.get("min_score", 0.0)),
-            )
-        ]
-    return [
-        frames_source(
-            params["folder"],
-            params["detections"],
-            params.get("uid"),
-            config=config,
-            min_score=float(params.get("min_score", 0.0)),
-        )
-    ]
+        first_frame = int(params.get("first_frame", 0))
+        return [video_source(params["video"], detections, uid, first_frame=first_frame, **options)]
+    return [frames_source(params["folder"], detections, uid, **options)]
 
 
 class JobRunner:
@@ -235,19 +228,17 @@ class JobRunner:
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raises JobNotFoundError."""
-        with self.store.sessions() as session:
-            model = session.get(JobModel, job_id)
-            if model is None:
-                raise JobNotFoundError(f"no job with id {job_id!r}")
-            return _record(model)
+        found = _records(self.store, select(JobModel).where(JobModel.id == job_id))
+        if not found:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        return found[0]
 
     def list(self, status: str | None = None) -> list[JobRecord]:
         """Jobs, oldest first (of one status when given)."""
         query = select(JobModel).order_by(JobModel.created_at, JobModel.id)
         if status is not None:
             query = query.where(JobModel.status == status)
-        with self.store.sessions() as session:
-            return [_record(m) for m in session.scalars(query)]
+        return _records(self.store, query)
 
     # -- the worker side ---------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Indexing pipeline: procedures → tracklets → crops → encoder → store + FAISS (SPEC §8).
+"""Indexing pipeline: procedures → tracklets → crops → encoder → store + FAISS (docs/store.md).
 
 Inputs (:mod:`indexer.sources`): a COCO split, a video + detections CSV, a
 frames folder + detections CSV. Frames are streamed in frame order and each
@@ -18,70 +18,34 @@ satisfies it), never on torch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypedDict, Unpack
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from polypindex.indexer.embed import (
+    THUMBNAIL_DIR,
+    Embedder,
+    embed_procedure,
+    summarize_boxes,
+    thumbnail_dir,
+)
+from polypindex.indexer.generations import generation_dir, list_generations, open_or_rebuild
+from polypindex.indexer.predictions import check_probes, installed_probes, predict, predict_stored
 from polypindex.indexer.sources import ProcedureSource, coco_sources, procedure_uid
-from polypindex.indexer.store import PredictionRow, Store, TrackletRow
-from polypindex.indexer.vector_index import (
-    IndexPolicy,
-    VectorIndex,
-    generation_dir,
-    list_generations,
-)
-from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from polypindex.model.errors import (
-    ConfigError,
-    EncoderMismatchError,
-    InvalidInputError,
-    NotFoundError,
-    PolypIndexError,
-)
-from polypindex.model.preprocess import crop_frame, normalize
-from polypindex.model.probe import TASKS, Probe, load_probe, probe_path
-from polypindex.model.tracklets import fragment_indices
+from polypindex.indexer.store import Store
+from polypindex.indexer.vectors import IndexPolicy
+from polypindex.model.config import TrackletConfig, check_whole_tracklet
+from polypindex.model.errors import InvalidInputError, NotFoundError
+from polypindex.model.probe import Probe
 
 logger = logging.getLogger(__name__)
-
-THUMBNAIL_DIR = "thumbnails"
-# Tracklets normalised and sent to the encoder at a time (bounds float32 memory).
-_EMBED_CHUNK = 32
-
-
-class Embedder(Protocol):
-    """What the pipeline needs from an encoder (``model.runtime.OnnxEncoder`` has it)."""
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def preprocess(self) -> PreprocessConfig: ...
-
-    @property
-    def fragment(self) -> FragmentConfig: ...
-
-    @property
-    def reid_threshold(self) -> float: ...
-
-    def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
-        """``seqs[i]``: float32 ``(s_i, 3, H, W)`` → float32 ``(N, D)``, L2-normalised."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -155,182 +119,33 @@ class Progress:
 
 
 __all__ = [
+    "THUMBNAIL_DIR",
     "Embedder",
+    "IndexOptions",
     "IndexReport",
     "Progress",
+    "check_probes",
     "delete_procedure",
     "index_dataset",
     "index_sources",
+    "installed_probes",
+    "predict",
+    "predict_stored",
     "procedure_uid",
+    "retire_generation",
     "summarize_boxes",
 ]
 
 
-def summarize_boxes(
-    frame_ids: np.ndarray, boxes: np.ndarray, sampled: np.ndarray | None = None
-) -> dict[str, Any]:
-    """The boxes summary stored with a tracklet.
+class IndexOptions(TypedDict, total=False):
+    """Options :func:`index_dataset` passes on to :func:`index_sources` (see there)."""
 
-    Args:
-        frame_ids: (n,) frame ids of the tracklet.
-        boxes: (n, 4) xywh boxes.
-        sampled: positions (into the tracklet) of the frames that were embedded.
-
-    Returns:
-        ``{"first", "last", "mean"}`` boxes (xywh), ``"frame_ids"`` (all) and
-        ``"sampled_frame_ids"`` (embedded ones).
-    """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    f = np.asarray(frame_ids, dtype=np.int64)
-    return {
-        "first": [round(float(v), 2) for v in b[0]],
-        "last": [round(float(v), 2) for v in b[-1]],
-        "mean": [round(float(v), 2) for v in b.mean(axis=0)],
-        "frame_ids": f.tolist(),
-        "sampled_frame_ids": f[sampled].tolist() if sampled is not None else [],
-    }
-
-
-def _safe_name(text: str) -> str:
-    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', text).strip('_')[:80]}-{digest}"
-
-
-def _write_thumbnail(path: Path, crop_rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(
-        ".jpg", np.ascontiguousarray(crop_rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90]
-    )
-    if not ok:
-        raise PolypIndexError(f"cannot encode thumbnail {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.tobytes())
-    os.replace(tmp, path)
-
-
-@dataclass
-class _ProcedureEmbedding:
-    rows: list[TrackletRow]
-    embeddings: np.ndarray  # (N, D) float32
-    frames: int
-    images_decoded: int
-
-
-def _selected_frames(n_frames: int, encoder: Embedder) -> np.ndarray:
-    pieces = fragment_indices(n_frames, encoder.fragment)
-    if len(pieces) != 1 or len(pieces[0]) == 0:
-        raise ConfigError(
-            f"indexing embeds each tracklet whole: the encoder's fragment config must have "
-            f"fragment_length=-1, got {encoder.fragment}"
-        )
-    return pieces[0]
-
-
-def _embed_procedure(
-    procedure: ProcedureSource,
-    encoder: Embedder,
-    batch_size: int,
-    index_dir: Path | None,
-) -> _ProcedureEmbedding:
-    """Stream, crop and embed every tracklet of one procedure (nothing is written to the store).
-
-    Frames come in increasing order from ``procedure.frames``; a tracklet is
-    embedded (in chunks of ``_EMBED_CHUNK``) as soon as its last needed frame
-    is cropped, and its crops are then dropped. Thumbnails are written only
-    once every tracklet is embedded.
-    """
-    uid, tracklets = procedure.uid, procedure.tracklets
-    config = encoder.preprocess
-    size, dim = config.im_size, encoder.dim
-    selections: list[np.ndarray] = []
-    remaining = np.zeros(len(tracklets), dtype=np.int64)
-    # frame id -> [(tracklet index, slot in its crop stack, box)]: each frame is decoded once.
-    needs: dict[int, list[tuple[int, int, np.ndarray]]] = {}
-    for ti, tracklet in enumerate(tracklets):
-        selected = _selected_frames(len(tracklet), encoder)
-        selections.append(selected)
-        remaining[ti] = len(selected)
-        for slot, pos in enumerate(selected):
-            needs.setdefault(int(tracklet.frame_ids[int(pos)]), []).append(
-                (ti, slot, tracklet.boxes[int(pos)])
-            )
-    crops: list[np.ndarray | None] = [None] * len(tracklets)
-    middle: list[np.ndarray | None] = [None] * len(tracklets)
-    embeddings = np.empty((len(tracklets), dim), dtype=np.float32)
-    ready: list[int] = []
-
-    def flush() -> None:
-        seqs = [normalize(crops[ti], config) for ti in ready]  # type: ignore[arg-type]
-        out = np.asarray(encoder.embed_sequences(seqs, batch_size=batch_size), dtype=np.float32)
-        if out.shape != (len(ready), dim):
-            raise EncoderMismatchError(
-                f"encoder {encoder.version!r} returned shape {out.shape} for {len(ready)} "
-                f"tracklets; expected ({len(ready)}, {dim})"
-            )
-        for row, ti in enumerate(ready):
-            embeddings[ti] = out[row]
-            stack = crops[ti]
-            assert stack is not None
-            middle[ti] = stack[len(stack) // 2].copy()
-            crops[ti] = None
-        ready.clear()
-
-    decoded = 0
-    for frame_id, image in procedure.frames(sorted(needs)):
-        decoded += 1
-        for ti, slot, box in needs.get(int(frame_id), ()):
-            if crops[ti] is None:
-                crops[ti] = np.empty((len(selections[ti]), size, size, 3), dtype=np.uint8)
-            crops[ti][slot] = crop_frame(image, box, config)  # type: ignore[index]
-            remaining[ti] -= 1
-            if remaining[ti] == 0:
-                ready.append(ti)
-        if len(ready) >= _EMBED_CHUNK:
-            flush()
-    if ready:
-        flush()
-    if np.any(remaining > 0):
-        ti = int(np.flatnonzero(remaining > 0)[0])
-        raise InvalidInputError(
-            f"procedure {uid!r} ({procedure.source}): frames of tracklet {tracklets[ti].key} "
-            f"were never read"
-        )
-    norms = np.linalg.norm(embeddings, axis=1)
-    if not np.all(np.isfinite(embeddings)) or np.any(norms <= 0):
-        raise PolypIndexError(
-            f"procedure {uid!r}: the encoder returned NaN, infinite or zero embeddings"
-        )
-
-    rows: list[TrackletRow] = []
-    for ti, tracklet in enumerate(tracklets):
-        thumbnail: str | None = None
-        if index_dir is not None and middle[ti] is not None:
-            rel = Path(THUMBNAIL_DIR) / _safe_name(uid) / f"{_safe_name(tracklet.key)}.jpg"
-            _write_thumbnail(index_dir / rel, middle[ti])  # type: ignore[arg-type]
-            thumbnail = rel.as_posix()
-        size_mm = tracklet.metadata.get("size")
-        histology = tracklet.metadata.get("histology")
-        rows.append(
-            TrackletRow(
-                key=tracklet.key,
-                start_frame=tracklet.start_frame,
-                end_frame=tracklet.end_frame,
-                n_frames=len(tracklet),
-                embedding=embeddings[ti],
-                boxes=summarize_boxes(tracklet.frame_ids, tracklet.boxes, selections[ti]),
-                identity_label=tracklet.identity_id,
-                thumbnail_path=thumbnail,
-                size_mm=float(size_mm) if isinstance(size_mm, int | float) else None,
-                histology=str(histology) if histology is not None else None,
-            )
-        )
-    return _ProcedureEmbedding(
-        rows=rows,
-        embeddings=embeddings,
-        frames=int(sum(len(s) for s in selections)),
-        images_decoded=decoded,
-    )
+    batch_size: int
+    thumbnails: bool
+    on_progress: Callable[[Progress], None] | None
+    snapshot_every_s: float
+    policy: IndexPolicy | None
+    probes: Sequence[Probe]
 
 
 def index_sources(
@@ -378,16 +193,12 @@ def index_sources(
         The :class:`IndexReport`.
     """
     started = time.perf_counter()
-    if encoder.fragment.fragment_length != -1:
-        raise ConfigError(
-            f"indexing embeds each tracklet whole: the encoder's fragment config must have "
-            f"fragment_length=-1, got {encoder.fragment}"
-        )
+    check_whole_tracklet(encoder.fragment)
     check_probes(probes, encoder.version)
     if total is None and isinstance(procedures, Sequence):
         total = len(procedures)
     out_dir = Path(index_dir)
-    index = VectorIndex.open_or_rebuild(
+    index = open_or_rebuild(
         out_dir,
         store,
         encoder.version,
@@ -411,7 +222,7 @@ def index_sources(
                 skipped += 1
             else:
                 t0 = time.perf_counter()
-                result = _embed_procedure(
+                result = embed_procedure(
                     procedure, encoder, batch_size, out_dir if thumbnails else None
                 )
                 if probes:
@@ -482,67 +293,6 @@ def index_sources(
     return report
 
 
-def check_probes(probes: Sequence[Probe], encoder_version: str) -> None:
-    """Refuse probes of another encoder, probes trained on fragments shorter than the
-    whole tracklet (indexing predicts from the tracklet embedding), or two of one task."""
-    tasks = [p.task for p in probes]
-    if len(set(tasks)) != len(tasks):
-        raise ConfigError(f"one probe per task, got tasks {tasks}")
-    for probe in probes:
-        probe.check_encoder(encoder_version)
-        training = probe.metadata.get("training") or {}
-        length = (training.get("fragment") or {}).get("fragment_length", -1)
-        if length != -1:
-            raise ConfigError(
-                f"{probe.version} was trained on fragments of {length} frames, but predictions "
-                f"are made from whole-tracklet embeddings; retrain it without --fragment-length"
-            )
-
-
-def predict(probes: Sequence[Probe], embedding: np.ndarray) -> tuple[PredictionRow, ...]:
-    """The probes' predictions for one tracklet embedding.
-
-    The probes read the encoder's own tracklet embedding (the encoder's fragment
-    rule is the whole tracklet, as in :func:`index_sources`), so the stored
-    embedding is the probe's one fragment.
-    """
-    out = []
-    for probe in probes:
-        p = probe.predict_tracklet(np.asarray(embedding, dtype=np.float32)[None, :])
-        out.append(PredictionRow(probe.task, p.label, float(p.probability), probe.version))
-    return tuple(out)
-
-
-def installed_probes(folder: str | Path, encoder_version: str) -> list[Probe]:
-    """The probes found in ``folder`` (``size.npz``, ``histology.npz``; absent ones are skipped).
-
-    Raises:
-        EncoderMismatchError: a probe there was trained on another encoder.
-        ModelLoadError: a probe file there is unreadable.
-    """
-    return [
-        load_probe(probe_path(folder, task), encoder_version)
-        for task in TASKS
-        if probe_path(folder, task).is_file()
-    ]
-
-
-def predict_stored(
-    store: Store, encoder_version: str, probes: Sequence[Probe], progress: bool = True
-) -> dict[str, int]:
-    """(Re)compute and store every ``encoder_version`` tracklet's predictions; counts per task."""
-    check_probes(probes, encoder_version)
-    per_task: dict[str, dict[int, PredictionRow]] = {p.task: {} for p in probes}
-    total = store.count_tracklets(encoder_version)
-    with tqdm(total=total, unit="tracklet", desc="predicting", disable=not progress) as bar:
-        for ids, vectors in store.iter_embeddings(encoder_version):
-            for tid, vector in zip(ids.tolist(), vectors, strict=True):
-                for row in predict(probes, vector):
-                    per_task[row.task][int(tid)] = row
-            bar.update(len(ids))
-    return {task: store.replace_predictions(task, rows) for task, rows in per_task.items()}
-
-
 def index_dataset(
     root: str | Path,
     split: str,
@@ -553,13 +303,7 @@ def index_dataset(
     force: bool = False,
     progress: bool = True,
     procedure_uids: Collection[str] | None = None,
-    *,
-    batch_size: int = 16,
-    thumbnails: bool = True,
-    on_progress: Callable[[Progress], None] | None = None,
-    snapshot_every_s: float = 30.0,
-    policy: IndexPolicy | None = None,
-    probes: Sequence[Probe] = (),
+    **options: Unpack[IndexOptions],
 ) -> IndexReport:
     """Index every procedure (video) of a COCO split (see :func:`index_sources`).
 
@@ -567,18 +311,16 @@ def index_dataset(
         root: dataset folder (``ROOT/images``, ``ROOT/annotations/instances_{split}.json``).
         split: ``train``, ``val`` or ``test``.
         procedure_uids: only these procedures (UIDs as in :func:`procedure_uid`).
-        tracklet_config: how annotations are cut into tracklets (default SPEC §3).
+        tracklet_config: how annotations are cut into tracklets (default docs/method.md#tracklets).
+        options: ``batch_size``, ``thumbnails``, ``on_progress``, ``snapshot_every_s``,
+            ``policy``, ``probes`` as for :func:`index_sources`.
 
     Raises:
         InvalidAnnotationError: the annotation file or a record is malformed.
         ImageReadError: a frame cannot be read (nothing is written for its procedure).
         InvalidInputError: an unknown UID in ``procedure_uids``.
     """
-    if encoder.fragment.fragment_length != -1:
-        raise ConfigError(
-            f"indexing embeds each tracklet whole: the encoder's fragment config must have "
-            f"fragment_length=-1, got {encoder.fragment}"
-        )
+    check_whole_tracklet(encoder.fragment)
     sources = coco_sources(root, split, tracklet_config)
     if procedure_uids is not None:
         known = [s.uid for s in sources]
@@ -595,13 +337,8 @@ def index_dataset(
         encoder,
         force=force,
         progress=progress,
-        batch_size=batch_size,
-        thumbnails=thumbnails,
-        on_progress=on_progress,
-        snapshot_every_s=snapshot_every_s,
-        policy=policy,
         description=f"indexing {split}",
-        probes=probes,
+        **options,
     )
 
 
@@ -623,9 +360,9 @@ def delete_procedure(uid: str, store: Store, index_dir: str | Path) -> list[int]
         if not version or not isinstance(dim, int):
             continue
         # Opening syncs with the store, which drops the deleted ids.
-        index = VectorIndex.open_or_rebuild(index_dir, store, str(version), dim)
+        index = open_or_rebuild(index_dir, store, str(version), dim)
         index.save()
-    shutil.rmtree(Path(index_dir) / THUMBNAIL_DIR / _safe_name(uid), ignore_errors=True)
+    shutil.rmtree(thumbnail_dir(index_dir, uid), ignore_errors=True)
     return removed
 
 
@@ -661,7 +398,5 @@ def retire_generation(encoder_version: str, store: Store, index_dir: str | Path)
     shutil.rmtree(folder, ignore_errors=True)
     for procedure in procedures:
         if not store.has_procedure(procedure.uid):
-            shutil.rmtree(
-                Path(index_dir) / THUMBNAIL_DIR / _safe_name(procedure.uid), ignore_errors=True
-            )
+            shutil.rmtree(thumbnail_dir(index_dir, procedure.uid), ignore_errors=True)
     return removed

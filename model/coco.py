@@ -1,4 +1,4 @@
-"""COCO-with-video-fields loading and validation (SPEC §2), and tracklets from it.
+"""COCO-with-video-fields loading and validation (docs/method.md#data-format), and tracklets from it.
 
 A dataset folder is ``ROOT/images/*.jpg`` + ``ROOT/annotations/instances_{split}.json``.
 Every problem raises :class:`InvalidAnnotationError` naming the file and record.
@@ -53,7 +53,7 @@ class CocoSplit:
         return self.root / "images" / str(image["file_name"])
 
     def tracklets(self, config: TrackletConfig | None = None) -> list[Tracklet]:
-        """Per identity, instances sorted by frame and cut into tracklets (SPEC §3).
+        """Per identity, instances sorted by frame and cut into tracklets (docs/method.md#tracklets).
 
         Returns:
             Tracklets ordered by (sequence, identity, start frame), with ``metadata``
@@ -94,7 +94,7 @@ def _fail(path: Path, message: str) -> InvalidAnnotationError:
 
 
 def validate_coco_dict(data: Any, path: Path, check_images_exist: bool = True) -> None:
-    """Check the SPEC §2 contract; raise InvalidAnnotationError naming the bad record."""
+    """Check the data-format contract (docs/method.md#data-format); raise InvalidAnnotationError naming the bad record."""
     if not isinstance(data, dict):
         raise _fail(path, "top level must be a JSON object with 'images' and 'annotations'")
     for key in ("images", "annotations"):

@@ -1,4 +1,4 @@
-"""Typed, validated configuration of the data path (SPEC §3).
+"""Typed, validated configuration of the data path (docs/method.md#tracklets).
 
 These settings travel inside every artefact (checkpoint, ONNX metadata, index
 sidecar); consumers read them from there, never from their own defaults.
@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Self, TypeVar
 
 from polypindex.model.errors import ConfigError
 
 T = TypeVar("T")
+
+WHOLE_TRACKLET = -1
+"""``FragmentConfig.fragment_length`` meaning "the whole subsampled tracklet is one fragment"."""
 
 
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -27,9 +30,25 @@ def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
+class JsonConfig:
+    """The dict / JSON form shared by the configuration dataclasses (they travel in
+    checkpoints, ONNX metadata and index sidecars as plain JSON)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a dict; unknown keys raise ConfigError naming them (lists → tuples)."""
+        return _from_dict(cls, data)
+
+
 @dataclass(frozen=True)
-class PreprocessConfig:
-    """How a frame and its box become the encoder's input (SPEC §3 "Crop").
+class PreprocessConfig(JsonConfig):
+    """How a frame and its box become the encoder's input (docs/method.md#the-crop).
 
     Attributes:
         im_size: side of the square crop fed to the encoder, in pixels.
@@ -54,19 +73,9 @@ class PreprocessConfig:
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std values must be > 0, got {self.std!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class TrackletConfig:
+class TrackletConfig(JsonConfig):
     """How per-identity instances (or raw detections) are cut into tracklets.
 
     Attributes:
@@ -87,16 +96,9 @@ class TrackletConfig:
         if self.min_tracklet_length < 1:
             raise ConfigError(f"min_tracklet_length must be >= 1, got {self.min_tracklet_length}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrackletConfig:
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class FragmentConfig:
+class FragmentConfig(JsonConfig):
     """How a tracklet is subsampled and cut into fragments.
 
     Attributes:
@@ -118,7 +120,7 @@ class FragmentConfig:
     def __post_init__(self) -> None:
         if self.stride < 1:
             raise ConfigError(f"stride must be >= 1, got {self.stride}")
-        if self.fragment_length == 0 or self.fragment_length < -1:
+        if self.fragment_length == 0 or self.fragment_length < WHOLE_TRACKLET:
             raise ConfigError(
                 f"fragment_length must be a positive number of frames or -1 (whole tracklet), "
                 f"got {self.fragment_length}"
@@ -126,12 +128,30 @@ class FragmentConfig:
         if self.max_frames < 0:
             raise ConfigError(f"max_frames must be >= 0 (0 = no cap), got {self.max_frames}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FragmentConfig:
-        return _from_dict(cls, data)
+def whole_tracklet(fragment: FragmentConfig) -> FragmentConfig:
+    """The whole-tracklet rule of indexing, evaluation and the service (docs/method.md#fragments): the
+    training fragment settings (stride, max_frames) with the whole subsampled tracklet
+    as the one fragment (``fragment_length = -1``)."""
+    return replace(fragment, fragment_length=WHOLE_TRACKLET)
+
+
+def whole_tracklet_error(fragment: FragmentConfig) -> ConfigError:
+    """The error for a fragment rule that does not give one whole-tracklet fragment."""
+    return ConfigError(
+        f"indexing embeds each tracklet whole: the encoder's fragment config must have "
+        f"fragment_length=-1, got {fragment}"
+    )
+
+
+def check_whole_tracklet(fragment: FragmentConfig) -> None:
+    """Raise ConfigError unless ``fragment`` is the whole-tracklet rule (what indexing needs).
+
+    Raises:
+        ConfigError: ``fragment.fragment_length`` is not -1.
+    """
+    if fragment.fragment_length != WHOLE_TRACKLET:
+        raise whole_tracklet_error(fragment)
 
 
 def parse_value(raw: str) -> Any:

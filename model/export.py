@@ -20,22 +20,21 @@ pretraining) with the same input/output contract and metadata keys, so
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
 
-from polypindex.model.config import FragmentConfig
+from polypindex.model.config import FragmentConfig, PreprocessConfig, whole_tracklet
 from polypindex.model.encoder import (
     HMVE,
     FrameMeanEncoder,
@@ -45,6 +44,7 @@ from polypindex.model.encoder import (
     load_frame_encoder_checkpoint,
 )
 from polypindex.model.errors import ModelLoadError
+from polypindex.model.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -91,22 +91,35 @@ class _Embed(nn.Module):
         return self.encoder.embed(frames)
 
 
-def indexing_fragment(fragment: FragmentConfig) -> FragmentConfig:
-    """The fragment rule for indexing/evaluation: training's stride and max_frames, whole tracklet."""
-    return dataclasses.replace(fragment, fragment_length=-1)
+class ExportOptions(TypedDict, total=False):
+    """The options of :func:`export_onnx` and :func:`export_frame_mean_onnx`.
+
+    Attributes:
+        opset: ONNX opset; absent or ``None`` lets the exporter choose.
+        reid_threshold: same-polyp probability threshold to store; default the
+            checkpoint's ``extra["reid_threshold"]``, else 0.6 (with a warning).
+        check: run the parity check (default ``True``): torch vs ONNX Runtime (CPU) on
+            two random inputs, ``(b, s) = (3, 5)`` and ``(1, 9)``, sizes unlike the trace
+            example; fails above ``PARITY_ATOL = 1e-4`` max absolute difference.
+    """
+
+    opset: int | None
+    reid_threshold: float | None
+    check: bool
 
 
-def resolve_reid_threshold(loaded: LoadedEncoder, reid_threshold: float | None = None) -> float:
-    """The threshold to store: the argument, else the checkpoint's ``extra["reid_threshold"]``,
-    else :data:`DEFAULT_REID_THRESHOLD` (with a warning)."""
-    if reid_threshold is not None:
-        value = float(reid_threshold)
-    elif isinstance(loaded.extra.get("reid_threshold"), int | float):
-        value = float(loaded.extra["reid_threshold"])
+def _resolve_threshold(
+    extra: dict[str, Any], given: float | None, what: str, path: object
+) -> float:
+    if given is not None:
+        value = float(given)
+    elif isinstance(extra.get("reid_threshold"), int | float):
+        value = float(extra["reid_threshold"])
     else:
         logger.warning(
-            "checkpoint %s has no reid_threshold and none was given; storing the default %.2f",
-            loaded.path,
+            "%s %s has no reid_threshold and none was given; storing the default %.2f",
+            what,
+            path,
             DEFAULT_REID_THRESHOLD,
         )
         value = DEFAULT_REID_THRESHOLD
@@ -115,19 +128,43 @@ def resolve_reid_threshold(loaded: LoadedEncoder, reid_threshold: float | None =
     return value
 
 
-def build_metadata(loaded: LoadedEncoder, reid_threshold: float) -> dict[str, str]:
-    """The ``metadata_props`` written into the ONNX model (all values are strings)."""
+def resolve_reid_threshold(loaded: LoadedEncoder, reid_threshold: float | None = None) -> float:
+    """The threshold to store: the argument, else the checkpoint's ``extra["reid_threshold"]``,
+    else :data:`DEFAULT_REID_THRESHOLD` (with a warning)."""
+    return _resolve_threshold(loaded.extra, reid_threshold, "checkpoint", loaded.path)
+
+
+def _metadata(
+    version: str,
+    preprocess: PreprocessConfig,
+    fragment: FragmentConfig,
+    encoder_config: str,
+    dim: int,
+    reid_threshold: float,
+) -> dict[str, str]:
+    """The ``metadata_props`` of every exported model (all values are strings); the
+    fragment rule stored is the whole-tracklet one (:func:`model.config.whole_tracklet`)."""
     return {
         f"{META_PREFIX}format": ONNX_FORMAT,
-        f"{META_PREFIX}encoder_version": loaded.encoder_version,
-        f"{META_PREFIX}preprocess": loaded.preprocess.to_json(),
-        f"{META_PREFIX}fragment": json.dumps(
-            indexing_fragment(loaded.fragment).to_dict(), sort_keys=True
-        ),
-        f"{META_PREFIX}encoder_config": loaded.encoder_config.to_json(),
-        f"{META_PREFIX}embedding_dim": str(loaded.encoder_config.d_model),
+        f"{META_PREFIX}encoder_version": version,
+        f"{META_PREFIX}preprocess": preprocess.to_json(),
+        f"{META_PREFIX}fragment": whole_tracklet(fragment).to_json(),
+        f"{META_PREFIX}encoder_config": encoder_config,
+        f"{META_PREFIX}embedding_dim": str(dim),
         f"{META_PREFIX}reid_threshold": repr(float(reid_threshold)),
     }
+
+
+def build_metadata(loaded: LoadedEncoder, reid_threshold: float) -> dict[str, str]:
+    """The ``metadata_props`` written into the ONNX model (all values are strings)."""
+    return _metadata(
+        loaded.encoder_version,
+        loaded.preprocess,
+        loaded.fragment,
+        loaded.encoder_config.to_json(),
+        loaded.encoder_config.d_model,
+        reid_threshold,
+    )
 
 
 def _export_proto(
@@ -198,60 +235,23 @@ def check_parity(
     return worst
 
 
-def export_onnx(
+_Prepared = tuple[HMVE | FrameMeanEncoder, dict[str, str], int]
+
+
+def _export(
     checkpoint: Path,
     out: Path,
-    opset: int | None = None,
-    reid_threshold: float | None = None,
-    check: bool = True,
+    prepare: Callable[[Path, float | None], _Prepared],
+    options: ExportOptions,
 ) -> ExportReport:
-    """Export an encoder checkpoint to ONNX with dynamic batch and sequence length.
-
-    The graph is ``HMVE.embed`` (raw CLS output, not normalised); the input is
-    the already-normalised crops, so consumers must not normalise twice. The
-    file is written atomically and only after the checks pass.
-
-    Args:
-        checkpoint: a file written by :func:`model.encoder.save_encoder_checkpoint`.
-        out: the ``.onnx`` path to write.
-        opset: ONNX opset; ``None`` lets the exporter choose.
-        reid_threshold: same-polyp probability threshold to store; default the
-            checkpoint's ``extra["reid_threshold"]``, else 0.6 (with a warning).
-        check: run the parity check: torch vs ONNX Runtime (CPU) on two random
-            inputs, ``(b, s) = (3, 5)`` and ``(1, 9)``, sizes unlike the trace
-            example; fails above ``PARITY_ATOL = 1e-4`` max absolute difference.
-
-    Returns:
-        An :class:`ExportReport`.
-
-    Raises:
-        ModelLoadError: unreadable checkpoint, export failure, a frozen dynamic
-            dimension, or a parity difference above ``PARITY_ATOL``.
-    """
+    """Load with ``prepare`` (→ encoder, metadata, crop size), then trace, check dynamic
+    dims, add metadata, check parity and write atomically."""
     start = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
-    loaded = load_encoder_checkpoint(checkpoint)
-    threshold = resolve_reid_threshold(loaded, reid_threshold)
-    encoder = loaded.encoder.eval()
-    metadata = build_metadata(loaded, threshold)
-    return _export_checked(
-        encoder, metadata, checkpoint, out, loaded.preprocess.im_size, opset, check, start
-    )
-
-
-def _export_checked(
-    encoder: HMVE | FrameMeanEncoder,
-    metadata: dict[str, str],
-    checkpoint: Path,
-    out: Path,
-    im_size: int,
-    opset: int | None,
-    check: bool,
-    start: float,
-) -> ExportReport:
-    """Trace, check dynamic dims, add metadata, check parity, write atomically."""
+    encoder, metadata, im_size = prepare(checkpoint, options.get("reid_threshold"))
+    check = options.get("check", True)
     try:
-        proto = _export_proto(encoder, im_size, opset)
+        proto = _export_proto(encoder, im_size, options.get("opset"))
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -261,11 +261,7 @@ def _export_checked(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     version = metadata[f"{META_PREFIX}encoder_version"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:
         onnx.save_model(proto, str(tmp))
         diff = check_parity(encoder, tmp, im_size) if check else float("nan")
         if check and not diff <= PARITY_ATOL:
@@ -273,16 +269,42 @@ def _export_checked(
                 f"ONNX export of {checkpoint}: torch vs ONNX Runtime max |diff| = {diff:.3g} "
                 f"exceeds {PARITY_ATOL:g}"
             )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     report = ExportReport(out, version, diff, _opset(proto), time.perf_counter() - start)
     logger.info("exported %s (%s), parity max |diff| %.2e", out, version, diff)
     return report
 
 
+def _prepare_hmve(checkpoint: Path, reid_threshold: float | None) -> _Prepared:
+    loaded = load_encoder_checkpoint(checkpoint)
+    metadata = build_metadata(loaded, resolve_reid_threshold(loaded, reid_threshold))
+    return loaded.encoder.eval(), metadata, loaded.preprocess.im_size
+
+
+def export_onnx(checkpoint: Path, out: Path, **options: Unpack[ExportOptions]) -> ExportReport:
+    """Export an encoder checkpoint to ONNX with dynamic batch and sequence length.
+
+    The graph is ``HMVE.embed`` (raw CLS output, not normalised); the input is
+    the already-normalised crops, so consumers must not normalise twice. The
+    file is written atomically and only after the checks pass.
+
+    Args:
+        checkpoint: a file written by :func:`model.encoder.save_encoder_checkpoint`.
+        out: the ``.onnx`` path to write.
+        options: ``opset``, ``reid_threshold``, ``check``: see :class:`ExportOptions`.
+
+    Returns:
+        An :class:`ExportReport`.
+
+    Raises:
+        ModelLoadError: unreadable checkpoint, export failure, a frozen dynamic
+            dimension, or a parity difference above ``PARITY_ATOL``.
+    """
+    return _export(checkpoint, out, _prepare_hmve, options)
+
+
 def frame_mean_version(loaded: LoadedFrameEncoder) -> str:
-    """``framemean-<backbone>-<12 hex>``: the frame encoder's hash, marked as frame-mean."""
+    """``framemean-<backbone>-<12 hex>``: the frame encoder's hash (which covers its
+    crop settings and frame rule), marked as frame-mean."""
     return "framemean-" + loaded.version.removeprefix("frames-")
 
 
@@ -298,25 +320,25 @@ def build_frame_mean_metadata(loaded: LoadedFrameEncoder, reid_threshold: float)
         "pretraining": loaded.extra.get("kind", "unknown"),
         "pretraining_epochs": loaded.extra.get("epoch"),
     }
-    return {
-        f"{META_PREFIX}format": ONNX_FORMAT,
-        f"{META_PREFIX}encoder_version": frame_mean_version(loaded),
-        f"{META_PREFIX}preprocess": loaded.preprocess.to_json(),
-        f"{META_PREFIX}fragment": json.dumps(
-            indexing_fragment(loaded.fragment).to_dict(), sort_keys=True
-        ),
-        f"{META_PREFIX}encoder_config": json.dumps(encoder_config, sort_keys=True),
-        f"{META_PREFIX}embedding_dim": str(loaded.feature_dim),
-        f"{META_PREFIX}reid_threshold": repr(float(reid_threshold)),
-    }
+    return _metadata(
+        frame_mean_version(loaded),
+        loaded.preprocess,
+        loaded.fragment,
+        json.dumps(encoder_config, sort_keys=True),
+        loaded.feature_dim,
+        reid_threshold,
+    )
+
+
+def _prepare_frame_mean(checkpoint: Path, reid_threshold: float | None) -> _Prepared:
+    loaded = load_frame_encoder_checkpoint(checkpoint)
+    threshold = _resolve_threshold(loaded.extra, reid_threshold, "frame encoder", checkpoint)
+    encoder = FrameMeanEncoder(loaded.backbone, loaded.feature_dim).eval()
+    return encoder, build_frame_mean_metadata(loaded, threshold), loaded.preprocess.im_size
 
 
 def export_frame_mean_onnx(
-    checkpoint: Path,
-    out: Path,
-    opset: int | None = None,
-    reid_threshold: float | None = None,
-    check: bool = True,
+    checkpoint: Path, out: Path, **options: Unpack[ExportOptions]
 ) -> ExportReport:
     """Export the frame-mean baseline of a frame-encoder checkpoint (``msn.pt``) to ONNX.
 
@@ -329,32 +351,9 @@ def export_frame_mean_onnx(
     Args:
         checkpoint: written by :func:`model.encoder.save_frame_encoder_checkpoint`.
         out: the ``.onnx`` path to write.
-        opset: ONNX opset; ``None`` lets the exporter choose.
-        reid_threshold: same-polyp threshold to store; default the checkpoint's
-            ``extra["reid_threshold"]``, else 0.6 (with a warning).
-        check: run the torch vs ONNX Runtime parity check.
+        options: ``opset``, ``reid_threshold``, ``check``: see :class:`ExportOptions`.
 
     Raises:
         ModelLoadError: unreadable checkpoint, export failure or a parity failure.
     """
-    start = time.perf_counter()
-    checkpoint, out = Path(checkpoint), Path(out)
-    loaded = load_frame_encoder_checkpoint(checkpoint)
-    if reid_threshold is None and not isinstance(loaded.extra.get("reid_threshold"), int | float):
-        logger.warning(
-            "frame encoder %s has no reid_threshold and none was given; storing the default %.2f",
-            checkpoint,
-            DEFAULT_REID_THRESHOLD,
-        )
-    threshold = float(
-        reid_threshold
-        if reid_threshold is not None
-        else loaded.extra.get("reid_threshold", DEFAULT_REID_THRESHOLD)
-    )
-    if not 0.0 <= threshold <= 1.0:
-        raise ModelLoadError(f"reid_threshold must be a probability in [0, 1], got {threshold}")
-    encoder = FrameMeanEncoder(loaded.backbone, loaded.feature_dim).eval()
-    metadata = build_frame_mean_metadata(loaded, threshold)
-    return _export_checked(
-        encoder, metadata, checkpoint, out, loaded.preprocess.im_size, opset, check, start
-    )
+    return _export(checkpoint, out, _prepare_frame_mean, options)

@@ -46,9 +46,7 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(
-    path: str | Path, *, durable: bool = True, suffix: str = ".tmp"
-) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, durable: bool = True, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without an error,
     the file written there replaces ``path`` atomically.
 

@@ -1,4 +1,4 @@
-"""The one preprocessing implementation (SPEC §3 "Crop"), numpy + OpenCV only.
+"""The one preprocessing implementation (docs/method.md#the-crop), numpy + OpenCV only.
 
 Training, indexing and the service all call these functions, so the same frame
 and box give the same array everywhere. The encoder (torch or ONNX) takes the
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from polypindex.model.config import PreprocessConfig
 from polypindex.model.errors import ImageReadError, InvalidInputError
+from polypindex.model.files import atomic_write
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -153,8 +153,5 @@ class CropCache:
             except (OSError, ValueError):
                 path.unlink(missing_ok=True)  # a torn write: recompute below
         crops = crop_frames([read_image(p) for p in image_paths], boxes, self.config)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, crops)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: np.save(fh, crops), durable=False)
         return crops

@@ -1,7 +1,7 @@
 """Size and histology probes on frozen encoder embeddings: the serving side (numpy only).
 
 A probe is a small binary classifier trained by :mod:`training.probe` on the
-fragment embeddings of one ONNX encoder (SPEC §6 "Size", "Histology"):
+fragment embeddings of one ONNX encoder (docs/method.md#probes):
 
 - ``size``: ``classes = ("non_diminutive", "diminutive")``; diminutive = size ≤ 5 mm.
 - ``histology``: ``classes = ("non_adenoma", "adenoma")``; non-adenoma = hyperplastic,

@@ -18,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 
 from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.embedding import CropStream, tracklet_fragments
 from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
-from polypindex.model.preprocess import preprocess_frames
-from polypindex.model.tracklets import fragment_indices
+from polypindex.model.preprocess import normalize
 
 ONNX_FORMAT = "polypindex-onnx/1"
 META_PREFIX = "polypindex."
@@ -232,17 +232,17 @@ class OnnxEncoder:
         return out
 
     def tracklet_frames(self, n_frames: int) -> list[np.ndarray]:
-        """Indices of the frames embedded for a tracklet of ``n_frames`` (the indexing rule)."""
-        return fragment_indices(n_frames, self.fragment)
+        """Indices of the frames embedded for a tracklet of ``n_frames`` (the indexing rule,
+        :func:`model.embedding.tracklet_fragments`)."""
+        return tracklet_fragments(n_frames, self.fragment)
 
     def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
         """Embed one tracklet from raw frames, exactly as the indexer does.
 
-        Frames are chosen with :func:`model.tracklets.fragment_indices` and this
-        model's fragment rule, cropped and normalised with
-        :func:`model.preprocess.preprocess_frames` and this model's preprocessing.
-        If the rule yields several fragments, their embeddings are averaged and
-        re-normalised.
+        Frames are chosen with this model's fragment rule (:meth:`tracklet_frames`),
+        cropped by :class:`model.embedding.CropStream` with this model's preprocessing
+        and normalised with :func:`model.preprocess.normalize`. If the rule yields
+        several fragments, their embeddings are averaged and re-normalised.
 
         Args:
             images: the tracklet's frames, RGB uint8 ``(H, W, 3)`` each.
@@ -261,9 +261,12 @@ class OnnxEncoder:
             raise InvalidInputError(
                 f"a tracklet of {len(images)} frame(s) gives no fragment under {self.fragment}"
             )
-        needed = sorted({int(i) for f in fragments for i in f})
-        crops = preprocess_frames([images[i] for i in needed], boxes[needed], self.preprocess)
-        position = {frame: row for row, frame in enumerate(needed)}
-        batch = np.stack([crops[[position[int(i)] for i in f]] for f in fragments])
-        emb = self.embed(batch)
+        stream = CropStream(
+            [(np.arange(len(images)), boxes)],
+            [fragments],
+            lambda ids: ((i, images[i]) for i in ids),
+            self.preprocess,
+        )
+        ((_, sequences),) = [done for per_frame in stream for done in per_frame]
+        emb = self.embed(np.stack([normalize(seq, self.preprocess) for seq in sequences]))
         return emb[0] if len(emb) == 1 else l2_normalize(emb.mean(axis=0))

@@ -1,4 +1,4 @@
-"""Tracklets and fragments (SPEC §3): cutting box sequences into runs, linking raw
+"""Tracklets and fragments (docs/method.md#tracklets): cutting box sequences into runs, linking raw
 detections with a greedy IoU tracker, and subsampling runs into fragments.
 
 Boxes are ``[x, y, w, h]`` in pixels throughout.
@@ -94,7 +94,7 @@ class Tracklet:
 def split_runs(
     frame_ids: np.ndarray, boxes: np.ndarray, config: TrackletConfig
 ) -> list[np.ndarray]:
-    """Cut one identity's instances into runs (SPEC §3).
+    """Cut one identity's instances into runs (docs/method.md#tracklets).
 
     Args:
         frame_ids: (n,) frame positions, sorted increasing.
@@ -122,7 +122,7 @@ def link_detections(
     boxes: np.ndarray,
     config: TrackletConfig,
 ) -> list[np.ndarray]:
-    """Greedy IoU tracker for boxes without identities (SPEC §3).
+    """Greedy IoU tracker for boxes without identities (docs/method.md#tracklets).
 
     Each detection joins the live track whose last box (at most
     ``separation_thresh`` frames earlier) overlaps it most, if that IoU is at

@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from polypindex.paths import Layout
+from polypindex.model.layout import Layout
 
 log = logging.getLogger("polypindex.demo")
 
@@ -77,7 +77,7 @@ def ensure_probes(lay: Layout, data: Path, model_path: Path) -> None:
             data,
             model_path,
             out=path,
-            cache_dir=lay.home / "cache" / "probe_embeddings",
+            cache_dir=lay.probe_cache,
             crop_cache_dir=lay.crop_cache,
         )
 
@@ -102,7 +102,8 @@ def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
         predict_stored(store, encoder.version, probes)
 
 
-def build_demo(lay: Layout) -> None:
+def build_demo(lay: Layout) -> Path:
+    """Build whatever of the demo is missing under ``lay``; return the encoder to serve."""
     start = time.perf_counter()
     lay.home.mkdir(parents=True, exist_ok=True)
     data = ensure_dataset(lay)
@@ -110,3 +111,4 @@ def build_demo(lay: Layout) -> None:
     ensure_probes(lay, data, model_path)
     ensure_index(lay, data, model_path)
     _step(f"ready in {time.perf_counter() - start:.0f} s")
+    return model_path

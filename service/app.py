@@ -29,8 +29,8 @@ from importlib.metadata import version as package_version
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from polypindex.service.backend import load_resources, start_job_runner
 from polypindex.service.errors import install_error_handlers
+from polypindex.service.resources import load_resources, start_job_runner
 from polypindex.service.routers import health, jobs, predict, reid, search
 from polypindex.service.settings import Settings
 

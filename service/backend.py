@@ -1,298 +1,61 @@
-"""Everything the service does with the model runtime and the read side of the indexer.
+"""What the service does for a request with the loaded objects: search, query embedding,
+predictions and deletes.
 
-This is the only module of ``service/`` that touches ``indexer`` (``Store``,
-``VectorIndex``, ``JobRunner``, ``delete_procedure``), so a change there is adapted
-here (``service.errors`` also names the indexer's exceptions in its table). Routers receive the loaded
-objects through :mod:`service.deps` and call these functions.
+With :mod:`service.resources` (which loads those objects and keeps the index
+current), this is the only part of ``service/`` that touches ``indexer``
+(``Store``, ``VectorIndex``, ``JobRunner``, ``delete_procedure``), so a change
+there is adapted here (``service.errors`` also names the indexer's exceptions in
+its table). Routers receive the loaded objects through :mod:`service.deps` and
+call these functions.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import math
-import threading
-import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from polypindex.indexer import pipeline
+from polypindex.indexer.generations import sync_with_store
 from polypindex.indexer.jobs import JobRecord, JobRunner
 from polypindex.indexer.store import PredictionRow, Store, TrackletRecord
-from polypindex.indexer.vector_index import VectorIndex
+from polypindex.indexer.vectors import VectorIndex
 from polypindex.model.errors import (
     EncoderMismatchError,
     ImageReadError,
     IndexNotReadyError,
     InvalidInputError,
-    PolypIndexError,
     ProbeNotInstalledError,
     ProcedureNotFoundError,
 )
 from polypindex.model.preprocess import decode_image
-from polypindex.model.probe import TASKS, Probe, load_probe, probe_path
+from polypindex.model.probe import Probe
 from polypindex.service.errors import field_error
+from polypindex.service.resources import INDEX_LOCK, Encoder, empty_index_problem
 from polypindex.service.schemas import FrameInput, TrackletInput
 from polypindex.service.settings import Settings
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
-    "Encoder",
-    "IndexRefresher",
+    "EmbeddedInput",
     "JobRecord",
-    "JobRunner",
     "PredictionRow",
-    "Probe",
-    "Resources",
-    "Store",
+    "QueryEmbedder",
     "TrackletRecord",
-    "VectorIndex",
     "decode_frames",
     "delete_procedure",
     "embed_input",
-    "load_resources",
     "search",
-    "start_job_runner",
     "submit_job",
 ]
 
-HOW_TO_BUILD_MODEL = (
-    "build the demo model with `polypindex demo`, or point POLYPINDEX_MODEL_PATH "
-    "(`polypindex serve --model`) at an exported encoder.onnx"
-)
-HOW_TO_BUILD_INDEX = "index procedures with `polypindex index` (or run `polypindex demo`)"
 
-
-def how_to_train_probe(task: str, settings: Settings) -> str:
-    return (
-        f"train it with `polypindex probe train {task} --data DATA --model {settings.model_path}` "
-        f"(it is read from {probe_path(settings.probes_folder, task)}), then restart the service"
-    )
-
-
-class Encoder(Protocol):
-    """What the service needs of an encoder (``model.runtime.OnnxEncoder`` in production)."""
-
-    version: str
-    dim: int
-    reid_threshold: float
-
-    def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-        """RGB uint8 frames + ``(s, 4)`` boxes → float32 ``(D,)``, L2-normalised."""
-        ...
-
-
-# FAISS indexes are not safe to search while they are being modified: searches and the
-# refresher's sync take this lock (one loaded index per process).
-INDEX_LOCK = threading.Lock()
-
-
-class IndexRefresher:
-    """Keeps the loaded index equal to the store while the service runs.
-
-    Procedures indexed or deleted by the command line (or another process) after
-    start-up show up in the store's highest tracklet id or in its count of this
-    encoder version's tracklets. At most every ``interval_s`` seconds one request
-    compares both with what was seen last and, when either changed, syncs the
-    index with the store (:meth:`VectorIndex.sync_with_store`). A failure is
-    logged and the loaded index keeps serving.
-
-    Args:
-        index: the loaded index.
-        store: its source of truth.
-        interval_s: least time between two checks (``0``: every call).
-        seen: the store's :meth:`fingerprint` taken *before* the index was loaded
-            (so a change during loading is caught); default: taken now.
-    """
-
-    def __init__(
-        self,
-        index: VectorIndex,
-        store: Store,
-        interval_s: float,
-        seen: tuple[int, int] | None = None,
-    ) -> None:
-        self.index = index
-        self.store = store
-        self.interval_s = interval_s
-        self._lock = threading.Lock()
-        self._last_check = time.monotonic()
-        self._seen = seen if seen is not None else self.fingerprint(store, index.encoder_version)
-
-    @staticmethod
-    def fingerprint(store: Store, encoder_version: str) -> tuple[int, int]:
-        """``(highest tracklet id, tracklets of encoder_version)``: changes with any
-        insert (ids are never reused) or delete."""
-        return store.max_tracklet_id(), store.count_tracklets(encoder_version)
-
-    def maybe_refresh(self) -> bool:
-        """Sync the index if the check is due and the store changed; ``True`` if it synced."""
-        if time.monotonic() - self._last_check < self.interval_s:
-            return False
-        if not self._lock.acquire(blocking=False):  # another request is checking right now
-            return False
-        try:
-            self._last_check = time.monotonic()
-            seen = self.fingerprint(self.store, self.index.encoder_version)
-            if seen == self._seen:
-                return False
-            with INDEX_LOCK:
-                added, removed = self.index.sync_with_store(self.store)
-            self._seen = seen
-            logger.info("index caught up with the store: %d added, %d removed", added, removed)
-            return True
-        except Exception:
-            logger.exception("cannot sync the index with the store; serving the loaded index")
-            return False
-        finally:
-            self._lock.release()
-
-
-@dataclass
-class Resources:
-    """What the lifespan loaded; ``None`` where loading failed, with the reason in ``problems``."""
-
-    encoder: Encoder | None = None
-    store: Store | None = None
-    index: VectorIndex | None = None
-    refresher: IndexRefresher | None = None
-    jobs: JobRunner | None = None
-    probes: dict[str, Probe] = field(default_factory=dict)
-    probe_problems: dict[str, str] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
-    jobs_problem: str = "indexing jobs are not running"
-
-    def close(self) -> None:
-        if self.jobs is not None:
-            self.jobs.stop()  # after the current job; a job cut short is recovered at the next start
-            self.jobs = None
-        if self.store is not None:
-            self.store.close()
-
-
-def start_job_runner(res: Resources, settings: Settings) -> None:
-    """Create, recover and start the indexing job runner in ``res.jobs``; never raises.
-
-    It needs the encoder (one that can embed tracklets for indexing) and the store,
-    and ``settings.run_jobs``; otherwise ``res.jobs`` stays ``None`` and
-    ``res.jobs_problem`` says why (``POST /procedures`` and ``/jobs`` answer 503).
-    Jobs a dead process left ``running`` go back to the queue first.
-    """
-    if not settings.run_jobs:
-        res.jobs_problem = "indexing jobs are disabled in this service (POLYPINDEX_RUN_JOBS=false)"
-        return
-    if res.encoder is None or res.store is None:
-        missing = "; ".join(res.problems[k] for k in ("model", "store") if k in res.problems)
-        res.jobs_problem = f"indexing jobs need the encoder model and the database: {missing}"
-        return
-    if not hasattr(res.encoder, "embed_sequences"):
-        res.jobs_problem = (
-            f"the encoder {res.encoder.version!r} cannot embed tracklets for indexing "
-            "(no embed_sequences); load an exported encoder.onnx"
-        )
-        return
-    try:
-        runner = JobRunner(
-            res.store,
-            settings.index_dir,
-            res.encoder,  # type: ignore[arg-type]  # checked above: has embed_sequences
-            settings.data_roots,
-            probes=list(res.probes.values()),
-        )
-        recovered = runner.recover()
-        if recovered:
-            logger.info(
-                "%d indexing job(s) left running by a dead process are queued again", recovered
-            )
-        runner.start()
-    except Exception as exc:
-        logger.exception("cannot start the indexing job runner")
-        res.jobs_problem = f"indexing jobs not running: {type(exc).__name__}: {exc}"
-        return
-    res.jobs = runner
-
-
-def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resources:
-    """Load the encoder, open the store and the index; never raises.
-
-    Args:
-        settings: where the artefacts are.
-        encoder: an already built encoder to use instead of loading ``settings.model_path``.
-
-    Returns:
-        The loaded objects; each missing one has a message in ``problems``
-        (keys ``"model"``, ``"store"``, ``"index"``) saying what is missing and how to build it.
-    """
-    res = Resources(encoder=encoder)
-    if res.encoder is None:
-        from polypindex.model.runtime import OnnxEncoder
-
-        try:
-            res.encoder = OnnxEncoder(settings.model_path)
-        except Exception as exc:  # the app must start anyway; healthz and 503s say why
-            res.problems["model"] = f"encoder model not loaded: {exc}; {HOW_TO_BUILD_MODEL}"
-            if isinstance(exc, PolypIndexError):
-                logger.warning("%s", res.problems["model"])
-            else:
-                logger.exception("%s", res.problems["model"])
-    try:
-        res.store = Store(settings.database_url)
-        res.store.count_tracklets()
-    except Exception as exc:
-        logger.exception("cannot open the database")
-        if res.store is not None:
-            res.store.close()
-            res.store = None
-        res.problems["store"] = (
-            f"database not available: {type(exc).__name__}: {exc}; check POLYPINDEX_DATABASE_URL, "
-            f"then {HOW_TO_BUILD_INDEX}"
-        )
-    if res.encoder is not None:
-        res.probes, res.probe_problems = load_probes(settings, res.encoder.version)
-    if res.encoder is None or res.store is None:
-        res.problems["index"] = (
-            "vector index not loaded: it needs the encoder model and the database"
-        )
-        return res
-    try:
-        seen = IndexRefresher.fingerprint(res.store, res.encoder.version)
-        res.index = VectorIndex.open_or_rebuild(
-            settings.index_dir, res.store, res.encoder.version, res.encoder.dim
-        )
-        res.refresher = IndexRefresher(
-            res.index, res.store, settings.index_refresh_seconds, seen=seen
-        )
-    except Exception as exc:
-        logger.exception("cannot open the vector index")
-        res.problems["index"] = (
-            f"vector index not loaded from {settings.index_dir}: {exc}; rebuild it: {HOW_TO_BUILD_INDEX}"
-        )
-    return res
-
-
-def load_probes(
-    settings: Settings, encoder_version: str
-) -> tuple[dict[str, Probe], dict[str, str]]:
-    """The installed probes of this encoder, and for each task without one, why; never raises."""
-    probes: dict[str, Probe] = {}
-    problems: dict[str, str] = {}
-    for task in TASKS:
-        path = probe_path(settings.probes_folder, task)
-        if not path.is_file():
-            problems[task] = f"no {task} probe installed; {how_to_train_probe(task, settings)}"
-            continue
-        try:
-            probes[task] = load_probe(path, encoder_version)
-        except PolypIndexError as exc:
-            problems[task] = f"{task} probe not loaded: {exc}; {how_to_train_probe(task, settings)}"
-            logger.warning("%s", problems[task])
-    return probes, problems
+# -- predictions and reads --------------------------------------------------------------
 
 
 def require_probe(probes: dict[str, Probe], problems: dict[str, str], task: str) -> Probe:
@@ -315,29 +78,6 @@ def predictions_for(store: Store, ids: Sequence[int]) -> dict[int, dict[str, Pre
 
 def tracklet_ids_predicted(store: Store, task: str, label: str, encoder_version: str) -> set[int]:
     return store.tracklet_ids_with_prediction(task, label, encoder_version)
-
-
-# -- reads -------------------------------------------------------------------------------
-
-
-def index_size(index: VectorIndex) -> int:
-    return len(index)
-
-
-def store_ok(store: Store) -> bool:
-    """Whether the database answers a query now."""
-    try:
-        store.count_tracklets()
-    except Exception:
-        logger.exception("the database does not answer")
-        return False
-    return True
-
-
-def empty_index_problem(index: VectorIndex, encoder: Encoder) -> str | None:
-    if len(index) == 0:
-        return f"the index holds no tracklets of encoder {encoder.version!r}; {HOW_TO_BUILD_INDEX}"
-    return None
 
 
 def require_searchable(index: VectorIndex, encoder: Encoder) -> None:
@@ -525,6 +265,21 @@ def embed_input(
     return EmbeddedInput(_normalized(vector, where))
 
 
+@dataclass(frozen=True)
+class QueryEmbedder:
+    """:func:`embed_input` bound to what one request embeds with: the encoder, the store
+    (for inputs given by id; ``None`` when not loaded), the limits and the slots."""
+
+    encoder: Encoder
+    store: Store | None
+    settings: Settings
+    slots: AbstractContextManager[object] | None = None
+
+    def __call__(self, value: TrackletInput, where: str) -> EmbeddedInput:
+        """The embedding of ``value`` (see :func:`embed_input`); ``where`` names it in errors."""
+        return embed_input(value, where, self.encoder, self.store, self.settings, self.slots)
+
+
 def _normalized(vector: np.ndarray, where: str) -> np.ndarray:
     v = np.asarray(vector, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(v))
@@ -560,5 +315,5 @@ def delete_procedure(
     removed = pipeline.delete_procedure(uid, store, settings.index_dir)
     if index is not None:
         with INDEX_LOCK:
-            index.sync_with_store(store)
+            sync_with_store(index, store)
     return removed

@@ -2,7 +2,9 @@
 
 ``EncoderDep``, ``StoreDep`` and ``IndexDep`` answer 503 ``not_ready`` (with what
 is missing and how to build it) when that object could not be loaded; tests can
-replace them with ``app.dependency_overrides[get_encoder] = ...``.
+replace them with ``app.dependency_overrides[get_encoder] = ...``. ``QueryEmbedderDep``
+bundles what embedding a request's tracklet needs (settings, slots, encoder and,
+when loaded, the store), in that order.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from polypindex.model.errors import IndexNotReadyError
-from polypindex.service.backend import Encoder, IndexRefresher, JobRunner, Probe, Store, VectorIndex
+from polypindex.service.backend import QueryEmbedder
+from polypindex.service.resources import (
+    Encoder,
+    IndexRefresher,
+    JobRunner,
+    Probe,
+    Store,
+    VectorIndex,
+)
 from polypindex.service.settings import Settings
 
 
@@ -107,3 +117,16 @@ def get_store_if_loaded(request: Request) -> Store | None:
 
 
 OptionalStoreDep = Annotated[Store | None, Depends(get_store_if_loaded)]
+
+
+def get_query_embedder(
+    settings: SettingsDep,
+    slots: EmbeddingSlotsDep,
+    encoder: EncoderDep,
+    store: OptionalStoreDep,  # needed only for inputs given by id
+) -> QueryEmbedder:
+    """What embeds a request's tracklets; 503 ``not_ready`` when the encoder is not loaded."""
+    return QueryEmbedder(encoder, store, settings, slots)
+
+
+QueryEmbedderDep = Annotated[QueryEmbedder, Depends(get_query_embedder)]

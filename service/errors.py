@@ -1,4 +1,4 @@
-"""The one boundary where exceptions become HTTP responses (STYLE.md "Errors").
+"""The one boundary where exceptions become HTTP responses (docs/architecture.md#errors).
 
 :data:`ERROR_TABLE` maps the library's exceptions (``model.errors``) to a status
 and a short snake_case code; the first matching row wins, so subclasses come
@@ -158,3 +158,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         "the message says how to build it.",
     }
     return {s: {"model": ErrorBody, "description": descriptions[s]} for s in statuses}
+
+
+# What an endpoint that embeds query tracklets (search, re-ID, predict) can answer: an
+# unknown id (404), another encoder version (409), a bad input (422), a fault (500), or a
+# model, index or probe that is not loaded (503).
+QUERY_ERRORS = error_responses(404, 409, 422, 500, 503)

@@ -26,15 +26,23 @@ ALLOWED = {
     "service": {"model", "indexer"},
     "benchmarks": {"model", "training", "indexer", "service"},
 }
-# layer -> third-party top-level names it must never import
+# layer -> third-party top-level names it must never import (plots are an extra that
+# the serving install does not have)
+PLOTS = {"matplotlib"}
 FORBIDDEN_THIRD_PARTY = {
-    "indexer": TORCH,
-    "service": TORCH,
+    "model": PLOTS,
+    "indexer": TORCH | PLOTS,
+    "service": TORCH | PLOTS,
 }
 # serving-path modules of model/ that must stay torch-free
 TORCH_FREE_MODEL_MODULES = (
     "config",
+    "embedding",
     "errors",
+    "files",
+    "layout",
+    "metrics",
+    "reid",
     "tracklets",
     "preprocess",
     "coco",

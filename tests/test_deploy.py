@@ -27,12 +27,18 @@ def test_dockerfile_uses_the_ci_install_step() -> None:
     run_lines = [line for line in dockerfile.splitlines() if line.startswith("RUN make venv")]
     assert run_lines, "the image must install through `make venv`, as CI does"
     assert re.search(r"^\$\(STAMP\): pyproject.toml", makefile, re.M)
-    assert "pip install --quiet -e '.[$(EXTRAS)]'" in makefile
+    assert "pip install --quiet $(PIN) -e '.[$(EXTRAS)]'" in makefile
+    # the dev install (CI) is pinned by the lock file, which the image copies too
+    assert re.search(
+        r"^PIN\s*:= \$\(if \$\(filter dev,\$\(EXTRAS\)\),-c \$\(LOCK\),\)", makefile, re.M
+    )
+    assert re.search(r"^LOCK\s*:= requirements-dev.lock$", makefile, re.M)
+    assert (ROOT / "requirements-dev.lock").is_file()
     # every package the installer needs is copied before the install step
     copied = set(re.findall(r"^COPY (\S+) ", dockerfile, re.M))
     for package in ("model", "training", "indexer", "service", "benchmarks", "polypindex"):
         assert package in copied, f"Dockerfile does not COPY {package}/"
-    assert {"pyproject.toml", "Makefile", "README.md"} <= set(
+    assert {"pyproject.toml", "Makefile", "README.md", "requirements-dev.lock"} <= set(
         re.search(r"^COPY (.+) \./$", dockerfile, re.M).group(1).split()  # type: ignore[union-attr]
     )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers.synth import small_synth
 
 from polypindex.indexer.pipeline import index_dataset, installed_probes
 from polypindex.indexer.store import Store
@@ -19,7 +20,7 @@ from polypindex.model.export import export_onnx
 from polypindex.model.runtime import OnnxEncoder
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
-from polypindex.synth import SynthConfig, generate
+from polypindex.synth import generate
 from polypindex.training.probe import train_probe_on_encoder
 from polypindex.training.train import load_train_config, train
 
@@ -32,15 +33,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = root / "data"
     generate(
         data,
-        SynthConfig(
-            n_procedures=6,
-            frames_per_procedure=600,
-            tracklet_length=(30, 60),
-            image_width=128,
-            image_height=104,
-            seed=7,
-            workers=1,
-        ),
+        small_synth(procedures=6, frames=600, size=(128, 104), tracklet_length=(30, 60), seed=7),
         progress=False,
     )
     cfg = load_train_config(

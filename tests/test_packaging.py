@@ -25,9 +25,9 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         ignore=lambda _d, names: [n for n in names if n in SKIP or n.endswith(".egg-info")],
     )
     out = tmp_path_factory.mktemp("wheel")
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(out), str(src)],
+        [*pip_wheel, "-q", "-w", str(out), str(src)],
         check=True,
         capture_output=True,
         text=True,

@@ -1,8 +1,10 @@
-"""From a dataset folder to training and evaluation batches (SPEC §3, §5, §6).
+"""From a dataset folder to training and evaluation batches (docs/method.md#fragments).
 
 Tracklets come from :func:`model.coco.load_coco_split`, crops from
-:class:`model.preprocess.CropCache` (uint8, cached on disk, held in memory once
-loaded), fragments from :func:`model.tracklets.fragment_indices`, tensors from
+:func:`model.embedding.cached_sequences` through :class:`model.preprocess.CropCache`
+(uint8, cached on disk, held in memory once loaded), training fragments (random
+sampling for the loss) from :func:`model.tracklets.fragment_indices`, whole-tracklet
+evaluation items from :func:`model.embedding.selected_frames`, tensors from
 :func:`model.preprocess.normalize` — the one preprocessing, never re-implemented.
 
 Only the frames on the stride grid (``0, stride, 2·stride, ...``) are cropped:
@@ -22,20 +24,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from polypindex.model.coco import load_coco_split
-from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.config import (
+    WHOLE_TRACKLET,
+    FragmentConfig,
+    PreprocessConfig,
+    TrackletConfig,
+    whole_tracklet,
+)
+from polypindex.model.embedding import cached_sequences, selected_frames
 from polypindex.model.errors import ConfigError
 from polypindex.model.preprocess import CropCache, normalize
 from polypindex.model.tracklets import Tracklet, fragment_indices
 from polypindex.training.samplers import (
     BagSampler,
     FragmentIndex,
-    IdentityBagSampler,
-    KNearestBagSampler,
-    SmallVideoPolicy,
-    TemporalTemperatureBagSampler,
+    check_sampler,
+    make_sampler,
+    sampler_names,
 )
 
-SAMPLER_KINDS = ("temporal_temperature", "knn", "identity")
+SAMPLER_KINDS = sampler_names()  # the built-in samplers; the registry is samplers.SAMPLERS
 
 
 def stride_grid(n_frames: int, stride: int) -> np.ndarray:
@@ -45,11 +53,13 @@ def stride_grid(n_frames: int, stride: int) -> np.ndarray:
 
 def load_crops(tracklets: Sequence[Tracklet], cache: CropCache, stride: int) -> list[np.ndarray]:
     """uint8 crops of every tracklet's stride-grid frames, ``(ceil(n/stride), H, W, 3)`` each."""
-    out = []
-    for t in tracklets:
-        grid = stride_grid(len(t), stride)
-        out.append(cache.get([t.image_paths[i] for i in grid], t.boxes[grid]))
-    return out
+    return [cached_sequences(t, [stride_grid(len(t), stride)], cache)[0] for t in tracklets]
+
+
+def grid_rows(grid_crops: np.ndarray, frames: np.ndarray, stride: int) -> np.ndarray:
+    """The crops of ``frames`` (indices into the tracklet, on its stride grid) taken from
+    the tracklet's stride-grid crops (:func:`load_crops`)."""
+    return grid_crops[np.asarray(frames) // stride]
 
 
 @dataclass(frozen=True)
@@ -103,29 +113,7 @@ def build_fragments(tracklets: Sequence[Tracklet], fragment: FragmentConfig) -> 
     return Fragments(tracklet=np.asarray(owner, dtype=np.int64), frames=frames, index=index)
 
 
-def make_sampler(
-    kind: str,
-    index: FragmentIndex,
-    n_views: int,
-    batch_size: int,
-    max_epochs: int,
-    t_min: float,
-    t_max: float,
-    seed: int,
-    small_videos: SmallVideoPolicy = "raise",
-) -> BagSampler:
-    """The bag sampler named ``kind`` (one of :data:`SAMPLER_KINDS`)."""
-    if kind == "temporal_temperature":
-        return TemporalTemperatureBagSampler(
-            index, n_views, batch_size, t_min, t_max, max_epochs, seed, small_videos=small_videos
-        )
-    if kind == "knn":
-        return KNearestBagSampler(index, n_views, batch_size, seed, small_videos=small_videos)
-    if kind == "identity":
-        return IdentityBagSampler(index, n_views, batch_size, seed)
-    raise ConfigError(f"unknown sampler kind {kind!r}; choose one of {SAMPLER_KINDS}")
-
-
+@dataclass(eq=False)
 class FragmentDataset(Dataset[tuple[torch.Tensor, int, int]]):
     """Training items: one fragment as float32 ``[s, 3, H, W]``.
 
@@ -133,28 +121,22 @@ class FragmentDataset(Dataset[tuple[torch.Tensor, int, int]]):
     ``(frames [s, 3, H, W], bag label, fragment index)``.
     """
 
-    def __init__(
-        self,
-        fragments: Fragments,
-        crops: Sequence[np.ndarray],
-        stride: int,
-        preprocess: PreprocessConfig,
-    ) -> None:
-        self.fragments = fragments
-        self.crops = crops
-        self.stride = stride
-        self.preprocess = preprocess
+    fragments: Fragments
+    crops: Sequence[np.ndarray]  # per tracklet, the crops of its stride grid
+    stride: int
+    preprocess: PreprocessConfig
 
     def __len__(self) -> int:
         return len(self.fragments)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         frag, label = item
-        grid_pos = self.fragments.frames[frag] // self.stride
-        crops = self.crops[int(self.fragments.tracklet[frag])][grid_pos]
+        grid = self.crops[int(self.fragments.tracklet[frag])]
+        crops = grid_rows(grid, self.fragments.frames[frag], self.stride)
         return torch.from_numpy(normalize(crops, self.preprocess)), int(label), int(frag)
 
 
+@dataclass(eq=False)
 class TrackletDataset(Dataset[tuple[torch.Tensor, int, int]]):
     """Evaluation items: a whole tracklet (``fragment_length = -1``) as ``[s, 3, H, W]``.
 
@@ -162,25 +144,17 @@ class TrackletDataset(Dataset[tuple[torch.Tensor, int, int]]):
     :class:`LengthGroupSampler` so a batch holds tracklets of one length.
     """
 
-    def __init__(
-        self,
-        crops: Sequence[np.ndarray],
-        frames: Sequence[np.ndarray],
-        identity_codes: np.ndarray,
-        stride: int,
-        preprocess: PreprocessConfig,
-    ) -> None:
-        self.crops = crops
-        self.frames = frames
-        self.identity_codes = identity_codes
-        self.stride = stride
-        self.preprocess = preprocess
+    crops: Sequence[np.ndarray]  # per tracklet, the crops of its stride grid
+    frames: Sequence[np.ndarray]  # per tracklet, the frames taken (selected_frames)
+    identity_codes: np.ndarray
+    stride: int
+    preprocess: PreprocessConfig
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int]:
-        crops = self.crops[item][self.frames[item] // self.stride]
+        crops = grid_rows(self.crops[item], self.frames[item], self.stride)
         return (
             torch.from_numpy(normalize(crops, self.preprocess)),
             int(item),
@@ -208,13 +182,6 @@ class LengthGroupSampler:
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-def eval_fragment_config(fragment: FragmentConfig) -> FragmentConfig:
-    """Whole-tracklet items with the training stride (SPEC §6)."""
-    return FragmentConfig(
-        stride=fragment.stride, fragment_length=-1, drop_last=True, max_frames=fragment.max_frames
-    )
 
 
 @torch.no_grad()
@@ -271,7 +238,7 @@ def embed_tracklets_torch(
     device: torch.device | str | None = None,
     l2_normalize: bool = True,
 ) -> np.ndarray:
-    """Embed whole tracklets with a torch encoder (the evaluation path of SPEC §6).
+    """Embed whole tracklets with a torch encoder (the evaluation path, docs/method.md#evaluation-protocols).
 
     Each tracklet is subsampled with ``fragment.stride`` and taken whole (thinned to
     ``fragment.max_frames``), as with ``fragment_length = -1``; ``fragment_length`` is
@@ -280,15 +247,12 @@ def embed_tracklets_torch(
     Returns:
         float32 ``(len(tracklets), D)``, L2-normalised unless ``l2_normalize=False``.
     """
-    whole = eval_fragment_config(fragment)
+    whole = whole_tracklet(fragment)
     if cache.config != preprocess:
         raise ConfigError(
             "the CropCache was built with different preprocess settings than `preprocess`"
         )
-    seqs = []
-    for t in tracklets:
-        idx = fragment_indices(len(t), whole)[0]
-        seqs.append(cache.get([t.image_paths[i] for i in idx], t.boxes[idx]))
+    seqs = [cached_sequences(t, [selected_frames(len(t), whole)], cache)[0] for t in tracklets]
     return embed_crops(encoder, seqs, preprocess, batch_size, device, l2_normalize)
 
 
@@ -336,9 +300,8 @@ class FragmentDataModule(L.LightningDataModule):
         max_val_loss_batches: int | None = None,
     ) -> None:
         super().__init__()
-        if sampler not in SAMPLER_KINDS:
-            raise ConfigError(f"unknown sampler kind {sampler!r}; choose one of {SAMPLER_KINDS}")
-        if fragment.fragment_length == -1:
+        check_sampler(sampler)
+        if fragment.fragment_length == WHOLE_TRACKLET:
             raise ConfigError(
                 "training needs fixed-length fragments: set fragment.fragment_length > 0 (e.g. 8)"
             )
@@ -415,12 +378,22 @@ class FragmentDataModule(L.LightningDataModule):
             )
         except ConfigError:
             self.val_sampler = None  # too few validation fragments for bags: no val loss
-        whole = eval_fragment_config(self.fragment)
-        self.val_eval_frames = [fragment_indices(len(t), whole)[0] for t in self.val_tracklets]
+        whole = whole_tracklet(self.fragment)
+        self.val_eval_frames = [selected_frames(len(t), whole) for t in self.val_tracklets]
         identities = [str(t.identity_id) for t in self.val_tracklets]
         _, codes = np.unique(np.asarray(identities), return_inverse=True)
         self.val_identity_codes = codes.astype(np.int64)
         self._ready = True
+
+    @property
+    def val_eval_crops(self) -> list[np.ndarray]:
+        """uint8 crops of each validation tracklet taken whole (:attr:`val_eval_frames`),
+        what the evaluation embeds."""
+        stride = self.fragment.stride
+        return [
+            grid_rows(c, f, stride)
+            for c, f in zip(self.val_crops, self.val_eval_frames, strict=True)
+        ]
 
     @property
     def val_identities(self) -> list[str]:

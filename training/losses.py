@@ -1,12 +1,19 @@
-"""Contrastive losses (SPEC §5): MIL-NCE over noisy temporal bags, the supervised
+"""Contrastive losses (docs/method.md#losses): MIL-NCE over noisy temporal bags, the supervised
 multi-positive contrastive loss it is compared against, and the distance-aware soft
 version of the latter (targets weighted by the temporal distance between bag members).
 
 All losses take cosine similarities over a temperature, exclude self pairs, and
 compute in float32 whatever the input dtype (safe under mixed precision).
+
+The training losses are chosen by name from :data:`LOSSES` (``TrainConfig.loss``);
+adding one is a builder function decorated with :func:`register_loss` (see the end of
+this module).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +157,7 @@ def soft_multi_positive_contrastive(
     times: Tensor,
     sigma: float = 0.05,
     temperature: float = 0.07,
+    *,
     ignore_mask: Tensor | None = None,
     groups: Tensor | None = None,
 ) -> Tensor:
@@ -191,7 +199,7 @@ def soft_multi_positive_contrastive(
 
 
 class MilNceLoss(nn.Module):
-    """The three-term MIL-NCE of SPEC §5 over projected tokens.
+    """The three-term MIL-NCE (docs/method.md#mil-nce) over projected tokens.
 
     1. fragment level: CLS projections, labelled by bag;
     2. frame level across fragments: every frame token labelled by its bag
@@ -292,7 +300,7 @@ def msn_loss(
     sharpen_temperature: float = 0.25,
     me_max_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Masked Siamese Networks loss (SPEC §7): prototype matching + mean-entropy maximisation.
+    """Masked Siamese Networks loss (docs/method.md#frame-pretraining): prototype matching + mean-entropy maximisation.
 
     Each view's soft assignment to the prototypes is ``p = softmax(cos(z, c_k) / τ)``. The
     target assignment is sharpened, ``p^(1/T) / Σ p^(1/T)``, and carries no gradient.
@@ -349,3 +357,140 @@ def msn_loss(
         "target_entropy": -(target_p * target_p.clamp_min(1e-12).log()).sum(-1).mean(),
     }
     return loss, terms
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss settings of a training run (the ``TrainConfig`` fields of the same meaning).
+
+    Attributes:
+        temperature: τ of the contrastive losses.
+        fragment_weight, frame_across_weight, frame_within_weight,
+        ignore_same_fragment_pairs: :class:`MilNceLoss` settings.
+        soft_sigma: σ of ``soft_multi_positive``, in normalised video time.
+    """
+
+    temperature: float = 0.07
+    fragment_weight: float = 1.0
+    frame_across_weight: float = 1.0
+    frame_within_weight: float = 1.0
+    ignore_same_fragment_pairs: bool = True
+    soft_sigma: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not self.soft_sigma > 0:
+            raise ConfigError(f"soft_sigma must be > 0, got {self.soft_sigma}")
+
+
+@dataclass(frozen=True)
+class LossBatch:
+    """What a training loss sees of one bag batch.
+
+    Attributes:
+        projections: (b, 1+s, d_proj) projected tokens, token 0 the CLS projection.
+        labels: (b,) bag label per fragment (same label = positive).
+        ignore_mask: (b, b) bool pairs to exclude (one fragment drawn twice).
+        times: (b,) each fragment's normalised position in its video, for losses
+            registered with ``needs_times=True`` (else ``None``).
+        groups: (b,) int video code per fragment, alongside ``times``.
+    """
+
+    projections: Tensor
+    labels: Tensor
+    ignore_mask: Tensor | None = None
+    times: Tensor | None = None
+    groups: Tensor | None = None
+
+
+# a built training loss: batch → (loss, {term name: detached value})
+LossFn = Callable[[LossBatch], tuple[Tensor, dict[str, Tensor]]]
+LossBuilder = Callable[[LossSettings], LossFn]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered training loss: its builder and what its batches must carry."""
+
+    name: str
+    build: LossBuilder
+    needs_times: bool = False
+
+
+LOSSES: dict[str, LossSpec] = {}  # by TrainConfig.loss; filled by register_loss
+
+
+def register_loss(name: str, *, needs_times: bool = False) -> Callable[[LossBuilder], LossBuilder]:
+    """Decorator: register ``builder(settings) -> loss_fn`` as the training loss ``name``
+    (``TrainConfig.loss``); ``needs_times``: its batches need ``times`` and ``groups``
+    (see :meth:`HmveModule.set_fragment_times`)."""
+
+    def decorator(builder: LossBuilder) -> LossBuilder:
+        LOSSES[name] = LossSpec(name, builder, needs_times)
+        return builder
+
+    return decorator
+
+
+def loss_names() -> tuple[str, ...]:
+    """The registered training losses, in registration order."""
+    return tuple(LOSSES)
+
+
+def get_loss(name: str) -> LossSpec:
+    """The registered loss ``name``; a ConfigError listing the known ones if none."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; choose one of {loss_names()}") from None
+
+
+@register_loss("mil_nce")
+def _build_mil_nce(settings: LossSettings) -> LossFn:
+    """Three-term MIL-NCE over bag labels (:class:`MilNceLoss`)."""
+    criterion = MilNceLoss(
+        settings.temperature,
+        settings.fragment_weight,
+        settings.frame_across_weight,
+        settings.frame_within_weight,
+        settings.ignore_same_fragment_pairs,
+    )
+    return lambda batch: criterion(batch.projections, batch.labels, batch.ignore_mask)
+
+
+@register_loss("multi_positive")
+def _build_multi_positive(settings: LossSettings) -> LossFn:
+    """Fragment-level supervised multi-positive loss (labels = bag labels)."""
+
+    def compute(batch: LossBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        loss = multi_positive_contrastive(
+            batch.projections[:, 0], batch.labels, settings.temperature, batch.ignore_mask
+        )
+        return loss, {"multi_positive": loss.detach()}
+
+    return compute
+
+
+@register_loss("soft_multi_positive", needs_times=True)
+def _build_soft_multi_positive(settings: LossSettings) -> LossFn:
+    """Distance-aware multi-positive loss: targets ∝ exp(−Δt / ``soft_sigma``)."""
+
+    def compute(batch: LossBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        if batch.times is None:
+            raise InvalidInputError("soft_multi_positive needs each fragment's time")
+        loss = soft_multi_positive_contrastive(
+            batch.projections[:, 0],
+            batch.labels,
+            batch.times,
+            settings.soft_sigma,
+            settings.temperature,
+            ignore_mask=batch.ignore_mask,
+            groups=batch.groups,
+        )
+        return loss, {"soft_multi_positive": loss.detach()}
+
+    return compute

@@ -1,5 +1,6 @@
-"""The LightningModule: HMVE + a training-only projector, trained with MIL-NCE or the
-supervised multi-positive loss, validated by retrieval mAP on whole tracklets."""
+"""The LightningModule: HMVE + a training-only projector, trained with a loss of the
+registry :data:`training.losses.LOSSES` (MIL-NCE, the supervised multi-positive loss,
+...), validated by retrieval mAP on whole tracklets."""
 
 from __future__ import annotations
 
@@ -13,14 +14,9 @@ from torch import Tensor, nn
 from polypindex.model.encoder import HMVE, EncoderConfig
 from polypindex.model.errors import ConfigError, InvalidInputError
 from polypindex.model.evaluation import retrieval_metrics
-from polypindex.training.losses import (
-    MilNceLoss,
-    multi_positive_contrastive,
-    soft_multi_positive_contrastive,
-)
+from polypindex.training.losses import LossBatch, LossSettings, get_loss
 from polypindex.training.samplers import FragmentIndex
-
-LOSS_KINDS = ("mil_nce", "multi_positive", "soft_multi_positive")
+from polypindex.training.trainer import log_train_step
 
 
 class Projector(nn.Module):
@@ -48,10 +44,12 @@ class HmveModule(L.LightningModule):
 
     Args:
         encoder_config: the HMVE architecture.
-        loss: ``"mil_nce"`` (three-term, bag labels), ``"multi_positive"``
-            (fragment level, labels = bag labels; identity codes with identity bags) or
-            ``"soft_multi_positive"`` (its distance-aware version: targets over bag
-            members ∝ exp(−Δt / ``soft_sigma``); needs :meth:`set_fragment_times`).
+        loss: a name in :data:`training.losses.LOSSES`: ``"mil_nce"`` (three-term, bag
+            labels), ``"multi_positive"`` (fragment level, labels = bag labels; identity
+            codes with identity bags) or ``"soft_multi_positive"`` (its distance-aware
+            version: targets over bag members ∝ exp(−Δt / ``soft_sigma``); needs
+            :meth:`set_fragment_times`), or any loss registered with
+            :func:`training.losses.register_loss`.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         d_proj: projector output size.
@@ -83,10 +81,9 @@ class HmveModule(L.LightningModule):
         soft_sigma: float = 0.05,
     ) -> None:
         super().__init__()
-        if loss not in LOSS_KINDS:
-            raise ConfigError(f"unknown loss {loss!r}; choose one of {LOSS_KINDS}")
-        if soft_sigma <= 0:
-            raise ConfigError(f"soft_sigma must be > 0, got {soft_sigma}")
+        self.loss_spec = get_loss(loss)
+        weights = (fragment_weight, frame_across_weight, frame_within_weight)
+        settings = LossSettings(loss_temperature, *weights, ignore_same_fragment_pairs, soft_sigma)
         if lr <= 0 or weight_decay < 0:
             raise ConfigError(
                 f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}"
@@ -109,13 +106,7 @@ class HmveModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.loss_temperature = loss_temperature
-        self.mil_nce = MilNceLoss(
-            loss_temperature,
-            fragment_weight,
-            frame_across_weight,
-            frame_within_weight,
-            ignore_same_fragment_pairs,
-        )
+        self.loss_fn = self.loss_spec.build(settings)
         self.soft_sigma = soft_sigma
         # per-fragment (time, video code) of the train / val fragments, for the soft loss
         self._fragment_times: dict[str, tuple[Tensor, Tensor]] = {}
@@ -146,56 +137,32 @@ class HmveModule(L.LightningModule):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The configured loss on one bag batch; pairs of one fragment drawn twice are ignored.
 
-        ``split`` names the fragment set ``fragment_ids`` index (for the soft loss's times).
+        ``split`` names the fragment set ``fragment_ids`` index (for the times a loss
+        registered with ``needs_times`` reads).
         """
         proj = self(frames)
-        ignore = duplicate_fragment_mask(fragment_ids)
-        if self.loss_kind == "mil_nce":
-            return self.mil_nce(proj, labels, ignore)
-        if self.loss_kind == "soft_multi_positive":
+        batch = LossBatch(proj, labels, duplicate_fragment_mask(fragment_ids))
+        if self.loss_spec.needs_times:
             if split not in self._fragment_times:
                 raise ConfigError(
-                    f"loss soft_multi_positive needs fragment times for split {split!r}: "
+                    f"loss {self.loss_kind} needs fragment times for split {split!r}: "
                     f"call HmveModule.set_fragment_times({split}=FragmentIndex)"
                 )
             times, videos = self._fragment_times[split]
             ids = fragment_ids.cpu()
-            loss = soft_multi_positive_contrastive(
-                proj[:, 0],
+            batch = LossBatch(
+                proj,
                 labels,
-                times[ids].to(proj.device),
-                self.soft_sigma,
-                self.loss_temperature,
-                ignore,
+                batch.ignore_mask,
+                times=times[ids].to(proj.device),
                 groups=videos[ids].to(proj.device),
             )
-            return loss, {"soft_multi_positive": loss.detach()}
-        loss = multi_positive_contrastive(proj[:, 0], labels, self.loss_temperature, ignore)
-        return loss, {"multi_positive": loss.detach()}
+        return self.loss_fn(batch)
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         frames, labels, fragment_ids = batch
         loss, terms = self.compute_loss(frames, labels, fragment_ids)
-        size = frames.shape[0]
-        # sync_dist: under DDP the epoch means are over every process's batches
-        self.log(
-            "train_loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=size,
-            sync_dist=True,
-        )
-        for name, value in terms.items():
-            self.log(
-                f"train_{name}",
-                value,
-                on_step=False,
-                on_epoch=True,
-                batch_size=size,
-                sync_dist=True,
-            )
+        log_train_step(self, loss, terms, frames.shape[0])
         self._train_losses.append(float(loss.detach()))
         return loss
 

@@ -1,4 +1,4 @@
-"""Frame-level Masked Siamese Networks pretraining (SPEC §7).
+"""Frame-level Masked Siamese Networks pretraining (docs/method.md#frame-pretraining).
 
 Unlabelled frame crops (the tracklet boxes of the chosen splits, cropped by
 :class:`model.preprocess.CropCache` with the run's :class:`PreprocessConfig`, identities
@@ -29,30 +29,21 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from polypindex.model.coco import load_coco_split
-from polypindex.model.config import (
-    FragmentConfig,
-    PreprocessConfig,
-    TrackletConfig,
-    parse_overrides,
-)
+from polypindex.model.config import PreprocessConfig
 from polypindex.model.encoder import (
-    BACKBONES,
-    EncoderConfig,
     build_backbone,
     load_frame_encoder_checkpoint,
     save_frame_encoder_checkpoint,
@@ -60,205 +51,29 @@ from polypindex.model.encoder import (
 from polypindex.model.errors import ConfigError
 from polypindex.model.preprocess import CropCache, normalize
 from polypindex.model.vit import VisionTransformer
-from polypindex.training.augment import AugmentConfig, augment, mask_patches, random_keep_indices
+from polypindex.training.augment import augment, mask_patches, random_keep_indices
 from polypindex.training.datamodule import load_crops
 from polypindex.training.losses import msn_loss
-from polypindex.training.train import CONFIG_DIR, LAST_CHECKPOINT, _LastCheckpoint, _merge
+from polypindex.training.msn_config import MsnConfig, load_msn_config
+from polypindex.training.trainer import (
+    LAST_CHECKPOINT,
+    LastCheckpoint,
+    add_run_arguments,
+    log_train_step,
+    make_trainer,
+    run_overrides,
+)
+
+__all__ = [
+    "MSN_CHECKPOINT",
+    "MsnConfig",
+    "MsnModule",
+    "MsnResult",
+    "load_msn_config",
+    "pretrain_frames",
+]
 
 MSN_CHECKPOINT = "msn.pt"
-_NESTED = {
-    "preprocess": PreprocessConfig,
-    "tracklet": TrackletConfig,
-    "fragment": FragmentConfig,
-    "augment": AugmentConfig,
-}
-
-
-@dataclass(frozen=True)
-class MsnConfig:
-    """One MSN pretraining run (validated on construction).
-
-    Attributes:
-        name: the preset's name (recorded in the checkpoint).
-        data_root: dataset folder; only its images and boxes are used.
-        out_dir: where ``msn.pt``, ``last.ckpt`` and the logs go.
-        cache_dir: crop cache folder (default ``{data_root}/.crop_cache``).
-        splits: the splits whose frames are used.
-        backbone: ``resnet18`` | ``resnet50`` | ``tiny`` | ``vit_tiny`` | ``vit_micro``
-            (the HMVE frame encoders, :data:`model.encoder.BACKBONES`).
-        tiny_width: width of the ``tiny`` backbone.
-        preprocess: crop settings (stored in the checkpoint; use the HMVE run's).
-        tracklet: how annotations become tracklets (whose boxes are cropped).
-        fragment: ``stride`` picks every stride-th frame of a tracklet; the checkpoint
-            keeps it (with ``max_frames``) as the frame-mean encoder's indexing rule.
-        augment: the random view augmentation.
-        n_anchor_views: masked anchor views per image.
-        mask_ratio: fraction of patches masked in an anchor view.
-        mask_patch_size: side of a masked patch for the conv backbones (a ViT masks
-            its own patches).
-        projector_hidden, projector_dim: the projection MLP
-            (``F → hidden → hidden → dim``, LayerNorm + GELU).
-        n_prototypes: learned prototypes.
-        temperature: τ of the prototype assignments.
-        sharpen_temperature: T of the target sharpening.
-        me_max_weight: weight of the mean-entropy maximisation term.
-        ema_start, ema_end: EMA momentum of the target encoder, raised on a cosine
-            schedule from ``ema_start`` to ``ema_end`` over the training steps.
-        batch_size: images per step (per process).
-        lr, weight_decay: AdamW settings (cosine decay to 0 after ``warmup_epochs``).
-        warmup_epochs: linear learning-rate warm-up.
-        epochs: training epochs.
-        max_steps_per_epoch: cap on steps per epoch (``None`` = all images).
-        seed: seeds everything, including the views.
-        precision, accelerator, devices, num_nodes, strategy: Lightning settings.
-        num_workers: DataLoader worker processes.
-    """
-
-    name: str = "custom"
-    data_root: str = "var/data/synth"
-    out_dir: str = "var/models/msn"
-    cache_dir: str | None = None
-    splits: tuple[str, ...] = ("train",)
-    backbone: str = "resnet18"
-    tiny_width: int = 32
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    tracklet: TrackletConfig = field(default_factory=TrackletConfig)
-    fragment: FragmentConfig = field(default_factory=FragmentConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    n_anchor_views: int = 1
-    mask_ratio: float = 0.5
-    mask_patch_size: int = 8
-    projector_hidden: int = 1024
-    projector_dim: int = 256
-    n_prototypes: int = 1024
-    temperature: float = 0.1
-    sharpen_temperature: float = 0.25
-    me_max_weight: float = 1.0
-    ema_start: float = 0.996
-    ema_end: float = 1.0
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.04
-    warmup_epochs: int = 1
-    epochs: int = 10
-    max_steps_per_epoch: int | None = None
-    seed: int = 0
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.splits, str | list):
-            splits = [self.splits] if isinstance(self.splits, str) else self.splits
-            object.__setattr__(self, "splits", tuple(splits))
-        if not self.splits:
-            raise ConfigError("splits must name at least one split, e.g. [train]")
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.n_anchor_views < 1:
-            raise ConfigError(f"n_anchor_views must be >= 1, got {self.n_anchor_views}")
-        if not 0 <= self.mask_ratio < 1:
-            raise ConfigError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.mask_patch_size < 1 or self.preprocess.im_size % self.mask_patch_size:
-            raise ConfigError(
-                f"preprocess.im_size ({self.preprocess.im_size}) must be a multiple of "
-                f"mask_patch_size ({self.mask_patch_size})"
-            )
-        if min(self.projector_hidden, self.projector_dim, self.n_prototypes) < 1:
-            raise ConfigError("projector_hidden, projector_dim and n_prototypes must be >= 1")
-        if not (self.temperature > 0 and self.sharpen_temperature > 0):
-            raise ConfigError("temperature and sharpen_temperature must be > 0")
-        if self.me_max_weight < 0:
-            raise ConfigError(f"me_max_weight must be >= 0, got {self.me_max_weight}")
-        if not 0 <= self.ema_start <= self.ema_end <= 1:
-            raise ConfigError(
-                f"need 0 <= ema_start <= ema_end <= 1, got {self.ema_start}, {self.ema_end}"
-            )
-        if self.batch_size < 2:
-            raise ConfigError(
-                f"batch_size must be >= 2 (me-max needs a batch), got {self.batch_size}"
-            )
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ConfigError(
-                f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}"
-            )
-        if self.epochs < 1 or self.warmup_epochs < 0:
-            raise ConfigError(f"need epochs >= 1 and warmup_epochs >= 0, got {self.epochs}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ConfigError(
-                f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}"
-            )
-        if self.num_workers < 0 or self.num_nodes < 1:
-            raise ConfigError("num_workers must be >= 0 and num_nodes >= 1")
-
-    @property
-    def resolved_cache_dir(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.data_root) / ".crop_cache"
-
-    @property
-    def encoder_config(self) -> EncoderConfig:
-        """The backbone as an :class:`EncoderConfig` (HMVE fields at their defaults)."""
-        return EncoderConfig(backbone=self.backbone, tiny_width=self.tiny_width)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in _NESTED:
-            out[key] = dataclasses.asdict(out[key])
-        out["splits"] = list(self.splits)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MsnConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"MsnConfig: unknown field(s) {unknown}; known fields: {sorted(known)}"
-            )
-        kwargs = dict(data)
-        for key, kind in _NESTED.items():
-            value = kwargs.get(key)
-            if isinstance(value, Mapping):
-                if kind is AugmentConfig:
-                    value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-                    known_aug = {f.name for f in dataclasses.fields(AugmentConfig)}
-                    bad = sorted(set(value) - known_aug)
-                    if bad:
-                        raise ConfigError(
-                            f"augment: unknown field(s) {bad}; known: {sorted(known_aug)}"
-                        )
-                    kwargs[key] = AugmentConfig(**value)
-                else:
-                    kwargs[key] = kind.from_dict(dict(value))  # type: ignore[attr-defined]
-        return cls(**kwargs)
-
-
-def load_msn_config(
-    name_or_path: str | Path, overrides: Mapping[str, Any] | None = None
-) -> MsnConfig:
-    """Read an MSN preset (``msn_resnet18``, ``msn_vit_tiny``, ``msn_test_tiny``) or a YAML file.
-
-    ``overrides`` as in :func:`training.train.load_train_config` (dotted keys allowed).
-    """
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") or path.is_file()):
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        presets = sorted(p.stem for p in CONFIG_DIR.glob("msn_*.yaml"))
-        raise ConfigError(
-            f"no MSN config {str(name_or_path)!r}: not a file and not one of {presets}"
-        )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: an MSN config must be a mapping of fields")
-    data.setdefault("name", path.stem)
-    return MsnConfig.from_dict(_merge(data, overrides or {}))
 
 
 class FrameDataset(Dataset[Tensor]):
@@ -386,24 +201,7 @@ class MsnModule(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss, terms = self.compute_loss(batch)
         size = batch.shape[0]
-        self.log(
-            "train_loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=size,
-            sync_dist=True,
-        )
-        for name, value in terms.items():
-            self.log(
-                f"train_{name}",
-                value,
-                on_step=False,
-                on_epoch=True,
-                batch_size=size,
-                sync_dist=True,
-            )
+        log_train_step(self, loss, terms, size)
         self.log("ema_momentum", self.momentum, on_step=True, on_epoch=False, batch_size=size)
         self._losses.append(float(loss.detach()))
         return loss
@@ -536,27 +334,11 @@ def pretrain_frames(
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
     module = MsnModule(config, total_steps=steps * config.epochs)
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=config.precision,  # type: ignore[arg-type]
-        limit_train_batches=config.max_steps_per_epoch,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
-        logger=[
-            CSVLogger(str(out), name="logs"),
-            TensorBoardLogger(str(out), name="tensorboard", default_hp_metric=False),
-        ],
-        callbacks=[
-            _SaveFrameEncoder(config, out / MSN_CHECKPOINT),
-            _LastCheckpoint(last),
-            *callbacks,
-        ],
-        log_every_n_steps=1,
+    trainer = make_trainer(
+        config,
+        out,
+        [_SaveFrameEncoder(config, out / MSN_CHECKPOINT), LastCheckpoint(last), *callbacks],
+        progress,
     )
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resume else None)
     checkpoint = out / MSN_CHECKPOINT
@@ -571,19 +353,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m polypindex.training.msn msn_test_tiny --data DIR --out DIR --set epochs=2``."""
     parser = argparse.ArgumentParser(description="MSN pretraining of the frame encoder.")
     parser.add_argument("config", help="MSN preset (msn_resnet18, msn_vit_tiny, ...) or YAML path")
-    parser.add_argument("--data", help="dataset folder (overrides data_root)")
-    parser.add_argument("--out", help="output folder (overrides out_dir)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        overrides = parse_overrides(args.set)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if args.data:
-        overrides["data_root"] = args.data
-    if args.out:
-        overrides["out_dir"] = args.out
+    overrides = run_overrides(parser, args)
     result = pretrain_frames(load_msn_config(args.config, overrides), resume=args.resume)
     print(json.dumps({k: str(v) for k, v in dataclasses.asdict(result).items()}, indent=2))
 

@@ -1,4 +1,4 @@
-"""MSN → HMVE: initialise the HMVE frame encoder from a frame-level MSN checkpoint (SPEC §7)."""
+"""MSN → HMVE: initialise the HMVE frame encoder from a frame-level MSN checkpoint (docs/method.md#frame-pretraining)."""
 
 from __future__ import annotations
 

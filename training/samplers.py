@@ -1,4 +1,4 @@
-"""Bag samplers (SPEC §5): which fragments are treated as positives of each other.
+"""Bag samplers (docs/method.md#samplers): which fragments are treated as positives of each other.
 
 A *bag* is an anchor fragment plus ``n_views - 1`` other fragments believed to show
 the same polyp. Samplers are batch samplers: each batch is a list of
@@ -13,12 +13,15 @@ epoch; bags are shuffled and packed into batches; :meth:`set_epoch` rebuilds the
 - :class:`KNearestBagSampler`: the ``n_views - 1`` nearest fragments in time.
 - :class:`IdentityBagSampler`: fragments with the anchor's identity label (the
   supervised upper bound; bag label = identity, so two bags of one polyp merge).
+
+They are chosen by name from :data:`SAMPLERS` (``TrainConfig.sampler``); adding one is
+a builder function decorated with :func:`register_sampler`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -253,7 +256,7 @@ def rank_probabilities(n_ranks: int, temperature: float) -> np.ndarray:
 
 
 class TemporalTemperatureBagSampler(_TemporalBase):
-    """Temporal temperature bags (SPEC §5).
+    """Temporal temperature bags (docs/method.md#temporal-bags).
 
     For each anchor, the other M−1 fragments of its video are ranked by temporal
     distance; ``n_views - 1`` of them are drawn without replacement with probability
@@ -404,3 +407,77 @@ def bag_noise_rate(
         wrong += int(np.sum(members != anchors))
         total += members.size
     return wrong / total if total else 0.0
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The sampler settings of a run (the ``TrainConfig`` fields of the same name);
+    each sampler reads those it needs."""
+
+    n_views: int
+    batch_size: int
+    seed: int = 0
+    max_epochs: int = 50
+    t_min: float = 0.3
+    t_max: float = 12.0
+    small_videos: SmallVideoPolicy = "raise"
+
+
+SamplerBuilder = Callable[[FragmentIndex, SamplerSettings], BagSampler]
+
+SAMPLERS: dict[str, SamplerBuilder] = {
+    "temporal_temperature": lambda index, s: TemporalTemperatureBagSampler(
+        index, s.n_views, s.batch_size, s.t_min, s.t_max, s.max_epochs, s.seed, s.small_videos
+    ),
+    "knn": lambda index, s: KNearestBagSampler(
+        index, s.n_views, s.batch_size, s.seed, small_videos=s.small_videos
+    ),
+    "identity": lambda index, s: IdentityBagSampler(index, s.n_views, s.batch_size, s.seed),
+}
+"""Bag samplers by name (``TrainConfig.sampler``); extend it with :func:`register_sampler`."""
+
+
+def register_sampler(name: str) -> Callable[[SamplerBuilder], SamplerBuilder]:
+    """Decorator: register ``builder(index, settings) -> BagSampler`` as sampler ``name``."""
+
+    def decorator(builder: SamplerBuilder) -> SamplerBuilder:
+        SAMPLERS[name] = builder
+        return builder
+
+    return decorator
+
+
+def sampler_names() -> tuple[str, ...]:
+    """The registered bag samplers, in registration order."""
+    return tuple(SAMPLERS)
+
+
+def check_sampler(kind: str) -> None:
+    """Raise a ConfigError naming the registered samplers unless ``kind`` is one."""
+    if kind not in SAMPLERS:
+        raise ConfigError(f"unknown sampler kind {kind!r}; choose one of {sampler_names()}")
+
+
+def make_sampler(
+    kind: str,
+    index: FragmentIndex,
+    n_views: int,
+    batch_size: int,
+    max_epochs: int,
+    t_min: float,
+    t_max: float,
+    seed: int,
+    small_videos: SmallVideoPolicy = "raise",
+) -> BagSampler:
+    """The bag sampler named ``kind`` (one of :data:`SAMPLERS`) over ``index``.
+
+    Raises:
+        ConfigError: an unknown ``kind`` (the known ones are listed), or settings the
+            sampler rejects.
+    """
+    check_sampler(kind)
+    settings = SamplerSettings(n_views, batch_size, seed, max_epochs, t_min, t_max, small_videos)
+    return SAMPLERS[kind](index, settings)

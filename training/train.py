@@ -1,4 +1,4 @@
-"""Train the tracklet encoder (SPEC §5) and keep the best checkpoint by validation mAP.
+"""Train the tracklet encoder (docs/method.md#training) and keep the best checkpoint by validation mAP.
 
 ``train(load_train_config("demo", {"data_root": ..., "out_dir": ...}))`` writes
 ``out_dir/encoder.pt`` (:func:`model.encoder.save_encoder_checkpoint`, with the
@@ -10,276 +10,60 @@ re-identification threshold and training info in ``extra``), ``out_dir/history.j
 Multi-process (DDP) runs: ``strategy: ddp`` with ``devices`` / ``num_nodes``. Each
 process trains on its own share of the bag batches and evaluates the whole validation
 split; only global rank 0 writes files.
+
+The run's settings are :class:`training.train_config.TrainConfig` (re-exported here);
+the Lightning assembly shared with MSN pretraining is :mod:`training.trainer`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import math
-import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from polypindex.model.config import (
-    FragmentConfig,
-    PreprocessConfig,
-    TrackletConfig,
-    parse_overrides,
-)
-from polypindex.model.encoder import EncoderConfig, save_encoder_checkpoint
+from polypindex.model.encoder import save_encoder_checkpoint
 from polypindex.model.errors import ConfigError
 from polypindex.model.evaluation import best_f1_threshold, pair_scores
-from polypindex.training.datamodule import SAMPLER_KINDS, FragmentDataModule, embed_crops
-from polypindex.training.module import LOSS_KINDS, HmveModule
+from polypindex.training.datamodule import FragmentDataModule, embed_crops
+from polypindex.training.module import HmveModule
 from polypindex.training.msn_init import load_msn_into_hmve
+from polypindex.training.train_config import (
+    MONITORS,
+    TrainConfig,
+    available_configs,
+    load_train_config,
+)
+from polypindex.training.trainer import (
+    LAST_CHECKPOINT,
+    LastCheckpoint,
+    add_run_arguments,
+    make_trainer,
+    run_overrides,
+)
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-LAST_CHECKPOINT = "last.ckpt"
-MONITORS = {"val_map": "max", "val_loss": "min"}
-_NESTED = {
-    "encoder": EncoderConfig,
-    "preprocess": PreprocessConfig,
-    "tracklet": TrackletConfig,
-    "fragment": FragmentConfig,
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything one training run needs (validated on construction).
-
-    Attributes:
-        name: the preset's name (recorded in the checkpoint).
-        data_root: dataset folder with ``train`` and ``val`` splits.
-        out_dir: where ``encoder.pt``, ``history.json`` and logs go.
-        cache_dir: crop cache folder (default ``{data_root}/.crop_cache``).
-        encoder: the HMVE architecture.
-        preprocess: crop settings (``im_size`` ...), stored in the checkpoint.
-        tracklet: how annotations become tracklets.
-        fragment: how tracklets become training fragments (``fragment_length`` > 0);
-            evaluation embeds whole tracklets with the same stride.
-        sampler: ``temporal_temperature`` | ``knn`` | ``identity``.
-        loss: ``mil_nce`` | ``multi_positive`` | ``soft_multi_positive`` (targets over bag
-            members weighted by exp(−Δt / ``soft_sigma``)).
-        n_views: bag size (anchor + n_views − 1).
-        batch_size: fragments per batch, a multiple of ``n_views``.
-        lr, weight_decay: AdamW settings.
-        epochs: training epochs (also the length of the temperature schedule).
-        t_min, t_max: bag temperature at the first and the last epoch.
-        seed: seeds Python, numpy, torch and the samplers.
-        precision: Lightning precision (``32-true``, ``16-mixed``, ``bf16-mixed``).
-        accumulate_grad_batches: gradient accumulation steps.
-        max_steps_per_epoch: cap on training batches per epoch (``None`` = all).
-        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
-        devices: devices per node (an int, or ``"auto"``); ``> 1`` needs a DDP strategy.
-        num_nodes: machines taking part (DDP).
-        strategy: Lightning strategy (``auto``, ``ddp``, ``ddp_spawn``, ...). With DDP each
-            process gets every ``world_size``-th bag batch (the remainder is dropped).
-        monitor: ``val_map`` (higher is better) or ``val_loss``: picks the best epoch.
-        num_workers: DataLoader worker processes.
-        eval_batch_size: tracklets per evaluation forward pass.
-        d_proj: projector output size.
-        loss_temperature: τ of the contrastive losses.
-        fragment_weight, frame_across_weight, frame_within_weight,
-        ignore_same_fragment_pairs: MIL-NCE term settings.
-        train_split, val_split: split names.
-        max_val_loss_batches: cap on validation bag batches for the val loss
-            (``None`` = all; the same fixed batches every epoch).
-        soft_sigma: σ of ``soft_multi_positive``, in normalised video time (a video spans 1).
-        init_frame_encoder: an MSN checkpoint (``polypindex pretrain-frames``) whose
-            backbone initialises the HMVE frame encoder; its backbone must equal
-            ``encoder.backbone``.
-    """
-
-    name: str = "custom"
-    data_root: str = "var/data/synth"
-    out_dir: str = "var/train/custom"
-    cache_dir: str | None = None
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    tracklet: TrackletConfig = field(default_factory=TrackletConfig)
-    fragment: FragmentConfig = field(default_factory=FragmentConfig)
-    sampler: str = "temporal_temperature"
-    loss: str = "mil_nce"
-    n_views: int = 5
-    batch_size: int = 60
-    lr: float = 1e-5
-    weight_decay: float = 1e-4
-    epochs: int = 50
-    t_min: float = 0.3
-    t_max: float = 12.0
-    seed: int = 0
-    precision: str = "32-true"
-    accumulate_grad_batches: int = 1
-    max_steps_per_epoch: int | None = None
-    accelerator: str = "auto"
-    monitor: str = "val_map"
-    num_workers: int = 0
-    eval_batch_size: int = 32
-    d_proj: int = 128
-    loss_temperature: float = 0.07
-    fragment_weight: float = 1.0
-    frame_across_weight: float = 1.0
-    frame_within_weight: float = 1.0
-    ignore_same_fragment_pairs: bool = True
-    train_split: str = "train"
-    val_split: str = "val"
-    max_val_loss_batches: int | None = None
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    soft_sigma: float = 0.05
-    init_frame_encoder: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLER_KINDS:
-            raise ConfigError(f"sampler must be one of {SAMPLER_KINDS}, got {self.sampler!r}")
-        if self.loss not in LOSS_KINDS:
-            raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
-        if self.monitor not in MONITORS:
-            raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
-        if self.n_views < 2:
-            raise ConfigError(f"n_views must be >= 2, got {self.n_views}")
-        if self.batch_size <= 0 or self.batch_size % self.n_views:
-            raise ConfigError(
-                f"batch_size ({self.batch_size}) must be a positive multiple of n_views ({self.n_views}); "
-                f"e.g. batch_size={max(1, self.batch_size // self.n_views) * self.n_views}"
-            )
-        if self.fragment.fragment_length == -1:
-            raise ConfigError(
-                "fragment.fragment_length must be > 0 for training (evaluation uses whole tracklets)"
-            )
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0 < self.t_min <= self.t_max:
-            raise ConfigError(
-                f"need 0 < t_min <= t_max, got t_min={self.t_min}, t_max={self.t_max}"
-            )
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ConfigError(
-                f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}"
-            )
-        if self.accumulate_grad_batches < 1:
-            raise ConfigError(
-                f"accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}"
-            )
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ConfigError(
-                f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}"
-            )
-        if self.max_val_loss_batches is not None and self.max_val_loss_batches < 1:
-            raise ConfigError(
-                f"max_val_loss_batches must be >= 1 or null, got {self.max_val_loss_batches}"
-            )
-        if self.num_workers < 0 or self.eval_batch_size < 1:
-            raise ConfigError("num_workers must be >= 0 and eval_batch_size >= 1")
-        if isinstance(self.devices, bool) or not (
-            (isinstance(self.devices, int) and (self.devices >= 1 or self.devices == -1))
-            or self.devices == "auto"
-        ):
-            raise ConfigError(f"devices must be an int >= 1, -1 or 'auto', got {self.devices!r}")
-        if self.num_nodes < 1:
-            raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
-        if not isinstance(self.strategy, str) or not self.strategy:
-            raise ConfigError(f"strategy must be a Lightning strategy name, got {self.strategy!r}")
-        if not self.soft_sigma > 0:
-            raise ConfigError(f"soft_sigma must be > 0, got {self.soft_sigma}")
-
-    @property
-    def resolved_cache_dir(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.data_root) / ".crop_cache"
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in _NESTED:
-            out[key] = out[key].to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"TrainConfig: unknown field(s) {unknown}; known fields: {sorted(known)}"
-            )
-        kwargs = dict(data)
-        for key, kind in _NESTED.items():
-            value = kwargs.get(key)
-            if isinstance(value, Mapping):
-                kwargs[key] = kind.from_dict(dict(value))  # type: ignore[attr-defined]
-        return cls(**kwargs)
-
-
-def available_configs() -> list[str]:
-    """Names of the presets in ``training/configs``."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into ``base``; keys may be dotted (``encoder.d_model``)."""
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        parts = key.split(".")
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        leaf = parts[-1]
-        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
-            node[leaf] = _merge(node[leaf], value)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type) and leaf in _NESTED:
-            node[leaf] = value.to_dict()  # type: ignore[attr-defined]
-        else:
-            node[leaf] = copy.deepcopy(value) if isinstance(value, Mapping) else value
-    return out
-
-
-def load_train_config(
-    name_or_path: str | Path, overrides: Mapping[str, Any] | None = None
-) -> TrainConfig:
-    """Read a preset (``demo``, ``paper``, ``supervised``, ``test_tiny``) or a YAML file.
-
-    Args:
-        name_or_path: a name in ``training/configs`` or a path to a YAML file.
-        overrides: field values replacing the file's; nested fields either as
-            dicts (``{"encoder": {"d_model": 32}}``) or dotted keys (``"encoder.d_model"``).
-
-    Raises:
-        ConfigError: unknown preset, unreadable YAML, or an invalid/unknown field.
-    """
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") or path.is_file()):
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"no training config {str(name_or_path)!r}: not a file and not one of {available_configs()}"
-        )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a training config must be a mapping of fields")
-    data.setdefault("name", path.stem)
-    return TrainConfig.from_dict(_merge(data, overrides or {}))
+__all__ = [
+    "LAST_CHECKPOINT",
+    "TrainConfig",
+    "TrainResult",
+    "available_configs",
+    "load_train_config",
+    "make_datamodule",
+    "make_module",
+    "reid_threshold",
+    "train",
+]
 
 
 @dataclass(frozen=True)
@@ -384,20 +168,6 @@ class _History(Callback):
         self.record(pl_module, trainer.current_epoch, time.perf_counter() - self._start)
 
 
-class _LastCheckpoint(Callback):
-    """Writes the full training state to ``path`` after every training epoch (after
-    :class:`_History` has recorded it), atomically: a temporary file, then a rename."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -469,6 +239,23 @@ def make_datamodule(config: TrainConfig) -> FragmentDataModule:
     return datamodule
 
 
+def make_module(config: TrainConfig) -> HmveModule:
+    """The run's LightningModule (encoder, projector and the configured loss)."""
+    return HmveModule(
+        config.encoder,
+        loss=config.loss,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        d_proj=config.d_proj,
+        loss_temperature=config.loss_temperature,
+        fragment_weight=config.fragment_weight,
+        frame_across_weight=config.frame_across_weight,
+        frame_within_weight=config.frame_within_weight,
+        ignore_same_fragment_pairs=config.ignore_same_fragment_pairs,
+        soft_sigma=config.soft_sigma,
+    )
+
+
 def train(
     config: TrainConfig,
     progress: bool = True,
@@ -505,19 +292,7 @@ def train(
             f"no polyp of split {config.val_split!r} appears in two tracklets, so validation mAP is "
             f"undefined: use a larger validation split or set monitor: val_loss"
         )
-    module = HmveModule(
-        config.encoder,
-        loss=config.loss,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        d_proj=config.d_proj,
-        loss_temperature=config.loss_temperature,
-        fragment_weight=config.fragment_weight,
-        frame_across_weight=config.frame_across_weight,
-        frame_within_weight=config.frame_within_weight,
-        ignore_same_fragment_pairs=config.ignore_same_fragment_pairs,
-        soft_sigma=config.soft_sigma,
-    )
+    module = make_module(config)
     module.set_fragment_times(
         train=datamodule.train_fragments.index, val=datamodule.val_fragments.index
     )
@@ -527,26 +302,14 @@ def train(
     elif config.init_frame_encoder:
         init_info = load_msn_into_hmve(module.encoder, config.init_frame_encoder, config.preprocess)
     history = _History(datamodule, config.monitor)
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=config.precision,  # type: ignore[arg-type]
+    trainer = make_trainer(
+        config,
+        out,
+        [history, LastCheckpoint(last_checkpoint), *callbacks],
+        progress,
         accumulate_grad_batches=config.accumulate_grad_batches,
-        limit_train_batches=config.max_steps_per_epoch,
         num_sanity_val_steps=0,
-        enable_checkpointing=False,  # last.ckpt is written by _LastCheckpoint
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
-        logger=[
-            CSVLogger(str(out), name="logs"),
-            TensorBoardLogger(str(out), name="tensorboard", default_hp_metric=False),
-        ],
-        callbacks=[history, _LastCheckpoint(last_checkpoint), *callbacks],
         deterministic="warn",
-        log_every_n_steps=1,
         # the bag samplers shard their batches across processes themselves
         use_distributed_sampler=False,
     )
@@ -650,27 +413,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m polypindex.training.train demo --data var/data/synth --out var/train/demo --set epochs=3``."""
     parser = argparse.ArgumentParser(description="Train the HMVE tracklet encoder.")
     parser.add_argument("config", help=f"preset ({', '.join(available_configs())}) or YAML path")
-    parser.add_argument("--data", help="dataset folder (overrides data_root)")
-    parser.add_argument("--out", help="output folder (overrides out_dir)")
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/last.ckpt (same config)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field (JSON value)",
-    )
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        overrides = parse_overrides(args.set)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if args.data:
-        overrides["data_root"] = args.data
-    if args.out:
-        overrides["out_dir"] = args.out
+    overrides = run_overrides(parser, args)
     result = train(load_train_config(args.config, overrides), resume=args.resume)
     print(
         json.dumps(

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import Query, Response
 
 from polypindex.service import backend
 from polypindex.service.deps import JobsDep, OptionalIndexDep, SettingsDep, StoreDep
 from polypindex.service.errors import error_responses
+from polypindex.service.routers.documented import documented_router
 from polypindex.service.schemas import (
     DeleteProcedureResponse,
     IndexRequest,
@@ -17,7 +18,7 @@ from polypindex.service.schemas import (
     JobResponse,
 )
 
-router = APIRouter(tags=["indexing"])
+router = documented_router("indexing")
 
 
 def job_response(job: backend.JobRecord) -> JobResponse:
@@ -39,17 +40,17 @@ def job_response(job: backend.JobRecord) -> JobResponse:
 @router.post(
     "/procedures",
     status_code=202,
-    response_model=JobResponse,
     summary="Index new procedures (a background job)",
-    description="Queues an indexing job: `kind` is `coco` (field `root`), `video` (`video`, "
-    "`detections`) or `frames` (`folder`, `detections`), plus optional fields. Every path "
-    "must lie inside the service's data roots (`POLYPINDEX_DATA_ROOTS`): else 403 "
-    "`path_not_allowed` and nothing is written. Poll `GET /jobs/{job_id}` (the `Location` "
-    "header). Each procedure is committed whole or not at all; a job that fails keeps the "
-    "procedures it finished.",
     responses=error_responses(403, 422, 500, 503),
 )
 def submit_procedures(body: IndexRequest, runner: JobsDep, response: Response) -> JobResponse:
+    """Queues an indexing job: `kind` is `coco` (field `root`), `video` (`video`,
+    `detections`) or `frames` (`folder`, `detections`), plus optional fields. Every path must
+    lie inside the service's data roots (`POLYPINDEX_DATA_ROOTS`): else 403
+    `path_not_allowed` and nothing is written. Poll `GET /jobs/{job_id}` (the `Location`
+    header). Each procedure is committed whole or not at all; a job that fails keeps the
+    procedures it finished.
+    """
     job = backend.submit_job(runner, body.kind, body.params)
     response.headers["Location"] = f"/jobs/{job.id}"
     return job_response(job)
@@ -57,7 +58,6 @@ def submit_procedures(body: IndexRequest, runner: JobsDep, response: Response) -
 
 @router.get(
     "/jobs/{job_id}",
-    response_model=JobResponse,
     summary="An indexing job's status, progress and error",
     responses=error_responses(404, 500, 503),
 )
@@ -67,7 +67,6 @@ def get_job(job_id: str, runner: JobsDep) -> JobResponse:
 
 @router.get(
     "/jobs",
-    response_model=JobListResponse,
     summary="Indexing jobs, oldest first",
     responses=error_responses(422, 500, 503),
 )
@@ -83,14 +82,14 @@ def list_jobs(
 
 @router.delete(
     "/procedures/{uid:path}",
-    response_model=DeleteProcedureResponse,
     summary="Delete a procedure: its tracklets and their vectors",
-    description="Removes the procedure's rows from the database and its vectors from every "
-    "index snapshot and from the running index. Unknown UID: 404 `procedure_not_found`.",
     responses=error_responses(404, 500, 503),
 )
 def delete_procedure(
     uid: str, settings: SettingsDep, store: StoreDep, index: OptionalIndexDep
 ) -> DeleteProcedureResponse:
+    """Removes the procedure's rows from the database and its vectors from every index
+    snapshot and from the running index. Unknown UID: 404 `procedure_not_found`.
+    """
     removed = backend.delete_procedure(uid, store, index, settings)
     return DeleteProcedureResponse(procedure_uid=uid, tracklets_removed=len(removed))

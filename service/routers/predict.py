@@ -4,45 +4,33 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import Body
 
 from polypindex.service import backend
-from polypindex.service.deps import (
-    EmbeddingSlotsDep,
-    EncoderDep,
-    OptionalStoreDep,
-    ProbesDep,
-    SettingsDep,
-)
-from polypindex.service.errors import error_responses
+from polypindex.service.deps import ProbesDep, QueryEmbedderDep
+from polypindex.service.errors import QUERY_ERRORS
+from polypindex.service.routers.documented import documented_router
 from polypindex.service.schemas import PREDICT_EXAMPLES, Prediction, PredictRequest, PredictResponse
 
-router = APIRouter(tags=["predict"])
+router = documented_router("predict", responses=QUERY_ERRORS)
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    summary="Size and histology of a tracklet",
-    description="The tracklet is an indexed tracklet id, frames or an embedding. Each "
-    "requested task (`size`: diminutive ≤ 5 mm or not; `histology`: adenoma or not) is "
-    "predicted by its probe from the tracklet's embedding, the same way indexing does; "
-    "`probability` is the calibrated probability of the positive class. A task whose probe "
-    "is not installed answers 503 `probe_not_installed` naming it.",
-    responses=error_responses(404, 409, 422, 500, 503),
-)
+@router.post("/predict", summary="Size and histology of a tracklet")
 def predict(
     body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
-    settings: SettingsDep,
-    slots: EmbeddingSlotsDep,
-    encoder: EncoderDep,
-    store: OptionalStoreDep,  # needed only for a tracklet given by id
+    embed: QueryEmbedderDep,  # the store is needed only for a tracklet given by id
     probes: ProbesDep,
 ) -> PredictResponse:
+    """The tracklet is an indexed tracklet id, frames or an embedding. Each requested task
+    (`size`: diminutive ≤ 5 mm or not; `histology`: adenoma or not) is predicted by its probe
+    from the tracklet's embedding, the same way indexing does; `probability` is the calibrated
+    probability of the positive class. A task whose probe is not installed answers 503
+    `probe_not_installed` naming it.
+    """
     tasks = list(dict.fromkeys(body.tasks))
     # Refuse before any decoding or embedding work when a probe is missing.
     chosen = [backend.require_probe(probes.installed, probes.problems, t) for t in tasks]
-    query = backend.embed_input(body.tracklet, "body.tracklet", encoder, store, settings, slots)
+    query = embed(body.tracklet, "body.tracklet")
     predictions = {}
     for probe in chosen:
         row = backend.predict(probe, query.vector)
@@ -50,7 +38,7 @@ def predict(
             label=row.label, probability=row.probability, probe_version=row.probe_version
         )
     return PredictResponse(
-        encoder_version=encoder.version,
+        encoder_version=embed.encoder.version,
         tracklet_id=query.record.id if query.record is not None else None,
         predictions=predictions,
     )

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import Body
 
 from polypindex.service import backend
-from polypindex.service.deps import (
-    EmbeddingSlotsDep,
-    EncoderDep,
-    IndexDep,
-    ProbesDep,
-    SettingsDep,
-    StoreDep,
-)
-from polypindex.service.errors import error_responses, field_error
+from polypindex.service.deps import IndexDep, ProbesDep, QueryEmbedderDep, StoreDep
+from polypindex.service.errors import QUERY_ERRORS, field_error
+from polypindex.service.routers.documented import documented_router
 from polypindex.service.schemas import (
     SEARCH_EXAMPLES,
     Prediction,
@@ -24,34 +18,29 @@ from polypindex.service.schemas import (
     SearchResponse,
 )
 
-router = APIRouter(tags=["search"])
+router = documented_router("search", responses=QUERY_ERRORS)
 
 
-@router.post(
-    "/search",
-    response_model=SearchResponse,
-    summary="Find the nearest indexed tracklets",
-    description="The query is an indexed tracklet id, frames (base64 images + boxes) or an "
-    "embedding. Results are the top-`k` tracklets by cosine similarity, best first. A query "
-    "by id never returns itself; `exclude_same_procedure` also leaves out the rest of its "
-    "procedure; `procedure_uids` restricts the results to those procedures; "
-    "`predicted_size` / `predicted_histology` to tracklets whose stored prediction has that "
-    "label (503 `probe_not_installed` when that probe is not installed). Each result carries "
-    "its stored size and histology predictions.",
-    responses=error_responses(404, 409, 422, 500, 503),
-)
+@router.post("/search", summary="Find the nearest indexed tracklets")
 def search(
     body: Annotated[SearchRequest, Body(openapi_examples=SEARCH_EXAMPLES)],
-    settings: SettingsDep,
-    slots: EmbeddingSlotsDep,
-    encoder: EncoderDep,
+    embed: QueryEmbedderDep,
     store: StoreDep,
     index: IndexDep,
     probes: ProbesDep,
 ) -> SearchResponse:
+    """The query is an indexed tracklet id, frames (base64 images + boxes) or an embedding.
+    Results are the top-`k` tracklets by cosine similarity, best first. A query by id never
+    returns itself; `exclude_same_procedure` also leaves out the rest of its procedure;
+    `procedure_uids` restricts the results to those procedures; `predicted_size` /
+    `predicted_histology` to tracklets whose stored prediction has that label (503
+    `probe_not_installed` when that probe is not installed). Each result carries its stored
+    size and histology predictions.
+    """
     # Sync endpoint: FastAPI runs it in the thread pool (decoding, ONNX, FAISS are CPU-bound).
-    if body.k > settings.max_k:
-        raise field_error(("body", "k"), f"k must be between 1 and {settings.max_k}, got {body.k}")
+    max_k, encoder = embed.settings.max_k, embed.encoder
+    if body.k > max_k:
+        raise field_error(("body", "k"), f"k must be between 1 and {max_k}, got {body.k}")
     label_filters = [
         (task, label)
         for task, label in (("size", body.predicted_size), ("histology", body.predicted_histology))
@@ -60,7 +49,7 @@ def search(
     for task, _ in label_filters:
         backend.require_probe(probes.installed, probes.problems, task)
     backend.require_searchable(index, encoder)
-    query = backend.embed_input(body.query, "body.query", encoder, store, settings, slots)
+    query = embed(body.query, "body.query")
     exclude = {int(i) for i in body.exclude_tracklet_ids}
     if query.record is not None:
         exclude.add(query.record.id)

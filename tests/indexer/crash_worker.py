@@ -24,11 +24,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from helpers.indexing import TRACKLETS, FakeEncoder
 
 from polypindex.indexer.pipeline import Progress, delete_procedure, index_sources
 from polypindex.indexer.sources import frames_source
 from polypindex.indexer.store import Store
-from polypindex.indexer.testing import TRACKLETS, FakeEncoder
 
 
 class SlowEncoder(FakeEncoder):

@@ -1,4 +1,4 @@
-"""``polypindex db`` / ``index`` / ``delete`` (polypindex/cli_store.py) with a fake encoder."""
+"""``polypindex db`` / ``index`` / ``delete`` (polypindex/cli/store.py) with a fake encoder."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-import polypindex.cli_store as cli_store
-from polypindex.cli import app
-from polypindex.indexer.store import Store
-from polypindex.indexer.testing import (
+from helpers.indexing import (
     FakeEncoder,
     linear_probe,
     write_csv,
     write_frames,
     write_video,
 )
-from polypindex.indexer.vector_index import VectorIndex, generation_dir
+from typer.testing import CliRunner
+
+import polypindex.cli.store as cli_store
+from polypindex.cli import app
+from polypindex.indexer.generations import generation_dir
+from polypindex.indexer.store import Store
+from polypindex.indexer.vectors import VectorIndex
 from polypindex.model.probe import probe_path
 
 runner = CliRunner()
@@ -28,7 +29,7 @@ runner = CliRunner()
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("POLYPINDEX_DATABASE_URL", raising=False)
-    monkeypatch.setattr(cli_store, "_load_encoder", lambda model, home: FakeEncoder())
+    monkeypatch.setattr(cli_store, "_load_encoder", lambda layout: FakeEncoder())
     return tmp_path / "home"
 
 
@@ -108,20 +109,20 @@ def test_index_video_frames_rebuild_generations_delete(home: Path, tmp_path: Pat
     store.close()
 
 
-def test_clear_errors_exit_2(home: Path, tmp_path: Path) -> None:
+def test_clear_errors_exit_1(home: Path, tmp_path: Path) -> None:
     base = ["--home", str(home)]
     result = runner.invoke(app, ["delete", "nope", *base])
-    assert result.exit_code == 2 and "no procedure with uid 'nope'" in result.output
+    assert result.exit_code == 1 and "no procedure with uid 'nope'" in result.output
     (tmp_path / "bad.csv").write_text("frame,x,y\n1,2,3\n")
     write_frames(tmp_path / "f", 2)
     result = runner.invoke(
         app,
         ["index", "frames", str(tmp_path / "f"), "--detections", str(tmp_path / "bad.csv"), *base],
     )
-    assert result.exit_code == 2 and "bad.csv" in result.output and "lacks column" in result.output
+    assert result.exit_code == 1 and "bad.csv" in result.output and "lacks column" in result.output
     # `polypindex index DATA` still means `index coco DATA`
     result = runner.invoke(app, ["index", str(tmp_path / "nodata"), *base])
-    assert result.exit_code == 2 and "annotation file not found" in result.output
+    assert result.exit_code == 1 and "annotation file not found" in result.output
 
 
 def test_index_with_probes_then_predict_again(home: Path, tmp_path: Path) -> None:
@@ -156,10 +157,10 @@ def test_index_with_probes_then_predict_again(home: Path, tmp_path: Path) -> Non
         probe_path(probes, "size")
     )
     result = runner.invoke(app, ["index", "predict", *base])
-    assert result.exit_code == 2 and "other-enc" in result.output
+    assert result.exit_code == 1 and "other-enc" in result.output
     empty = ["--home", str(home), "--probes", str(tmp_path / "none")]
     result = runner.invoke(app, ["index", "predict", *empty])
-    assert result.exit_code == 2 and "no probe installed" in result.output
+    assert result.exit_code == 1 and "no probe installed" in result.output
 
 
 def test_retire_a_generation_keeps_the_others(
@@ -170,7 +171,7 @@ def test_retire_a_generation_keeps_the_others(
     args = ["index", "frames", str(frames), "--detections", str(csv), "--min-tracklet-length", "3"]
     base = ["--home", str(home)]
     assert runner.invoke(app, [*args, *base]).exit_code == 0
-    monkeypatch.setattr(cli_store, "_load_encoder", lambda model, home: FakeEncoder("fake-v2"))
+    monkeypatch.setattr(cli_store, "_load_encoder", lambda layout: FakeEncoder("fake-v2"))
     assert runner.invoke(app, [*args, *base]).exit_code == 0
     index_root = home / "index"
     assert generation_dir(index_root, "fake-v1").is_dir()
@@ -186,5 +187,5 @@ def test_retire_a_generation_keeps_the_others(
     assert any((index_root / "thumbnails").rglob("*.jpg"))  # fake-v2 still holds the procedure
     store.close()
     result = runner.invoke(app, ["index", "retire", "fake-v1", "--yes", *base])
-    assert result.exit_code == 2 and "no index generation of encoder 'fake-v1'" in result.output
+    assert result.exit_code == 1 and "no index generation of encoder 'fake-v1'" in result.output
     assert "fake-v2" in result.output

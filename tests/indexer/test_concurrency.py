@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -11,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import subprocess_env
+from helpers.indexing import TRACKLETS, FakeEncoder, write_csv, write_frames
 
+from polypindex.indexer.generations import open_or_rebuild, sync_with_store
 from polypindex.indexer.pipeline import index_sources
 from polypindex.indexer.sources import frames_source
 from polypindex.indexer.store import Store
-from polypindex.indexer.testing import TRACKLETS, FakeEncoder, write_csv, write_frames
-from polypindex.indexer.vector_index import VectorIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -30,7 +30,7 @@ def test_searches_answer_while_a_job_indexes(db_url: str, tmp_path: Path) -> Non
     writer_store, reader_store = Store(db_url), Store(db_url)
     encoder = FakeEncoder()
     index_sources(sources[:1], writer_store, index_dir, encoder, progress=False)
-    index = VectorIndex.open_or_rebuild(index_dir, reader_store, encoder.version, encoder.dim)
+    index = open_or_rebuild(index_dir, reader_store, encoder.version, encoder.dim)
     query = np.ones(encoder.dim, dtype=np.float32)
     errors: list[BaseException] = []
     answered = reloaded = 0
@@ -51,19 +51,19 @@ def test_searches_answer_while_a_job_indexes(db_url: str, tmp_path: Path) -> Non
     try:
         while not done.is_set() or answered < 5:
             # the service's loop: catch up with the store, search; and reopen the snapshot
-            index.sync_with_store(reader_store)
+            sync_with_store(index, reader_store)
             (hits,) = index.search(query, 3, encoder_version=encoder.version)
             assert hits and all(i in index for i, _ in hits)
             answered += 1
             if answered % 5 == 0:
-                VectorIndex.open_or_rebuild(index_dir, reader_store, encoder.version, encoder.dim)
+                open_or_rebuild(index_dir, reader_store, encoder.version, encoder.dim)
                 reloaded += 1
     except BaseException as exc:
         errors.append(exc)
     writer.join()
     assert errors == []
     assert answered >= 5 and reloaded >= 1
-    index.sync_with_store(reader_store)
+    sync_with_store(index, reader_store)
     assert sorted(index.ids().tolist()) == reader_store.tracklet_ids(encoder.version).tolist()
     assert len(index) == 24
     writer_store.close()
@@ -93,7 +93,7 @@ def test_two_indexer_processes_on_postgres(pg_url: str, tmp_path: Path) -> None:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                env=subprocess_env(OMP_NUM_THREADS="1"),
             )
         )
     for proc in procs:
@@ -103,6 +103,6 @@ def test_two_indexer_processes_on_postgres(pg_url: str, tmp_path: Path) -> None:
     store = Store(pg_url)
     assert len(store.list_procedures()) == 10 and store.count_tracklets() == 20
     # each process saved the snapshot it knew; opening catches up with the other's rows
-    index = VectorIndex.open_or_rebuild(index_dir, store, "fake-v1", 16)
+    index = open_or_rebuild(index_dir, store, "fake-v1", 16)
     assert sorted(index.ids().tolist()) == store.tracklet_ids("fake-v1").tolist()
     store.close()

@@ -22,11 +22,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import subprocess_env
+from helpers.indexing import write_csv, write_frames
 from sqlalchemy import text
 
+from polypindex.indexer.generations import generation_dir, open_or_rebuild
 from polypindex.indexer.store import Store
-from polypindex.indexer.testing import write_csv, write_frames
-from polypindex.indexer.vector_index import VectorIndex, generation_dir
+from polypindex.indexer.vectors import VectorIndex
 from polypindex.model.errors import IndexNotReadyError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +43,7 @@ def _check(store: Store, index_dir: Path) -> dict[str, int]:
     gen = generation_dir(index_dir, VERSION)
     with contextlib.suppress(IndexNotReadyError):  # what the kill left: clean, or refused
         VectorIndex.load(gen)
-    index = VectorIndex.open_or_rebuild(index_dir, store, VERSION, 16, save=True)
+    index = open_or_rebuild(index_dir, store, VERSION, 16, save=True)
     db_ids = store.tracklet_ids(VERSION).tolist()
     faiss_ids = index.ids().tolist()
     assert len(faiss_ids) == len(set(faiss_ids)), "duplicated ids in the index"
@@ -74,7 +76,7 @@ class Zygote:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env=subprocess_env(OMP_NUM_THREADS="1"),
         )
         assert self._line() == "zygote"
 

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.indexing import FakeEncoder, write_csv, write_frames
 
 from polypindex.indexer.jobs import JobNotFoundError, JobRunner
 from polypindex.indexer.sources import PathNotAllowedError
 from polypindex.indexer.store import Store
-from polypindex.indexer.testing import FakeEncoder, write_csv, write_frames
 from polypindex.model.errors import InvalidInputError
 
 

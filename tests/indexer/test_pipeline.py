@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.indexing import TRACKLETS, FakeEncoder, linear_probe, write_coco
 
 import polypindex.indexer.sources as sources
+from polypindex.indexer.generations import generation_dir
 from polypindex.indexer.pipeline import Embedder, delete_procedure, index_dataset
 from polypindex.indexer.store import Store
-from polypindex.indexer.testing import TRACKLETS, FakeEncoder, linear_probe, write_coco
-from polypindex.indexer.vector_index import VectorIndex, generation_dir
+from polypindex.indexer.vectors import VectorIndex
 from polypindex.model.config import FragmentConfig
 from polypindex.model.errors import (
     ConfigError,
@@ -107,28 +109,12 @@ def test_each_image_is_decoded_once_per_procedure(
 
 
 def test_procedure_filter(dataset: Path, store: Store, tmp_path: Path) -> None:
-    report = index_dataset(
-        dataset,
-        "test",
-        store,
-        tmp_path / "i",
-        FakeEncoder(),
-        TRACKLETS,
-        progress=False,
-        procedure_uids={"ds:002"},
-    )
+    encoder = FakeEncoder()
+    index = partial(index_dataset, dataset, "test", store, tmp_path / "i", encoder, TRACKLETS)
+    report = index(progress=False, procedure_uids={"ds:002"})
     assert report.indexed_uids == ("ds:002",) and store.count_tracklets() == 1
     with pytest.raises(InvalidInputError, match="ds:999"):
-        index_dataset(
-            dataset,
-            "test",
-            store,
-            tmp_path / "i",
-            FakeEncoder(),
-            TRACKLETS,
-            progress=False,
-            procedure_uids=["ds:999"],
-        )
+        index(progress=False, procedure_uids=["ds:999"])
 
 
 def test_corrupt_jpeg_names_the_file_and_writes_nothing_for_its_procedure(

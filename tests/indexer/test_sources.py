@@ -6,19 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from polypindex.indexer.pipeline import index_sources
-from polypindex.indexer.sources import (
-    PathNotAllowedError,
-    VideoReadError,
-    check_in_roots,
-    frames_source,
-    read_detections_csv,
-    stream_video,
-    video_source,
-)
-from polypindex.indexer.store import Store
-from polypindex.indexer.testing import (
+from helpers.indexing import (
     TRACKLETS,
     FakeEncoder,
     frame_pixels,
@@ -26,7 +14,20 @@ from polypindex.indexer.testing import (
     write_frames,
     write_video,
 )
-from polypindex.indexer.vector_index import VectorIndex, generation_dir
+
+from polypindex.indexer.detections import read_detections_csv
+from polypindex.indexer.generations import generation_dir, open_or_rebuild
+from polypindex.indexer.pipeline import index_sources
+from polypindex.indexer.sources import (
+    PathNotAllowedError,
+    VideoReadError,
+    check_in_roots,
+    frames_source,
+    stream_video,
+    video_source,
+)
+from polypindex.indexer.store import Store
+from polypindex.indexer.vectors import VectorIndex
 from polypindex.model.errors import ImageReadError, InvalidInputError
 
 N = 12
@@ -168,8 +169,8 @@ def test_paths_outside_the_data_roots_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_new_encoder_makes_a_new_generation_beside_the_old(store: Store, tmp_path: Path) -> None:
+    from polypindex.indexer.generations import describe_generations
     from polypindex.indexer.pipeline import delete_procedure
-    from polypindex.indexer.vector_index import describe_generations
 
     src = frames_source(
         write_frames(tmp_path / "f", N), write_csv(tmp_path / "d.csv", N), uid="P", config=TRACKLETS
@@ -182,7 +183,7 @@ def test_a_new_encoder_makes_a_new_generation_beside_the_old(store: Store, tmp_p
         ("v1", 2, 2, True),
         ("v2", 2, 2, True),
     ]
-    old = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "v1", 16)
+    old = open_or_rebuild(tmp_path / "idx", store, "v1", 16)
     assert sorted(old.ids().tolist()) == store.tracklet_ids("v1").tolist()  # v1 still serves P
     assert len(delete_procedure("P", store, tmp_path / "idx")) == 4
     assert [g["snapshot"] for g in describe_generations(tmp_path / "idx", store)] == [0, 0]

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers.rows import random_row
 
 from polypindex.indexer.store import PredictionRow, Store, TrackletRow
 from polypindex.model.errors import (
@@ -30,24 +31,21 @@ def store(db_url: str) -> Iterator[Store]:
 
 def _rows(n: int, seed: int = 0, prefix: str = "seq/p") -> list[TrackletRow]:
     rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        v = rng.normal(size=DIM).astype(np.float32)
-        rows.append(
-            TrackletRow(
-                key=f"{prefix}{i}/0",
-                start_frame=10 * i,
-                end_frame=10 * i + 5,
-                n_frames=6,
-                embedding=v / np.linalg.norm(v),
-                boxes={"first": [1.0, 2.0, 3.0, 4.0], "frame_ids": list(range(10 * i, 10 * i + 6))},
-                identity_label=f"p{i}",
-                thumbnail_path=f"thumbnails/x/{i}.jpg",
-                size_mm=3.5 if i == 0 else None,
-                histology="adenoma" if i == 0 else None,
-            )
+    return [
+        random_row(
+            rng,
+            DIM,
+            f"{prefix}{i}/0",
+            10 * i,
+            6,
+            boxes={"first": [1.0, 2.0, 3.0, 4.0], "frame_ids": list(range(10 * i, 10 * i + 6))},
+            identity_label=f"p{i}",
+            thumbnail_path=f"thumbnails/x/{i}.jpg",
+            size_mm=3.5 if i == 0 else None,
+            histology="adenoma" if i == 0 else None,
         )
-    return rows
+        for i in range(n)
+    ]
 
 
 def test_round_trip(store: Store) -> None:

@@ -1,4 +1,4 @@
-"""polypindex.indexer.vector_index: exact search vs numpy, exclusion, atomic save/load, catch-up."""
+"""polypindex.indexer.vectors and .generations: exact search vs numpy, exclusion, save/load, sync."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from polypindex.indexer.generations import (
+    check_encoder_has_embeddings,
+    generation_dir,
+    list_generations,
+    open_or_rebuild,
+    rebuild_generation,
+)
 from polypindex.indexer.store import Store, TrackletRow
-from polypindex.indexer.vector_index import (
+from polypindex.indexer.vectors import (
     INDEX_FILE,
     SIDECAR_FILE,
     IndexPolicy,
     VectorIndex,
-    check_encoder_has_embeddings,
-    generation_dir,
     gpu_available,
-    list_generations,
-    rebuild_generation,
 )
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.errors import (
@@ -147,7 +150,7 @@ def test_open_or_rebuild_catches_up_and_drops_deleted(tmp_path: Path) -> None:
         "B", None, "s", "enc-a", [_row(f"b{i}", vecs[3 + i]) for i in range(2)]
     )
     other = store.replace_procedure("X", None, "s", "enc-b", [_row("x0", vecs[7])])
-    index = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM, save=True)
+    index = open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM, save=True)
     assert sorted(index.ids().tolist()) == sorted(a + b)
     gen_a = generation_dir(tmp_path / "idx", "enc-a")
     assert index.directory == gen_a and VectorIndex.read_infos(gen_a) is not None
@@ -156,20 +159,20 @@ def test_open_or_rebuild_catches_up_and_drops_deleted(tmp_path: Path) -> None:
     c = store.replace_procedure("C", None, "s", "enc-a", [_row("c0", vecs[5]), _row("c1", vecs[6])])
     store.delete_procedure("A")
     b2 = store.replace_procedure("B", None, "s", "enc-a", [_row("b0", vecs[3])])
-    reopened = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
+    reopened = open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
     assert sorted(reopened.ids().tolist()) == sorted(c + b2) == store.tracklet_ids("enc-a").tolist()
     assert not set(reopened.ids().tolist()) & set(other)
     (hit,) = reopened.search(vecs[6], 1)
     assert hit[0][0] == c[1]
 
     # the other encoder version never shares the snapshot: it is rebuilt from its own rows
-    index_b = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-b", DIM, save=True)
+    index_b = open_or_rebuild(tmp_path / "idx", store, "enc-b", DIM, save=True)
     assert index_b.ids().tolist() == other
     assert index_b.directory == generation_dir(tmp_path / "idx", "enc-b") != gen_a
     assert [g["encoder_version"] for g in list_generations(tmp_path / "idx")] == ["enc-a", "enc-b"]
     # a corrupt snapshot is rebuilt from the store
     (gen_a / INDEX_FILE).write_bytes(b"garbage")
-    rebuilt = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
+    rebuilt = open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
     assert sorted(rebuilt.ids().tolist()) == sorted(c + b2)
     store.close()
 
@@ -180,7 +183,7 @@ def test_open_or_rebuild_refuses_store_rows_of_another_dim(tmp_path: Path) -> No
         "A", None, "s", "enc-a", [_row("a0", np.ones(DIM + 2, dtype=np.float32))]
     )
     with pytest.raises(EncoderMismatchError, match="dim"):
-        VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
+        open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
     store.close()
 
 
@@ -271,7 +274,7 @@ def test_rebuild_and_hnsw_sync_with_deletions(tmp_path: Path) -> None:
     assert VectorIndex.read_infos(generation_dir(tmp_path / "idx", "enc-a"))["count"] == 40
     store.delete_procedure("P0")
     store.replace_procedure("P4", None, "s", "enc-a", [_row("k0", vecs[0])])
-    index = VectorIndex.open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
+    index = open_or_rebuild(tmp_path / "idx", store, "enc-a", DIM)
     assert index.kind == "hnsw_ip"
     assert sorted(index.ids().tolist()) == store.tracklet_ids("enc-a").tolist()
     with pytest.raises(IndexNotReadyError, match="no embeddings of encoder 'enc-z'"):
@@ -343,7 +346,7 @@ def test_gpu_search_path_gives_the_cpu_answers(monkeypatch: pytest.MonkeyPatch) 
     """The GPU seam, with FAISS's CPU→GPU copy replaced by a CPU clone (no GPU here)."""
     import faiss
 
-    import polypindex.indexer.vector_index as vector_index
+    import polypindex.indexer.vectors.gpu as gpu_placement
 
     copies: list[object] = []
 
@@ -351,8 +354,8 @@ def test_gpu_search_path_gives_the_cpu_answers(monkeypatch: pytest.MonkeyPatch) 
         copies.append(index)
         return faiss.clone_index(index)
 
-    monkeypatch.setattr(vector_index, "gpu_available", lambda: True)
-    monkeypatch.setattr(vector_index, "_gpu_resources", lambda: object())
+    monkeypatch.setattr(gpu_placement, "gpu_available", lambda: True)
+    monkeypatch.setattr(gpu_placement, "_gpu_resources", lambda: object())
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_cpu_to_gpu, raising=False)
     index = VectorIndex(DIM, "enc-a", policy=IndexPolicy(device="auto"))
     assert index.device == "gpu"

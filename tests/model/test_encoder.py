@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers.tiny_models import TINY
 
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.encoder import (
@@ -16,15 +17,15 @@ from polypindex.model.encoder import (
     EncoderConfig,
     build_backbone,
     encoder_version,
+    frame_encoder_version,
     load_backbone_weights,
     load_encoder_checkpoint,
+    load_frame_encoder_checkpoint,
     save_encoder_checkpoint,
+    save_frame_encoder_checkpoint,
 )
 from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
 
-TINY = EncoderConfig(
-    backbone="tiny", tiny_width=8, d_model=32, n_layers=2, n_heads=4, dim_feedforward=64
-)
 IM = 32
 
 
@@ -171,7 +172,7 @@ def test_checkpoint_round_trip(tiny: HMVE, tmp_path: Path) -> None:
 
     loaded = load_encoder_checkpoint(path)
     assert not loaded.encoder.training
-    assert loaded.encoder_version == version == encoder_version(tiny, TINY)
+    assert loaded.encoder_version == version == encoder_version(tiny, TINY, preprocess, fragment)
     assert loaded.encoder_config == TINY
     assert loaded.preprocess == preprocess
     assert loaded.fragment == fragment
@@ -214,3 +215,50 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     garbage.write_text("hello")
     with pytest.raises(ModelLoadError, match=r"garbage\.pt"):
         load_encoder_checkpoint(garbage)
+
+
+def test_version_covers_crop_settings_and_frame_rule(tiny: HMVE) -> None:
+    """Two encoders identical but for their crop settings or stride get different
+    versions; identical ones the same; the training fragment length does not count
+    (the embedded frames are the whole-tracklet rule's)."""
+    pre, frag = PreprocessConfig(im_size=IM), FragmentConfig(stride=2, fragment_length=4)
+    version = encoder_version(tiny, TINY, pre, frag)
+    assert version == encoder_version(tiny, TINY, PreprocessConfig(im_size=IM), frag)
+    assert version != encoder_version(tiny, TINY)
+    for other_pre, other_frag in (
+        (PreprocessConfig(im_size=IM, bbox_scale_factor=3.0), frag),
+        (PreprocessConfig(im_size=IM, mean=(0.5, 0.5, 0.5)), frag),
+        (pre, FragmentConfig(stride=3, fragment_length=4)),
+        (pre, FragmentConfig(stride=2, fragment_length=4, max_frames=8)),
+    ):
+        assert encoder_version(tiny, TINY, other_pre, other_frag) != version
+    assert encoder_version(tiny, TINY, pre, FragmentConfig(stride=2, fragment_length=8)) == version
+
+
+def test_checkpoint_written_before_settings_counted_keeps_its_version(
+    tiny: HMVE, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.pt"
+    pre, frag = PreprocessConfig(im_size=IM), FragmentConfig()
+    save_encoder_checkpoint(path, tiny, TINY, pre, frag)
+    raw = torch.load(path, weights_only=True)
+    raw["encoder_version"] = encoder_version(tiny, TINY)  # the hash of older files
+    torch.save(raw, path)
+    assert load_encoder_checkpoint(path).encoder_version == encoder_version(tiny, TINY)
+    raw["encoder_version"] = "hmve-tiny-000000000000"
+    torch.save(raw, path)
+    with pytest.raises(ModelLoadError, match="corrupt or edited"):
+        load_encoder_checkpoint(path)
+
+
+def test_frame_encoder_version_covers_crop_settings(tmp_path: Path) -> None:
+    backbone, _ = build_backbone(TINY)
+    pre, frag = PreprocessConfig(im_size=IM), FragmentConfig()
+    version = save_frame_encoder_checkpoint(
+        tmp_path / "f.pt", backbone, "tiny", pre, frag, tiny_width=TINY.tiny_width
+    )
+    assert version == frame_encoder_version(backbone, "tiny", TINY.tiny_width, pre, frag)
+    assert load_frame_encoder_checkpoint(tmp_path / "f.pt").version == version
+    bigger = PreprocessConfig(im_size=IM, bbox_scale_factor=6.0)
+    assert frame_encoder_version(backbone, "tiny", TINY.tiny_width, bigger, frag) != version
+    assert frame_encoder_version(backbone, "tiny", TINY.tiny_width) != version

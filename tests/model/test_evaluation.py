@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §6) against scikit-learn, torchmetrics, hand-computed
+"""Evaluation metrics (docs/method.md#evaluation-protocols) against scikit-learn, torchmetrics, hand-computed
 cases and the closed-form chance AP."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from polypindex.model.evaluation import (
     retrieval_metrics,
     roc_auc,
     roc_curve,
-    save_curves_png,
 )
+from polypindex.training.plots import save_curves_png
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -334,9 +334,10 @@ def test_json_dicts_and_curve_images(tmp_path: Path) -> None:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
 
 
-def test_module_imports_without_torch_sklearn_or_matplotlib() -> None:
+@pytest.mark.parametrize("module", ["model.evaluation", "model.metrics", "training.plots"])
+def test_module_imports_without_torch_sklearn_or_matplotlib(module: str) -> None:
     code = (
-        "import sys, model.evaluation; "
+        f"import sys, {module}; "
         "print(sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run(

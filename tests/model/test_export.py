@@ -1,7 +1,7 @@
 """ONNX export: dynamic batch and length, metadata, and torch ↔ ONNX Runtime parity.
 
 This is the guard against the two known re-ID export pitfalls: a frozen batch
-dimension and inputs normalised twice (SPEC §8).
+dimension and inputs normalised twice (docs/method.md#hmve-encoder).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers.tiny_models import TINY
 
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.encoder import (
@@ -38,9 +39,6 @@ from polypindex.model.preprocess import preprocess_frames
 from polypindex.model.runtime import OnnxEncoder, read_onnx_metadata
 from polypindex.model.tracklets import fragment_indices
 
-TINY = EncoderConfig(
-    backbone="tiny", tiny_width=8, d_model=32, n_layers=2, n_heads=4, dim_feedforward=64
-)
 PREPROCESS = PreprocessConfig(im_size=32, bbox_scale_factor=3.0)
 FRAGMENT = FragmentConfig(stride=3, fragment_length=4, max_frames=5)
 

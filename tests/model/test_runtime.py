@@ -7,21 +7,23 @@ is tested in ``test_export.py``.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from helpers.onnx_graphs import onnx_metadata, write_mean_colour_encoder
 
+from polypindex.indexer.embed import embed_procedure
+from polypindex.indexer.sources import ProcedureSource
 from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.embedding import selected_frames
 from polypindex.model.errors import InvalidInputError, ModelLoadError
 from polypindex.model.preprocess import preprocess_frames
 from polypindex.model.runtime import OnnxEncoder, l2_normalize, read_onnx_metadata
-from polypindex.model.tracklets import fragment_indices
+from polypindex.model.tracklets import Tracklet, fragment_indices
 
 ROOT = Path(__file__).resolve().parents[2]
 IM = 16
@@ -35,41 +37,13 @@ BIAS = np.asarray([0.1, -0.2, 0.3, 0.05], dtype=np.float32)
 
 
 def _metadata() -> dict[str, str]:
-    return {
-        "polypindex.format": "polypindex-onnx/1",
-        "polypindex.encoder_version": "hmve-fake-000000000000",
-        "polypindex.preprocess": PREPROCESS.to_json(),
-        "polypindex.fragment": json.dumps(FRAGMENT.to_dict()),
-        "polypindex.encoder_config": "{}",
-        "polypindex.embedding_dim": str(DIM),
-        "polypindex.reid_threshold": "0.65",
-    }
+    return onnx_metadata("hmve-fake-000000000000", PREPROCESS, FRAGMENT, DIM, "0.65")
 
 
 def _write_model(path: Path, metadata: dict[str, str]) -> Path:
-    frames = helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", "seq", 3, IM, IM])
-    embedding = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", DIM])
-    nodes = [
-        helper.make_node("ReduceMean", ["frames", "hw_axes"], ["pooled"], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "weight"], ["tokens"]),
-        helper.make_node("ReduceMean", ["tokens", "seq_axis"], ["mean"], keepdims=0),
-        helper.make_node("Add", ["mean", "bias"], ["embedding"]),
-    ]
-    init = [
-        numpy_helper.from_array(np.asarray([3, 4], dtype=np.int64), "hw_axes"),
-        numpy_helper.from_array(np.asarray([1], dtype=np.int64), "seq_axis"),
-        numpy_helper.from_array(WEIGHT, "weight"),
-        numpy_helper.from_array(BIAS, "bias"),
-    ]
-    graph = helper.make_graph(nodes, "fake_hmve", [frames], [embedding], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    onnx.save_model(model, str(path))
-    return path
+    return write_mean_colour_encoder(
+        path, WEIGHT, BIAS, metadata, im_size=IM, graph_name="fake_hmve"
+    )
 
 
 def _reference(frames: np.ndarray) -> np.ndarray:
@@ -209,3 +183,54 @@ def test_importing_runtime_does_not_import_torch() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+class _Recording:
+    """An embedder for the indexer that records the sequences it is given."""
+
+    def __init__(self, encoder: OnnxEncoder) -> None:
+        self.encoder = encoder
+        self.version, self.dim = encoder.version, encoder.dim
+        self.preprocess, self.fragment = encoder.preprocess, encoder.fragment
+        self.reid_threshold = encoder.reid_threshold
+        self.seqs: list[np.ndarray] = []
+
+    def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        self.seqs += list(seqs)
+        return self.encoder.embed_sequences(seqs, batch_size=batch_size)
+
+
+def test_runtime_and_indexer_embed_the_same_sequences(
+    encoder: OnnxEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One frame selection and one crop path: ``embed_tracklet`` (the service) and the
+    indexer feed the encoder the identical sequence for the same tracklet."""
+    rng = np.random.default_rng(11)
+    n = 13  # stride 2 → 7 frames, thinned to max_frames=4
+    images = [rng.integers(0, 256, (40, 52, 3), dtype=np.uint8) for _ in range(n)]
+    boxes = np.stack([[4 + i, 6 + i / 3, 14, 11] for i in range(n)]).astype(np.float32)
+    given: list[np.ndarray] = []
+    embed = encoder.embed
+    monkeypatch.setattr(encoder, "embed", lambda x: given.append(x) or embed(x))
+    vector = encoder.embed_tracklet(images, boxes)
+    ((runtime_seq,),) = given
+
+    frame_ids = np.arange(100, 100 + n, dtype=np.int64)
+    source = ProcedureSource(
+        "ds:v",
+        None,
+        "memory",
+        [Tracklet("v", "p", 0, frame_ids, boxes)],
+        lambda wanted: ((int(f), images[int(f) - 100]) for f in wanted),
+    )
+    recording = _Recording(encoder)
+    result = embed_procedure(source, recording, batch_size=4, index_dir=None)
+
+    (indexer_seq,) = recording.seqs
+    np.testing.assert_array_equal(runtime_seq, indexer_seq)
+    np.testing.assert_array_equal(result.embeddings[0], vector)
+    idx = selected_frames(n, encoder.fragment)
+    assert idx.tolist() == [0, 4, 8, 12]
+    assert result.rows[0].boxes["sampled_frame_ids"] == (100 + idx).tolist()
+    expected = preprocess_frames([images[i] for i in idx], boxes[idx], PREPROCESS)
+    np.testing.assert_array_equal(indexer_seq, expected)

@@ -1,4 +1,4 @@
-"""Trackleting (gap / IoU rule), the greedy IoU tracker, and fragmenting (SPEC §3)."""
+"""Trackleting (gap / IoU rule), the greedy IoU tracker, and fragmenting (docs/method.md#tracklets)."""
 
 from __future__ import annotations
 

@@ -12,28 +12,25 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from helpers.onnx_graphs import onnx_metadata, write_mean_colour_encoder
+from helpers.synth import small_synth
 
 from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.synth import SynthConfig, generate
+from polypindex.synth import generate
 
 IM = 16
 DIM = 8
 PREPROCESS = PreprocessConfig(im_size=IM, bbox_scale_factor=2.0)
 # several fragments per tracklet (30-40 frames → 8-10 after stride 4 → 2-3 fragments)
 FRAGMENT = FragmentConfig(stride=4, fragment_length=3, drop_last=True)
-TINY_SYNTH = SynthConfig(
-    n_procedures=8,
-    frames_per_procedure=200,
-    image_width=96,
-    image_height=80,
+TINY_SYNTH = small_synth(
+    procedures=8,
+    frames=200,
+    size=(96, 80),
+    tracklet_length=(30, 40),
     polyps_per_procedure=(2, 4),
     tracklets_per_polyp=(1, 2),
-    tracklet_length=(30, 40),
-    workers=1,
-    seed=0,
 )
 
 
@@ -42,39 +39,10 @@ def write_tiny_encoder(path: Path, version: str = "hmve-tiny-probe-000000") -> P
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(3, DIM)).astype(np.float32)
     bias = rng.normal(scale=0.1, size=DIM).astype(np.float32)
-    frames = helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", "seq", 3, IM, IM])
-    embedding = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", DIM])
-    nodes = [
-        helper.make_node("ReduceMean", ["frames", "hw_axes"], ["pooled"], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "weight"], ["tokens"]),
-        helper.make_node("ReduceMean", ["tokens", "seq_axis"], ["mean"], keepdims=0),
-        helper.make_node("Add", ["mean", "bias"], ["embedding"]),
-    ]
-    init = [
-        numpy_helper.from_array(np.asarray([3, 4], dtype=np.int64), "hw_axes"),
-        numpy_helper.from_array(np.asarray([1], dtype=np.int64), "seq_axis"),
-        numpy_helper.from_array(weight, "weight"),
-        numpy_helper.from_array(bias, "bias"),
-    ]
-    graph = helper.make_graph(nodes, "tiny_probe_encoder", [frames], [embedding], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    metadata = {
-        "polypindex.format": "polypindex-onnx/1",
-        "polypindex.encoder_version": version,
-        "polypindex.preprocess": PREPROCESS.to_json(),
-        "polypindex.fragment": json.dumps(FRAGMENT.to_dict()),
-        "polypindex.encoder_config": "{}",
-        "polypindex.embedding_dim": str(DIM),
-        "polypindex.reid_threshold": "0.6",
-    }
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(path))
-    return path
+    metadata = onnx_metadata(version, PREPROCESS, FRAGMENT, DIM, "0.6")
+    return write_mean_colour_encoder(
+        path, weight, bias, metadata, im_size=IM, graph_name="tiny_probe_encoder"
+    )
 
 
 def _make_unknown(root: Path, split: str) -> dict[str, str]:

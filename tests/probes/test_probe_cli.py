@@ -159,7 +159,7 @@ def test_probe_train_cli_writes_a_loadable_probe(
         ["bench", "size", "--data", "{tmp}/no_data", "--model", "{enc}", "--out", "{tmp}/o"],
     ],
 )
-def test_cli_errors_exit_2_with_a_message(
+def test_cli_errors_exit_1_with_a_message(
     tiny_probe_data: tuple[Path, dict[str, str]],
     tiny_encoder: Path,
     tmp_path: Path,
@@ -170,7 +170,7 @@ def test_cli_errors_exit_2_with_a_message(
     result = runner.invoke(
         app, [*filled, "--cache-dir", str(tmp_path / "c"), "--home", str(tmp_path)]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "error:" in result.output
     assert "not found" in result.output
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polypindex.indexer.vector_index import VectorIndex
+from polypindex.indexer.vectors import VectorIndex
 from polypindex.service.backend import search
 
 DIM = 8

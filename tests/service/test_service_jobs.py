@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers.indexing import FakeEncoder, write_coco
 
 from polypindex.indexer.store import Store
-from polypindex.indexer.testing import FakeEncoder, write_coco
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers.indexing import linear_probe
 
+from polypindex.indexer.generations import open_or_rebuild
 from polypindex.indexer.pipeline import predict
 from polypindex.indexer.store import Store, TrackletRow
-from polypindex.indexer.testing import linear_probe
-from polypindex.indexer.vector_index import VectorIndex
 from polypindex.model.probe import Probe, probe_path
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
@@ -88,7 +88,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         vectors.update({i: r.embedding for i, r in zip(ids, rows, strict=True)})
     other = TrackletRow("old/t0", 0, 4, 5, np.ones(DIM, dtype=np.float32) / np.sqrt(DIM))
     (other_id,) = store.replace_procedure("proc/old", "test", "synthetic", "old-v0", [other])
-    VectorIndex.open_or_rebuild(settings.index_dir, store, VERSION, DIM, save=True)
+    open_or_rebuild(settings.index_dir, store, VERSION, DIM, save=True)
     store.close()
     return World(settings, vectors, size, histology, other_id)
 

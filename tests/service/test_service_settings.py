@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from polypindex.model.layout import Layout
 from polypindex.service.settings import Settings
 
 
@@ -50,3 +51,25 @@ def test_default_home_is_var_resolved(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValidationError):
         Settings(max_k=0)
+
+
+def test_settings_extend_the_one_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service and the command line read POLYPINDEX_* through the same Layout."""
+    monkeypatch.setenv("POLYPINDEX_HOME", str(tmp_path))
+    monkeypatch.setenv("POLYPINDEX_PROBES_DIR", str(tmp_path / "p"))
+    monkeypatch.delenv("POLYPINDEX_MODEL_PATH", raising=False)
+    layout, settings = Layout(), Settings()
+    assert isinstance(settings, Layout)
+    shared = ("home", "database_url", "index_dir", "model_path", "probes_dir")
+    assert {f: getattr(settings, f) for f in shared} == {f: getattr(layout, f) for f in shared}
+    assert layout.probes_folder == tmp_path / "p"
+    assert Layout(probes_dir=None).probes_folder == layout.model_path.parent / "probes"
+    home = tmp_path.resolve()
+    assert (layout.demo_data, layout.demo_model_dir) == (
+        home / "data" / "synth",
+        home / "models" / "demo",
+    )
+    assert (layout.crop_cache, layout.probe_cache) == (
+        home / "cache" / "crops",
+        home / "cache" / "probe_embeddings",
+    )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from helpers.coco import write_coco_json
 
 
 def write_disc_split(root: Path, split: str, n_videos: int, frames: int, seed: int) -> None:
@@ -36,12 +38,7 @@ def write_disc_split(root: Path, split: str, n_videos: int, frames: int, seed: i
                     | {"category_id": 1, "identity_id": f"{seq}-p{polyp}"}
                 )
             cv2.imwrite(str(root / "images" / name), image[:, :, ::-1])
-    data = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "polyp"}],
-    }
-    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    write_coco_json(root, split, images, annotations)
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +48,18 @@ def disc_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_disc_split(root, "train", n_videos=2, frames=120, seed=0)
     write_disc_split(root, "val", n_videos=1, frames=120, seed=1)
     return root
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Callable[..., Any]:
+    """``tiny_config(data, overrides)``: the ``test_tiny`` preset on ``data``, writing to
+    ``tmp_path/run`` with crops cached in ``tmp_path/crops``."""
+    from polypindex.training.train_config import load_train_config
+
+    def make(data: Path, overrides: Mapping[str, Any] | None = None) -> Any:
+        base = {"data_root": str(data), "out_dir": str(tmp_path / "run")}
+        return load_train_config(
+            "test_tiny", base | {"cache_dir": str(tmp_path / "crops")} | dict(overrides or {})
+        )
+
+    return make

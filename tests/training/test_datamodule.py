@@ -1,11 +1,9 @@
-"""Fragments, crops and batches from a dataset folder (SPEC §3, §5, §6)."""
+"""Fragments, crops and batches from a dataset folder (docs/method.md#fragments)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -29,60 +27,11 @@ TRACKLET = TrackletConfig(min_tracklet_length=8)
 FRAGMENT = FragmentConfig(stride=2, fragment_length=4, max_frames=16)
 
 
-def _write_split(
-    root: Path, split: str, n_videos: int, frames: int, rng: np.random.Generator
-) -> None:
-    """Per video three polyps (coloured discs) in turn: 16 visible frames, then 4 without."""
-    images, annotations = [], []
-    for v in range(n_videos):
-        seq = f"{split}-{v:02d}"
-        colours = rng.integers(40, 255, (3, 3))
-        for f in range(frames):
-            image = np.full((64, 80, 3), 30, np.uint8)
-            polyp, visible = (f // 20) % 3, f % 20 < 16
-            image_id = len(images) + 1
-            name = f"{seq}_{f:04d}.jpg"
-            if visible:
-                x, y = 20 + f % 20, 20 + 4 * polyp
-                cv2.circle(image, (x + 8, y + 8), 8, tuple(int(c) for c in colours[polyp]), -1)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "bbox": [x, y, 16, 16],
-                        "category_id": 1,
-                        "identity_id": f"{seq}-p{polyp}",
-                    }
-                )
-            cv2.imwrite(str(root / "images" / name), image[:, :, ::-1])
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": name,
-                    "width": 80,
-                    "height": 64,
-                    "frame_id": f,
-                    "sequence_id": seq,
-                    "dataset_id": "tiny",
-                }
-            )
-    data = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "polyp"}],
-    }
-    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
-
-
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_coco")
-    (root / "images").mkdir()
-    (root / "annotations").mkdir()
-    rng = np.random.default_rng(0)
-    _write_split(root, "train", n_videos=2, frames=120, rng=rng)
-    _write_split(root, "val", n_videos=1, frames=120, rng=rng)
-    return root
+def tiny_dataset(disc_data: Path) -> Path:
+    """The training tests' disc dataset: per video three polyps (coloured discs) in turn,
+    16 visible frames, then 4 without (read-only)."""
+    return disc_data
 
 
 @pytest.fixture(scope="module")

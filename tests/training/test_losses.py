@@ -1,4 +1,4 @@
-"""Losses (SPEC §5) against naive python-loop references and closed-form cases."""
+"""Losses (docs/method.md#losses) against naive python-loop references and closed-form cases."""
 
 from __future__ import annotations
 

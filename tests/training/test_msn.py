@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from polypindex.training.augment import color_jitter, mask_patches, random_flip,
 from polypindex.training.losses import msn_loss
 from polypindex.training.msn import MsnModule, ema_momentum, load_msn_config, pretrain_frames
 from polypindex.training.msn_init import load_msn_into_hmve
-from polypindex.training.train import load_train_config, train
+from polypindex.training.train import TrainConfig, load_train_config, train
 
 PRE = PreprocessConfig(im_size=32)
 
@@ -184,7 +185,7 @@ def test_pretrain_frames_writes_a_frame_encoder(msn_run: Path) -> None:
 
 
 def test_msn_initialises_the_hmve_frame_encoder(
-    msn_run: Path, disc_data: Path, tmp_path: Path
+    msn_run: Path, disc_data: Path, tmp_path: Path, tiny_config: Callable[..., TrainConfig]
 ) -> None:
     config = EncoderConfig(
         backbone="tiny", tiny_width=8, d_model=32, n_layers=1, n_heads=4, dim_feedforward=32
@@ -205,15 +206,8 @@ def test_msn_initialises_the_hmve_frame_encoder(
         torch.save({"format": "x"}, tmp_path / "bad.pt")
         load_msn_into_hmve(encoder, tmp_path / "bad.pt")
     # through the training config
-    train_config = load_train_config(
-        "test_tiny",
-        {
-            "data_root": str(disc_data),
-            "out_dir": str(tmp_path / "run"),
-            "cache_dir": str(tmp_path / "crops"),
-            "encoder.tiny_width": 8,
-            "init_frame_encoder": str(msn_run),
-        },
+    train_config = tiny_config(
+        disc_data, {"encoder.tiny_width": 8, "init_frame_encoder": str(msn_run)}
     )
     result = train(train_config, progress=False)
     extra = load_encoder_checkpoint(result.best_checkpoint).extra

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.synth import small_synth
 
 pytest.importorskip("polypindex.model.encoder")
 pytest.importorskip("polypindex.model.evaluation")
@@ -104,28 +106,15 @@ def test_reid_threshold_separates_pairs() -> None:
 def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synth = pytest.importorskip("polypindex.synth")
     root = tmp_path_factory.mktemp("synth_tiny")
-    config = synth.SynthConfig(
-        n_procedures=4,
-        frames_per_procedure=400,
-        tracklet_length=(30, 50),
-        image_width=96,
-        image_height=80,
-        seed=0,
-        workers=1,
-    )
+    config = small_synth(procedures=4, frames=400, size=(96, 80), tracklet_length=(30, 50))
     synth.generate(root, config, progress=False)
     return root
 
 
-def test_one_epoch_fit_end_to_end(synth_dataset: Path, tmp_path: Path) -> None:
-    config = load_train_config(
-        "test_tiny",
-        {
-            "data_root": str(synth_dataset),
-            "out_dir": str(tmp_path / "run"),
-            "cache_dir": str(tmp_path / "crops"),
-        },
-    )
+def test_one_epoch_fit_end_to_end(
+    synth_dataset: Path, tmp_path: Path, tiny_config: Callable[..., TrainConfig]
+) -> None:
+    config = tiny_config(synth_dataset)
     result = train(config, progress=False)
     assert result.best_checkpoint == tmp_path / "run" / "encoder.pt"
     assert result.best_checkpoint.is_file() and result.history_path.is_file()
@@ -148,19 +137,9 @@ def test_one_epoch_fit_end_to_end(synth_dataset: Path, tmp_path: Path) -> None:
     ("sampler", "loss"), [("temporal_temperature", "mil_nce"), ("identity", "multi_positive")]
 )
 def test_two_epoch_fit_follows_the_schedule(
-    disc_data: Path, tmp_path: Path, sampler: str, loss: str
+    disc_data: Path, sampler: str, loss: str, tiny_config: Callable[..., TrainConfig]
 ) -> None:
-    config = load_train_config(
-        "test_tiny",
-        {
-            "data_root": str(disc_data),
-            "out_dir": str(tmp_path / "run"),
-            "cache_dir": str(tmp_path / "crops"),
-            "epochs": 2,
-            "sampler": sampler,
-            "loss": loss,
-        },
-    )
+    config = tiny_config(disc_data, {"epochs": 2, "sampler": sampler, "loss": loss})
     result = train(config, progress=False)
     temps = [row["temperature"] for row in result.history]
     assert temps == ([None, 0.3, 12.0] if sampler == "temporal_temperature" else [None, None, None])

@@ -1,22 +1,14 @@
-"""Initial schema: procedures and tracklets (the embedding bytes and encoder version in each row).
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-23
-"""
-
-from __future__ import annotations
+"""Initial schema: procedures and tracklets (the embedding bytes and encoder version in each row)."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
+    """Create ``procedures`` and ``tracklets`` and their indexes."""
     op.create_table(
         "procedures",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -66,6 +58,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop both tables."""
     op.drop_index("ix_tracklets_procedure_id", table_name="tracklets")
     op.drop_index("ix_tracklets_encoder_version_id", table_name="tracklets")
     op.drop_table("tracklets")

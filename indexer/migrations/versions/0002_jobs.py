@@ -1,22 +1,14 @@
-"""Indexing jobs: their state lives in the database so they survive a restart.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-23
-"""
-
-from __future__ import annotations
+"""Indexing jobs: their state lives in the database so they survive a restart."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
+    """Create ``jobs`` and its (status, created_at) index."""
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(36), primary_key=True),
@@ -35,5 +27,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop ``jobs``."""
     op.drop_index("ix_jobs_status_created_at", table_name="jobs")
     op.drop_table("jobs")

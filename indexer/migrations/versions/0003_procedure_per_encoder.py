@@ -3,21 +3,13 @@
 Indexing a procedure with a new encoder then adds a new generation beside the
 old one instead of replacing it, so the old encoder keeps serving until it is
 retired. ``procedures.uid`` is unique per ``encoder_version``.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-23
 """
-
-from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 # Names a reflected unnamed unique constraint on SQLite (databases made by create_all).
@@ -25,6 +17,7 @@ _NAMING = {"uq": "uq_%(table_name)s_%(column_0_name)s"}
 
 
 def upgrade() -> None:
+    """Make ``procedures.uid`` unique per ``encoder_version`` instead of alone."""
     uniques = sa.inspect(op.get_bind()).get_unique_constraints("procedures")
     old = [u.get("name") or "uq_procedures_uid" for u in uniques if u["column_names"] == ["uid"]]
     with op.batch_alter_table("procedures", naming_convention=_NAMING) as batch:

@@ -4,24 +4,17 @@ A separate table rather than tracklet columns: predictions depend on the probe
 as well as the embedding, so a new probe version re-predicts (``polypindex probe
 apply``) without touching the tracklets, and the rows leave with their tracklet
 (``ON DELETE CASCADE``).
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-23
 """
-
-from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
+    """Create ``tracklet_predictions`` and its (task, label) index."""
     op.create_table(
         "tracklet_predictions",
         sa.Column(
@@ -40,5 +33,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop ``tracklet_predictions``."""
     op.drop_index("ix_tracklet_predictions_task_label", table_name="tracklet_predictions")
     op.drop_table("tracklet_predictions")

@@ -1,10 +1,10 @@
 """Test doubles and synthetic inputs for the indexer: a deterministic fake encoder (the
-:class:`~indexer.pipeline.Embedder` protocol, numpy only), tiny videos, frame folders and
-detection CSVs. Used by the tests, the crash-test worker and the benchmarks."""
+:class:`~indexer.pipeline.Embedder` protocol, numpy only), tiny videos, frame folders,
+detection CSVs, a tiny COCO dataset and a hand-made probe. Used by the tests and the
+crash-test worker."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from helpers.coco import write_coco_json
 from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
 from polypindex.model.probe import CLASSES, Probe
 
@@ -148,12 +149,7 @@ def write_coco(root: Path, corrupt: bool = False, p1_labels: bool = False) -> Pa
             )
     if corrupt:
         (root / "images" / "002_0003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    coco = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "polyp"}],
-    }
-    (root / "annotations" / "instances_test.json").write_text(json.dumps(coco))
+    write_coco_json(root, "test", images, annotations)
     return root
 
 

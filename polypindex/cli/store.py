@@ -1,0 +1,402 @@
+"""``polypindex db`` / ``index`` / ``delete``: the store and indexer commands.
+
+Each command parses its options and calls one library function of
+:mod:`polypindex.indexer`. ``polypindex index DATA`` (no sub-command) still means
+``polypindex index coco DATA``. Locations not given come from ``POLYPINDEX_*`` or
+``--home`` (:func:`polypindex.cli.options.layout`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from polypindex.cli.options import (
+    DatabaseOpt,
+    HomeOpt,
+    IndexDirOpt,
+    ModelOpt,
+    ProbesOpt,
+    layout,
+    option_groups,
+)
+from polypindex.model.errors import PolypIndexError
+
+if TYPE_CHECKING:
+    from polypindex.indexer.store import Store
+    from polypindex.indexer.vectors import IndexPolicy
+    from polypindex.model.config import TrackletConfig
+    from polypindex.model.layout import Layout
+
+ForceOpt = Annotated[bool, typer.Option(help="Re-embed procedures that are already indexed.")]
+DetectionsOpt = Annotated[Path, typer.Option(help="MOT-style CSV: frame,x,y,w,h,score[,track_id].")]
+MinScoreOpt = Annotated[float, typer.Option(help="Ignore boxes scoring below this.")]
+
+
+class _CocoByDefault(TyperGroup):
+    """A group whose first argument, when it is not a sub-command, goes to ``coco``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["coco", *args]
+        return super().parse_args(ctx, args)
+
+
+db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
+index_app = typer.Typer(
+    cls=_CocoByDefault,
+    help="Index procedures (COCO folder, video + CSV, frames + CSV); rebuild or list index generations.",
+    no_args_is_help=True,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyOptions:
+    """When a generation switches from the exact index to HNSW or IVF."""
+
+    approximate_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="Vectors from which the index is HNSW instead of exact (default 100000)."
+        ),
+    ] = None
+    ivf_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="Vectors from which the index is IVF instead of HNSW (default: never; IVF "
+            "builds faster but needs a large nprobe for recall, see docs/store.md)."
+        ),
+    ] = None
+
+    @property
+    def policy(self) -> IndexPolicy | None:
+        """The index policy, or None (the default one) when neither threshold is given."""
+        from polypindex.indexer.vectors import IndexPolicy
+
+        if not self.approximate_threshold and not self.ivf_threshold:
+            return None
+        settings: dict[str, Any] = (
+            {"ivf_threshold": self.ivf_threshold} if self.ivf_threshold else {}
+        )
+        if self.approximate_threshold:
+            settings["approximate_threshold"] = self.approximate_threshold
+        return IndexPolicy(**settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Locations:
+    """Where the encoder and probes are read and rows and vectors written (not given:
+    ``POLYPINDEX_*``, else under ``--home``)."""
+
+    model: ModelOpt = None
+    database_url: DatabaseOpt = None
+    index_dir: IndexDirOpt = None
+    probes: ProbesOpt = None
+    home: HomeOpt = None
+
+    @property
+    def layout(self) -> Layout:
+        return layout(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Locations)})
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexRun(Locations, PolicyOptions):
+    """What every indexing command takes besides its input: the locations, the index
+    policy, and whether to re-embed."""
+
+    force: Annotated[bool, typer.Option(help="Re-embed procedures that are already indexed.")] = (
+        False
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Detections:
+    """A procedure's detections (a MOT-style CSV) and how they are linked into tracklets."""
+
+    detections: Annotated[Path, typer.Option(help="MOT-style CSV: frame,x,y,w,h,score[,track_id].")]
+    min_score: Annotated[float, typer.Option(help="Ignore boxes scoring below this.")] = 0.0
+    min_tracklet_length: Annotated[
+        int,
+        typer.Option(help="Tracklets with fewer frames are dropped (docs/method.md#tracklets)."),
+    ] = 30
+    separation_thresh: Annotated[
+        int, typer.Option(help="A larger frame gap starts a new tracklet.")
+    ] = 1
+    iou_thresh: Annotated[
+        float, typer.Option(help="A lower IoU with the previous box starts a new one.")
+    ] = 0.1
+
+    @property
+    def config(self) -> TrackletConfig:
+        from polypindex.model.config import TrackletConfig
+
+        linking = ("separation_thresh", "iou_thresh", "min_tracklet_length")
+        return TrackletConfig(**{name: getattr(self, name) for name in linking})
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInput:
+    """A video file as one procedure (streamed, never fully loaded)."""
+
+    video: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, avi ...).")]
+    uid: Annotated[str | None, typer.Option(help="Procedure UID (default: the file stem).")] = None
+    first_frame: Annotated[
+        int, typer.Option(help="Number of the video's first frame in the CSV (MOT: 1).")
+    ] = 0
+
+    def source(self, found: Detections) -> Any:
+        from polypindex.indexer.sources import video_source
+
+        return video_source(
+            self.video,
+            found.detections,
+            self.uid,
+            first_frame=self.first_frame,
+            min_score=found.min_score,
+            config=found.config,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FramesInput:
+    """A folder of frame images as one procedure."""
+
+    folder: Annotated[Path, typer.Argument(help="Folder of frame images (number in each name).")]
+    uid: Annotated[str | None, typer.Option(help="Procedure UID (default: the folder name).")] = (
+        None
+    )
+
+    def source(self, found: Detections) -> Any:
+        from polypindex.indexer.sources import frames_source
+
+        return frames_source(
+            self.folder, found.detections, self.uid, min_score=found.min_score, config=found.config
+        )
+
+
+def _echo(data: Any) -> None:
+    typer.echo(json.dumps(data, default=str, indent=2))
+
+
+def _load_encoder(lay: Layout) -> Any:
+    from polypindex.model.runtime import OnnxEncoder
+
+    return OnnxEncoder(lay.model_path)
+
+
+def _installed_probes(lay: Layout, encoder_version: str) -> Any:
+    from polypindex.indexer.predictions import installed_probes
+
+    return installed_probes(lay.probes_folder, encoder_version)
+
+
+def _open_store(lay: Layout) -> Store:
+    from polypindex.indexer.store import Store
+
+    return Store(lay.database_url)
+
+
+def _schema_engine(lay: Layout) -> Any:
+    """An engine on the database (its SQLite folder created), for the migration commands."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    url = lay.database_url
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return create_engine(url, poolclass=NullPool)
+
+
+# -- db ---------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    database_url: DatabaseOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Migrate the database schema to the newest revision (or --revision)."""
+    from polypindex.indexer.migrate import upgrade
+
+    engine = _schema_engine(layout(home=home, database_url=database_url))
+    try:
+        before, after = upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    typer.echo(f"database schema: {before or '(empty)'} -> {after}")
+
+
+@db_app.command("current")
+def db_current(database_url: DatabaseOpt = None, home: HomeOpt = None) -> None:
+    """Show the database's schema revision and the one this code needs."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from polypindex.indexer.migrate import schema_state
+
+    lay = layout(home=home, database_url=database_url)
+    engine = create_engine(lay.database_url, poolclass=NullPool)
+    try:
+        current, head = schema_state(engine)
+    finally:
+        engine.dispose()
+    _echo({"current": current, "head": head, "up_to_date": current == head})
+
+
+# -- index ------------------------------------------------------------------------------
+
+
+@index_app.command("coco")
+@option_groups
+def index_coco(
+    data: Annotated[Path, typer.Argument(help="COCO dataset folder (images/ + annotations/).")],
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split(s) to index (repeatable; default: test).")
+    ] = None,
+    *,
+    run: IndexRun,
+) -> None:
+    """Index the procedures of a COCO dataset: tracklets -> embeddings -> SQL rows + FAISS."""
+    from polypindex.indexer.pipeline import index_dataset
+
+    lay = run.layout
+    encoder = _load_encoder(lay)
+    store = _open_store(lay)
+    for s in split or ["test"]:
+        probes = _installed_probes(lay, encoder.version)
+        options = {"force": run.force, "policy": run.policy, "probes": probes}
+        _echo(index_dataset(data, s, store, lay.index_dir, encoder, **options).to_dict())
+
+
+def _index_source(source: Any, run: IndexRun) -> None:
+    """Index one procedure source as ``run`` says."""
+    from polypindex.indexer.pipeline import index_sources
+
+    lay = run.layout
+    encoder = _load_encoder(lay)
+    probes = _installed_probes(lay, encoder.version)
+    options = {"force": run.force, "policy": run.policy, "probes": probes}
+    _echo(index_sources([source], _open_store(lay), lay.index_dir, encoder, **options).to_dict())
+
+
+@index_app.command("video")
+@option_groups
+def index_video(*, procedure: VideoInput, found: Detections, run: IndexRun) -> None:
+    """Index one procedure from a video file and its detections (streamed, never fully loaded)."""
+    _index_source(procedure.source(found), run)
+
+
+@index_app.command("frames")
+@option_groups
+def index_frames(*, procedure: FramesInput, found: Detections, run: IndexRun) -> None:
+    """Index one procedure from a folder of frames and its detections."""
+    _index_source(procedure.source(found), run)
+
+
+@index_app.command("predict")
+def index_predict(
+    model: ModelOpt = None,
+    probes: ProbesOpt = None,
+    database_url: DatabaseOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """(Re)compute the stored size/histology predictions of every indexed tracklet of the
+    model's encoder with the installed probes (e.g. after training a new probe)."""
+    from polypindex.indexer.predictions import predict_stored
+
+    lay = layout(home=home, model=model, database_url=database_url, probes=probes)
+    encoder = _load_encoder(lay)
+    installed = _installed_probes(lay, encoder.version)
+    if not installed:
+        raise PolypIndexError(
+            f"no probe installed in {lay.probes_folder}; train one "
+            f"with `polypindex probe train size|histology`"
+        )
+    _echo(predict_stored(_open_store(lay), encoder.version, installed))
+
+
+@index_app.command("retire")
+def index_retire(
+    encoder_version: Annotated[str, typer.Argument(help="The encoder version to retire.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    database_url: DatabaseOpt = None,
+    index_dir: IndexDirOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Retire an index generation: delete the rows of one encoder version and its index
+    folder (other generations are untouched)."""
+    from polypindex.indexer.pipeline import retire_generation
+
+    if not yes:
+        typer.confirm(
+            f"Delete every tracklet embedded by {encoder_version} and its index?", abort=True
+        )
+    lay = layout(home=home, database_url=database_url, index_dir=index_dir)
+    removed = retire_generation(encoder_version, _open_store(lay), lay.index_dir)
+    _echo({"encoder_version": encoder_version, "tracklets_removed": removed})
+
+
+@index_app.command("rebuild")
+@option_groups
+def index_rebuild(
+    encoder_version: Annotated[
+        list[str] | None,
+        typer.Option(help="Generation(s) to rebuild (repeatable; default: every one stored)."),
+    ] = None,
+    database_url: DatabaseOpt = None,
+    index_dir: IndexDirOpt = None,
+    home: HomeOpt = None,
+    *,
+    thresholds: PolicyOptions,
+) -> None:
+    """Rebuild index generations from scratch from the database (atomic save)."""
+    from polypindex.indexer.generations import rebuild_generation
+
+    lay = layout(home=home, database_url=database_url, index_dir=index_dir)
+    store = _open_store(lay)
+    out = []
+    for version in encoder_version or store.encoder_versions():
+        index = rebuild_generation(lay.index_dir, store, version, policy=thresholds.policy)
+        out.append(
+            {
+                "encoder_version": version,
+                "vectors": len(index),
+                "kind": index.kind,
+                "directory": str(index.directory),
+            }
+        )
+    _echo(out)
+
+
+@index_app.command("generations")
+def index_generations(
+    database_url: DatabaseOpt = None, index_dir: IndexDirOpt = None, home: HomeOpt = None
+) -> None:
+    """List the index generations (one per encoder version) and whether each is in sync."""
+    from polypindex.indexer.generations import describe_generations
+
+    lay = layout(home=home, database_url=database_url, index_dir=index_dir)
+    _echo(describe_generations(lay.index_dir, _open_store(lay)))
+
+
+# -- delete -----------------------------------------------------------------------------
+
+
+def delete(
+    procedure_uid: Annotated[str, typer.Argument(help="UID of the procedure to remove.")],
+    database_url: DatabaseOpt = None,
+    index_dir: IndexDirOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Remove a procedure's rows and its vectors from every index generation."""
+    from polypindex.indexer.pipeline import delete_procedure
+
+    lay = layout(home=home, database_url=database_url, index_dir=index_dir)
+    removed = delete_procedure(procedure_uid, _open_store(lay), lay.index_dir)
+    typer.echo(f"deleted procedure {procedure_uid}: {len(removed)} tracklets removed")

@@ -1,0 +1,128 @@
+"""Lightning pieces shared by the training runs (the HMVE run of :mod:`training.train`
+and the MSN pretraining of :mod:`training.msn`): the trainer assembly, the per-epoch
+``last.ckpt``, the per-step loss logging and the ``--data/--out/--set`` command line."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import Tensor
+
+from polypindex.model.config import parse_overrides
+from polypindex.model.errors import ConfigError
+from polypindex.model.files import atomic_path
+
+if TYPE_CHECKING:
+    from polypindex.training.msn_config import MsnConfig
+    from polypindex.training.train_config import TrainConfig
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def make_trainer(
+    config: TrainConfig | MsnConfig,
+    out: Path,
+    callbacks: Sequence[Callback],
+    progress: bool = True,
+    **options: Any,
+) -> L.Trainer:
+    """A Lightning trainer for ``config``: CSV logs in ``out/logs``, TensorBoard logs in
+    ``out/tensorboard``, no Lightning checkpointing (the runs write their own files),
+    one log row per step; ``options`` are further ``L.Trainer`` arguments."""
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,  # type: ignore[arg-type]
+        limit_train_batches=config.max_steps_per_epoch,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        logger=[
+            CSVLogger(str(out), name="logs"),
+            TensorBoardLogger(str(out), name="tensorboard", default_hp_metric=False),
+        ],
+        callbacks=list(callbacks),
+        log_every_n_steps=1,
+        **options,
+    )
+
+
+class LastCheckpoint(Callback):
+    """Writes the full training state to ``path`` after every training epoch (after the
+    callbacks before it have recorded the epoch), atomically
+    (:func:`model.files.atomic_path`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # collective: every rank calls save_checkpoint, only global rank 0 writes a file
+        if trainer.is_global_zero:
+            with atomic_path(self.path) as tmp:
+                trainer.save_checkpoint(tmp)
+        else:
+            trainer.save_checkpoint(self.path)
+
+
+def log_train_step(
+    module: L.LightningModule, loss: Tensor, terms: dict[str, Tensor], batch_size: int
+) -> None:
+    """Log ``train_loss`` (per step and epoch) and each ``train_{term}`` (per epoch).
+
+    ``sync_dist``: under DDP the epoch means are over every process's batches.
+    """
+    module.log(
+        "train_loss",
+        loss,
+        on_step=True,
+        on_epoch=True,
+        prog_bar=True,
+        batch_size=batch_size,
+        sync_dist=True,
+    )
+    for name, value in terms.items():
+        module.log(
+            f"train_{name}",
+            value,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out: bool = True) -> None:
+    """The ``--data``, ``--out`` (when ``out``) and repeatable ``--set KEY=VALUE`` options."""
+    parser.add_argument("--data", help="dataset folder (overrides data_root)")
+    if out:
+        parser.add_argument("--out", dest="out_dir", help="output folder (overrides out_dir)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field (JSON value)",
+    )
+
+
+def run_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides of :func:`add_run_arguments`'s options (a bad ``--set`` is a
+    usage error of ``parser``)."""
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.data:
+        overrides["data_root"] = args.data
+    if getattr(args, "out_dir", None):
+        overrides["out_dir"] = args.out_dir
+    return overrides
