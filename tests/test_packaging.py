@@ -16,7 +16,7 @@ SKIP = {".venv", "var", ".git", "build", "dist", "__pycache__", ".mypy_cache", "
 
 
 @pytest.fixture(scope="module")
-def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("src") / "polypindex"
     shutil.copytree(
         ROOT,
@@ -32,7 +32,12 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         capture_output=True,
         text=True,
     )
-    (wheel,) = out.glob("polypindex-*.whl")
+    (built,) = out.glob("polypindex-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_names(wheel: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as zf:
         return zf.namelist()
 
@@ -60,3 +65,28 @@ def test_layers_presets_and_migrations_are_inside(wheel_names: list[str], member
 
 def test_no_test_helpers_in_the_wheel(wheel_names: list[str]) -> None:
     assert not [n for n in wheel_names if n.endswith("/testing.py") or "/tests/" in n]
+
+
+def test_the_unpacked_wheel_imports_on_its_own(wheel: Path, tmp_path: Path) -> None:
+    """The wheel's files alone (not this checkout) are a working package: the service,
+    the CLI and the packaged migrations load from the unpacked wheel."""
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import polypindex.service.app, polypindex.cli, polypindex.model.encoder as e;"
+        "from polypindex.indexer.migrate import MIGRATIONS_DIR as m;"
+        "from polypindex.training.presets import available_presets as a;"
+        "print(e.__file__); print(m); print(sorted(a()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(site)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].startswith(str(site)) and out[1].startswith(str(site)), out
+    assert (Path(out[1]) / "env.py").is_file()
+    assert "demo" in out[2]
