@@ -1,5 +1,6 @@
 """How noisy are temporal bags? The rate at which the temporal bags (default
-settings; docs/method.md#bag-noise) put a different polyp in an anchor's bag, on a dataset's train split.
+settings; docs/method.md#bag-noise) put a different polyp in an anchor's bag, on a dataset's
+train split.
 
     python -m polypindex.benchmarks.bag_noise --data var/data/synth --out var/bench/bag_noise.json
 """

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from polypindex.benchmarks.env import environment
 from polypindex.benchmarks.protocols import HISTOGRAM_CROP
 from polypindex.model.config import FragmentConfig
+from polypindex.model.embedding import cached_sequences
 from polypindex.model.errors import InvalidInputError
 from polypindex.model.evaluation import color_histogram_embedding, expected_calibration_error
 from polypindex.model.preprocess import CropCache
@@ -83,13 +84,7 @@ def histogram_fragment_features(
     def compute(items: list[tuple[Tracklet, list[np.ndarray]]]) -> np.ndarray:
         rows = []
         for t, frags in tqdm(items, desc=f"histogram {split}", disable=not progress, leave=False):
-            for f in frags:
-                idx = [int(i) for i in f]
-                rows.append(
-                    color_histogram_embedding(
-                        crops.get([t.image_paths[i] for i in idx], t.boxes[idx])
-                    )
-                )
+            rows.extend(color_histogram_embedding(c) for c in cached_sequences(t, frags, crops))
         return np.stack(rows)
 
     return cached_fragment_features(

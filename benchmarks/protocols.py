@@ -1,4 +1,5 @@
-"""The paper's evaluation protocols (docs/method.md#evaluation-protocols) over a dataset split, for one or more
+"""The paper's evaluation protocols (docs/method.md#evaluation-protocols) over a dataset split,
+for one or more
 ONNX encoders plus the reference rows (chance, colour histogram).
 
 Each tracklet is one item, embedded whole with the same functions the product

@@ -1,4 +1,5 @@
-"""COCO-with-video-fields loading and validation (docs/method.md#data-format), and tracklets from it.
+"""COCO-with-video-fields loading and validation (docs/method.md#data-format), and tracklets
+from it.
 
 A dataset folder is ``ROOT/images/*.jpg`` + ``ROOT/annotations/instances_{split}.json``.
 Every problem raises :class:`InvalidAnnotationError` naming the file and record.
@@ -53,7 +54,8 @@ class CocoSplit:
         return self.root / "images" / str(image["file_name"])
 
     def tracklets(self, config: TrackletConfig | None = None) -> list[Tracklet]:
-        """Per identity, instances sorted by frame and cut into tracklets (docs/method.md#tracklets).
+        """Per identity, instances sorted by frame and cut into tracklets
+        (docs/method.md#tracklets).
 
         Returns:
             Tracklets ordered by (sequence, identity, start frame), with ``metadata``
@@ -94,7 +96,8 @@ def _fail(path: Path, message: str) -> InvalidAnnotationError:
 
 
 def validate_coco_dict(data: Any, path: Path, check_images_exist: bool = True) -> None:
-    """Check the data-format contract (docs/method.md#data-format); raise InvalidAnnotationError naming the bad record."""
+    """Check the data-format contract (docs/method.md#data-format); raise
+    InvalidAnnotationError naming the bad record."""
     if not isinstance(data, dict):
         raise _fail(path, "top level must be a JSON object with 'images' and 'annotations'")
     for key in ("images", "annotations"):

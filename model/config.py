@@ -130,7 +130,8 @@ class FragmentConfig(JsonConfig):
 
 
 def whole_tracklet(fragment: FragmentConfig) -> FragmentConfig:
-    """The whole-tracklet rule of indexing, evaluation and the service (docs/method.md#fragments): the
+    """The whole-tracklet rule of indexing, evaluation and the service
+    (docs/method.md#fragments): the
     training fragment settings (stride, max_frames) with the whole subsampled tracklet
     as the one fragment (``fragment_length = -1``)."""
     return replace(fragment, fragment_length=WHOLE_TRACKLET)

@@ -1,4 +1,5 @@
-"""Encoder versions and the checkpoint format of the HMVE (docs/method.md#encoder-version) and of frame encoders.
+"""Encoder versions and the checkpoint format of the HMVE (docs/method.md#encoder-version) and
+of frame encoders.
 
 The architecture lives in :mod:`model.hmve`; its public names are importable from
 here too. The checkpoint written by :func:`save_encoder_checkpoint` carries the
@@ -306,7 +307,8 @@ def load_encoder_checkpoint(path: str | Path) -> LoadedEncoder:
     )
 
 
-# --- Frame encoders on their own (MSN pretraining, the frame-mean baseline; docs/method.md#frame-pretraining) ---
+# --- Frame encoders on their own (MSN pretraining, the frame-mean baseline;
+# docs/method.md#frame-pretraining) ---
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Evaluation (docs/method.md#evaluation-protocols): retrieval (mAP, hit rate) and re-identification (AUROC,
+"""Evaluation (docs/method.md#evaluation-protocols): retrieval (mAP, hit rate) and
+re-identification (AUROC,
 AUPR, curves) over tracklet embeddings, the chance and colour-histogram reference rows,
 and the best-F1 re-ID threshold stored with a model.
 

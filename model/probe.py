@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from polypindex.model.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
+from polypindex.model.files import atomic_path
 
 TASKS = ("size", "histology")
 CLASSES: dict[str, tuple[str, str]] = {
@@ -389,16 +390,15 @@ class Probe:
         return ProbePrediction(task=self.task, label=self.classes[label], probability=mean)
 
     def save(self, path: str | Path) -> Path:
-        """Write the probe to ``path`` (``.npz``; folders are created; atomic rename)."""
+        """Write the probe to ``path`` (``.npz``; folders are created; atomic, see
+        :mod:`polypindex.model.files`)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = dict(self._weights)
         payload["metadata"] = np.frombuffer(
             json.dumps(self.metadata, sort_keys=True, default=float).encode(), dtype=np.uint8
         )
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **payload)  # type: ignore[arg-type]
-        tmp.replace(path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, **payload)  # type: ignore[arg-type]
         return path
 
 

@@ -1,5 +1,6 @@
-"""The one re-identification decision rule (docs/method.md#re-identification-decision): two tracklets show the same polyp
-iff ``sigmoid(cosine) >= reid_threshold``, the threshold stored with the model.
+"""The one re-identification decision rule (docs/method.md#re-identification-decision):
+two tracklets show the same polyp iff ``sigmoid(cosine) >= reid_threshold``, the
+threshold stored with the model.
 
 The evaluation (pair scores, the best-F1 threshold), the ``/reid`` endpoint and the
 model's threshold all use these functions, so a score means the same everywhere.

@@ -1,4 +1,5 @@
-"""A small Vision Transformer frame encoder (docs/method.md#frame-pretraining: the MSN backbone besides the ResNets).
+"""A small Vision Transformer frame encoder (docs/method.md#frame-pretraining: the MSN backbone
+besides the ResNets).
 
 Patch embedding (a strided convolution), fixed 2-D sine-cosine position embeddings
 (computed from the patch grid, so any input size divisible by the patch size works and

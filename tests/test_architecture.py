@@ -231,3 +231,22 @@ def test_layers_are_linked_into_the_namespace() -> None:
     for layer in LAYERS:
         link = ROOT / "polypindex" / layer
         assert link.is_symlink() and link.resolve() == (ROOT / layer).resolve(), link
+
+
+def test_one_atomic_write() -> None:
+    """Temp file + rename is written once (``model/files.py``); everything else calls it."""
+    banned = {("os", "replace"), ("os", "rename"), ("tempfile", "mkstemp"), ("shutil", "move")}
+    offenders = []
+    for path in (p for layer in (*LAYERS, CLI) for p in _layer_files(layer)):
+        if path == ROOT / "model" / "files.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and (node.value.id, node.attr) in banned
+            ):
+                offenders.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}"
+                )
+    assert not offenders, f"write through polypindex.model.files instead: {offenders}"

@@ -1,4 +1,5 @@
-"""Batched image augmentations and masks for frame-level MSN pretraining (docs/method.md#frame-pretraining).
+"""Batched image augmentations and masks for frame-level MSN pretraining
+(docs/method.md#frame-pretraining).
 
 They act on already-normalised crops (the output of :func:`model.preprocess.normalize`,
 ``[n, 3, H, W]``), in torch, on whichever device the batch is on; every random draw

@@ -238,7 +238,8 @@ def embed_tracklets_torch(
     device: torch.device | str | None = None,
     l2_normalize: bool = True,
 ) -> np.ndarray:
-    """Embed whole tracklets with a torch encoder (the evaluation path, docs/method.md#evaluation-protocols).
+    """Embed whole tracklets with a torch encoder (the evaluation path,
+    docs/method.md#evaluation-protocols).
 
     Each tracklet is subsampled with ``fragment.stride`` and taken whole (thinned to
     ``fragment.max_frames``), as with ``fragment_length = -1``; ``fragment_length`` is

@@ -300,7 +300,8 @@ def msn_loss(
     sharpen_temperature: float = 0.25,
     me_max_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Masked Siamese Networks loss (docs/method.md#frame-pretraining): prototype matching + mean-entropy maximisation.
+    """Masked Siamese Networks loss (docs/method.md#frame-pretraining): prototype matching +
+    mean-entropy maximisation.
 
     Each view's soft assignment to the prototypes is ``p = softmax(cos(z, c_k) / τ)``. The
     target assignment is sharpened, ``p^(1/T) / Σ p^(1/T)``, and carries no gradient.

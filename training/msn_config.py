@@ -1,4 +1,5 @@
-"""The settings of one frame-level MSN pretraining run (docs/method.md#frame-pretraining) and the loader of its
+"""The settings of one frame-level MSN pretraining run (docs/method.md#frame-pretraining) and
+the loader of its
 YAML presets (``msn_*``)."""
 
 from __future__ import annotations

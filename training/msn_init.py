@@ -1,4 +1,5 @@
-"""MSN → HMVE: initialise the HMVE frame encoder from a frame-level MSN checkpoint (docs/method.md#frame-pretraining)."""
+"""MSN → HMVE: initialise the HMVE frame encoder from a frame-level MSN checkpoint
+(docs/method.md#frame-pretraining)."""
 
 from __future__ import annotations
 

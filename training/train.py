@@ -1,4 +1,5 @@
-"""Train the tracklet encoder (docs/method.md#training) and keep the best checkpoint by validation mAP.
+"""Train the tracklet encoder (docs/method.md#training) and keep the best checkpoint by
+validation mAP.
 
 ``train(load_train_config("demo", {"data_root": ..., "out_dir": ...}))`` writes
 ``out_dir/encoder.pt`` (:func:`model.encoder.save_encoder_checkpoint`, with the
@@ -329,10 +330,7 @@ def train(
     module.encoder.to(device)
     embeddings = embed_crops(
         module.encoder,
-        [
-            c[f // config.fragment.stride]
-            for c, f in zip(datamodule.val_crops, datamodule.val_eval_frames, strict=True)
-        ],
+        datamodule.val_eval_crops,
         config.preprocess,
         batch_size=config.eval_batch_size,
         device=device,

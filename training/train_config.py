@@ -1,4 +1,5 @@
-"""The settings of one HMVE training run (docs/method.md#training) and the loader of its YAML presets."""
+"""The settings of one HMVE training run (docs/method.md#training) and the loader of its YAML
+presets."""
 
 from __future__ import annotations
 

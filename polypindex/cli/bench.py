@@ -1,4 +1,5 @@
-"""``polypindex bench retrieval|reid``: the offline evaluation protocols (docs/method.md#evaluation-protocols)."""
+"""``polypindex bench retrieval|reid``: the offline evaluation protocols
+(docs/method.md#evaluation-protocols)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ The generator makes retrieval a real problem rather than a trivial one:
   morphology of a polyp of another procedure: hard negatives.
 
 Within a tracklet, consecutive boxes overlap with IoU >= 0.5, so the
-trackleting rule (docs/method.md#tracklets) (gap 1, IoU 0.1) recovers exactly one tracklet per generated
+trackleting rule (docs/method.md#tracklets) (gap 1, IoU 0.1) recovers exactly one tracklet per
+generated
 run. Everything is deterministic per seed: each procedure draws from its own
 generator seeded by ``(seed, procedure index)``, so the worker order does not
 matter and the same seed gives byte-identical annotations and JPEGs.

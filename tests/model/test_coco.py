@@ -1,4 +1,5 @@
-"""COCO loading and validation (docs/method.md#data-format): every bad input names the file and record."""
+"""COCO loading and validation (docs/method.md#data-format): every bad input names the file and
+record."""
 
 from __future__ import annotations
 

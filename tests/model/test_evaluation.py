@@ -1,4 +1,5 @@
-"""Evaluation metrics (docs/method.md#evaluation-protocols) against scikit-learn, torchmetrics, hand-computed
+"""Evaluation metrics (docs/method.md#evaluation-protocols) against scikit-learn, torchmetrics,
+hand-computed
 cases and the closed-form chance AP."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The one crop (docs/method.md#the-crop): box enlargement, clamping, resize, normalisation, cache."""
+"""The one crop (docs/method.md#the-crop): box enlargement, clamping, resize, normalisation,
+cache."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Trackleting (gap / IoU rule), the greedy IoU tracker, and fragmenting (docs/method.md#tracklets)."""
+"""Trackleting (gap / IoU rule), the greedy IoU tracker, and fragmenting
+(docs/method.md#tracklets)."""
 
 from __future__ import annotations
 

@@ -69,7 +69,8 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 def _spec_tracklets(data: dict[str, Any]) -> dict[str, list[list[tuple[int, list[float]]]]]:
-    """The tracklet rule (docs/method.md#tracklets) per identity: split when the frame gap > 1 or IoU with the previous box < 0.1."""
+    """The tracklet rule (docs/method.md#tracklets) per identity: split when the frame gap > 1
+    or IoU with the previous box < 0.1."""
     frame_of = {img["id"]: img["frame_id"] for img in data["images"]}
     per_identity: dict[str, list[tuple[int, list[float]]]] = defaultdict(list)
     for ann in data["annotations"]:

@@ -1,4 +1,5 @@
-"""Bag samplers (docs/method.md#samplers): rank distribution, temperature schedule, batch layout, errors."""
+"""Bag samplers (docs/method.md#samplers): rank distribution, temperature schedule, batch
+layout, errors."""
 
 from __future__ import annotations
 
