@@ -82,7 +82,7 @@ def histogram_fragment_features(
     crops = CropCache(crop_cache_dir, HISTOGRAM_CROP)
 
     def compute(items: list[tuple[Tracklet, list[np.ndarray]]]) -> np.ndarray:
-        rows = []
+        rows: list[np.ndarray] = []
         for t, frags in tqdm(items, desc=f"histogram {split}", disable=not progress, leave=False):
             rows.extend(color_histogram_embedding(c) for c in cached_sequences(t, frags, crops))
         return np.stack(rows)
