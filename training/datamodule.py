@@ -40,10 +40,7 @@ from polypindex.training.samplers import (
     FragmentIndex,
     check_sampler,
     make_sampler,
-    sampler_names,
 )
-
-SAMPLER_KINDS = sampler_names()  # the built-in samplers; the registry is samplers.SAMPLERS
 
 
 def stride_grid(n_frames: int, stride: int) -> np.ndarray:
@@ -272,7 +269,7 @@ class FragmentDataModule(L.LightningDataModule):
         data_root: dataset folder (``images/`` + ``annotations/``).
         cache_dir: folder of the crop cache.
         preprocess, tracklet, fragment: the data-path settings.
-        sampler: one of :data:`SAMPLER_KINDS`.
+        sampler: a registered sampler (:data:`training.samplers.SAMPLERS`).
         n_views, batch_size, max_epochs, t_min, t_max, seed: sampler settings.
         eval_batch_size: tracklets per evaluation forward pass.
         num_workers: DataLoader worker processes.
