@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements-dev.lock
 PIN    := $(if $(filter dev,$(EXTRAS)),-c $(LOCK),)
 
-.PHONY: serve test lint venv demo clean lock
+.PHONY: serve test lint venv demo clean lock screenshots
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -35,6 +35,13 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(MAKE) lint
 	$(BIN)/python -m pytest
+
+# The viewer's screenshots in docs/img/ (and its browser timings), on the demo home
+# (`make serve` builds it; HOME_DIR=... for another); needs the OS Chromium.
+HOME_DIR ?= var
+screenshots: $(STAMP)
+	$(BIN)/polypindex demo --no-serve --home $(HOME_DIR)
+	$(BIN)/python -m polypindex.benchmarks.screenshots --home $(HOME_DIR) --out docs/img
 
 # Regenerate requirements-dev.lock from a fresh venv resolved from pyproject.toml alone.
 lock:

@@ -19,11 +19,37 @@ from polypindex.training.datamodule import build_fragments
 from polypindex.training.samplers import TemporalTemperatureBagSampler, bag_noise_rate
 
 
-def measure(data: Path, split: str = "train", epochs: int = 50, seed: int = 0) -> dict[str, object]:
-    tracklets = load_coco_split(data, split).tracklets(TrackletConfig())
-    fragments = build_fragments(tracklets, FragmentConfig())
+def measure(
+    data: Path,
+    split: str = "train",
+    epochs: int = 50,
+    seed: int = 0,
+    fragment: FragmentConfig | None = None,
+    n_views: int = 5,
+    batch_size: int = 60,
+    t_min: float = 0.3,
+    t_max: float = 12.0,
+    tracklet: TrackletConfig | None = None,
+) -> dict[str, object]:
+    """The bag noise of ``data``'s ``split`` under a bag schedule of ``epochs`` epochs.
+
+    The defaults are docs/method.md#temporal-bags'; the noise sweep
+    (:mod:`benchmarks.noise_sweep`) passes its own run's settings. Returns five epochs of
+    the schedule (``by_epoch``) and ``mean_wrong_member_rate``, the rate pooled over every
+    epoch of the schedule (what a run trains on, when each epoch uses its bags).
+    """
+    fragment = fragment or FragmentConfig()
+    tracklets = load_coco_split(data, split).tracklets(tracklet or TrackletConfig())
+    fragments = build_fragments(tracklets, fragment)
     sampler = TemporalTemperatureBagSampler(
-        fragments.index, n_views=5, batch_size=60, max_epochs=epochs, seed=seed, small_videos="skip"
+        fragments.index,
+        n_views=n_views,
+        batch_size=batch_size,
+        t_min=t_min,
+        t_max=t_max,
+        max_epochs=epochs,
+        seed=seed,
+        small_videos="skip",
     )
     identity = np.asarray(fragments.index.identity)
     rows = []
@@ -44,8 +70,12 @@ def measure(data: Path, split: str = "train", epochs: int = 50, seed: int = 0) -
         "split": split,
         "tracklets": len(tracklets),
         "fragments": len(identity),
-        "settings": "stride 4, fragment_length 8, n_views 5, t 0.3 -> 12 over 50 epochs (the defaults of docs/method.md#temporal-bags)",
+        "settings": (
+            f"stride {fragment.stride}, fragment_length {fragment.fragment_length}, n_views "
+            f"{n_views}, t {t_min} -> {t_max} over {epochs} epochs"
+        ),
         "by_epoch": rows,
+        "mean_wrong_member_rate": bag_noise_rate(fragments.index, sampler, epochs),
     }
 
 

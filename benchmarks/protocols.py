@@ -28,6 +28,7 @@ from polypindex.model.config import (
 from polypindex.model.embedding import cached_sequences, selected_frames
 from polypindex.model.errors import InvalidInputError
 from polypindex.model.evaluation import (
+    MAP_RULES,
     chance_average_precision,
     chance_retrieval_map,
     color_histogram_embedding,
@@ -71,11 +72,16 @@ def color_histogram_tracklets(
 
 
 def _evaluate_embeddings(
-    name: str, emb: np.ndarray, identities: list[str], protocols: Iterable[str], out: Path
+    name: str,
+    emb: np.ndarray,
+    identities: list[str],
+    protocols: Iterable[str],
+    out: Path,
+    map_rule: str = "ours",
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"name": name}
     if "retrieval" in protocols:
-        row["retrieval"] = retrieval_metrics(emb, identities).to_json_dict()
+        row["retrieval"] = retrieval_metrics(emb, identities, map_rule=map_rule).to_json_dict()
     if "reid" in protocols:
         reid = reid_metrics(emb, identities)
         row["reid"] = reid.to_json_dict()
@@ -93,12 +99,19 @@ def evaluate(
     tracklet_config: TrackletConfig | None = None,
     cache_dir: Path | None = None,
     progress: bool = True,
+    map_rule: str = "ours",
 ) -> dict[str, Any]:
     """Run the protocols on ``data``'s ``split`` for each named ONNX encoder.
+
+    ``map_rule`` (``ours`` | ``reference`` | ``both``, model.evaluation.MAP_RULES) adds
+    ``retrieval.map_reference``, the mAP under the reference's torchmetrics rule, to each
+    embedding row (docs/method.md#evaluation-protocols).
 
     Returns (and writes to ``out/results.json``) a dict with the environment,
     the dataset summary and one row per model / reference.
     """
+    if map_rule not in MAP_RULES:
+        raise InvalidInputError(f"map_rule must be one of {list(MAP_RULES)}, got {map_rule!r}")
     protocols = tuple(protocols)
     unknown = set(protocols) - {"retrieval", "reid"}
     if unknown:
@@ -125,14 +138,14 @@ def evaluate(
         rows.append(chance)
         t0 = time.perf_counter()
         hist = color_histogram_tracklets(tracklets, cache_dir)
-        row = _evaluate_embeddings("color_histogram", hist, identities, protocols, out)
+        row = _evaluate_embeddings("color_histogram", hist, identities, protocols, out, map_rule)
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
     for name, path in models.items():
         encoder = OnnxEncoder(path)
         t0 = time.perf_counter()
         emb = embed_tracklets_onnx(encoder, tracklets, cache_dir, progress=progress)
-        row = _evaluate_embeddings(name, emb, identities, protocols, out)
+        row = _evaluate_embeddings(name, emb, identities, protocols, out, map_rule)
         row.update(
             model=str(path), encoder_version=encoder.version, seconds=time.perf_counter() - t0
         )
@@ -143,6 +156,7 @@ def evaluate(
         "n_tracklets": len(tracklets),
         "n_identities": len(set(identities)),
         "environment": environment(),
+        "map_rule": map_rule,
         "rows": rows,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
@@ -150,9 +164,17 @@ def evaluate(
 
 
 def format_table(results: Mapping[str, Any], protocol: str | None = None) -> str:
-    """A Markdown table of the rows (mAP, HR@1, HR@5, AUROC, AUPR as available)."""
-    header = "| row | mAP | HR@1 | HR@5 | AUROC | AUPR |"
-    lines = [header, "|---|---|---|---|---|---|"]
+    """A Markdown table of the rows (mAP, HR@1, HR@5, AUROC, AUPR as available).
+
+    With ``map_rule`` ``reference`` the mAP column is the torchmetrics rule's
+    (``retrieval.map_reference``; the chance row keeps ours, the only one defined for
+    it); with ``both`` the two come side by side."""
+    rule = results.get("map_rule", "ours")
+    maps = {"ours": ["mAP"], "reference": ["mAP (torchmetrics rule)"]}.get(
+        rule, ["mAP", "mAP (torchmetrics rule)"]
+    )
+    header = "| row | " + " | ".join(maps) + " | HR@1 | HR@5 | AUROC | AUPR |"
+    lines = [header, "|---" * (len(maps) + 5) + "|"]
 
     def fmt(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, int | float) else "–"
@@ -161,8 +183,13 @@ def format_table(results: Mapping[str, Any], protocol: str | None = None) -> str
         r = row.get("retrieval", {}) if protocol in (None, "retrieval") else {}
         d = row.get("reid", {}) if protocol in (None, "reid") else {}
         hr = r.get("hit_rate", {})
+        map_cells = {
+            "ours": [r.get("map")],
+            "reference": [r.get("map_reference", r.get("map"))],
+        }.get(rule, [r.get("map"), r.get("map_reference")])
         lines.append(
-            f"| {row['name']} | {fmt(r.get('map'))} | {fmt(hr.get('1', hr.get(1)))} | "
+            f"| {row['name']} | {' | '.join(fmt(m) for m in map_cells)} | "
+            f"{fmt(hr.get('1', hr.get(1)))} | "
             f"{fmt(hr.get('5', hr.get(5)))} | {fmt(d.get('auroc'))} | {fmt(d.get('aupr'))} |"
         )
     return "\n".join(lines)

@@ -7,10 +7,12 @@ version has its own folder, ``INDEX_ROOT/generations/<version>/``
 encoder it is given, then catches up from the store (:func:`sync_with_store`), so
 the index always ends up holding exactly the store's ids of its encoder version;
 a missing, unreadable or torn snapshot is rebuilt from the store
-(:func:`build_from_store`). :func:`list_generations` says which exist,
-:func:`describe_generations` whether each is in sync, and :func:`rebuild_generation`
-is ``polypindex index rebuild``. An index whose backend cannot remove in place
-(HNSW, IVF) is rebuilt from the store when rows were deleted.
+(:func:`build_from_store`) and written back. A snapshot is only loaded when the
+bytes of ``index.faiss`` match the checksum its sidecar records
+(:mod:`polypindex.indexer.vectors.snapshot`). :func:`list_generations` says which exist,
+:func:`describe_generations` whether each is in sync (verifying the file, not only
+the sidecar), and :func:`rebuild_generation` is ``polypindex index rebuild``.
+Removed rows become tombstones of the index (compacted later, never in a search).
 """
 
 from __future__ import annotations
@@ -18,12 +20,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
 import numpy as np
 
-from polypindex.indexer.vectors import IndexPolicy, VectorIndex
+from polypindex.indexer.vectors import (
+    INDEX_FILE,
+    SIDECAR_FILE,
+    IndexPolicy,
+    VectorIndex,
+    verify_snapshot,
+)
 from polypindex.indexer.vectors.index import recorded_settings
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.errors import ConfigError, EncoderMismatchError, IndexNotReadyError
@@ -50,6 +59,22 @@ class GenerationOptions(TypedDict, total=False):
     policy: IndexPolicy | None
     preprocess: PreprocessConfig | None
     fragment: FragmentConfig | None
+
+
+class IndexSink(Protocol):
+    """Where an indexing run puts the vectors of what it commits: a
+    :class:`VectorIndex` it opened itself (the command line), or the serving index of
+    the service it runs in (``service.upkeep.ServingSink``: no second copy is loaded)."""
+
+    def remove(self, ids: Collection[int] | np.ndarray) -> int: ...
+
+    def add(
+        self, ids: np.ndarray, vectors: np.ndarray, encoder_version: str | None = None
+    ) -> int: ...
+
+    def save(self) -> object: ...
+
+    def __len__(self) -> int: ...
 
 
 def _slug(text: str) -> str:
@@ -141,45 +166,87 @@ def sync_with_store(index: VectorIndex, store: Store) -> tuple[int, int]:
     """Make ``index`` hold exactly the store's ids of its encoder version.
 
     Catches up with rows after :attr:`VectorIndex.max_id`, removes ids the store no
-    longer has (deleted or replaced procedures), and adds any stored id the index
-    lacks (rows committed out of id order). An index that cannot remove in place
-    (HNSW, IVF) with rows to remove is rebuilt from the store instead.
+    longer has (deleted or replaced procedures: tombstones, compacted later), and adds
+    any stored id the index lacks (rows committed out of id order). No lock is held
+    while the store is read, so searches and other writers go on; the ids held are
+    read *before* the store's, so a row a writer adds to the index meanwhile (always
+    after its commit) is never taken for a deleted one.
 
     Returns:
         ``(added, removed)`` counts.
     """
     version, dim = index.encoder_version, index.dim
     added = removed = 0
-    with index.lock:
-        for ids, vectors in store.iter_embeddings(version, after_id=index.max_id):
+    for ids, vectors in store.iter_embeddings(version, after_id=index.max_id):
+        _check_store_dim(version, vectors, dim)
+        added += index.add(ids, vectors, skip_present=True)
+    held = index.ids()
+    stored = store.tracklet_ids(version)
+    gone = np.setdiff1d(held, stored, assume_unique=True) if held.size else held
+    if gone.size:
+        removed = index.remove(gone)
+    missing = np.setdiff1d(stored, held, assume_unique=True)
+    for start in range(0, len(missing), _SYNC_BATCH):
+        ids, vectors = store.embeddings_for_ids(missing[start : start + _SYNC_BATCH].tolist())
+        if ids.size:
             _check_store_dim(version, vectors, dim)
-            fresh = ~np.isin(ids, index.ids())
-            index.add(ids[fresh], vectors[fresh])
-            added += int(fresh.sum())
-        stored = store.tracklet_ids(version)
-        held = index.ids()
-        gone = np.setdiff1d(held, stored, assume_unique=True) if held.size else held
-        if gone.size and not index.supports_remove:
-            before = set(held.tolist())
-            index.adopt(build_from_store(store, version, dim, policy=index.policy))
-            held = index.ids()
-            after = set(held.tolist())
-            removed, added = len(before - after), added + len(after - before)
-        elif gone.size:
-            removed = index.remove(gone)
-            held = index.ids()
-        missing = np.setdiff1d(stored, held, assume_unique=True)
-        for start in range(0, len(missing), _SYNC_BATCH):
-            ids, vectors = store.embeddings_for_ids(missing[start : start + _SYNC_BATCH].tolist())
-            if ids.size:
-                _check_store_dim(version, vectors, dim)
-                index.add(ids, vectors)
-                added += len(ids)
+            added += index.add(ids, vectors, skip_present=True)
     if added or removed:
         logger.info(
             "index %s: %d vectors added, %d removed from the store", version, added, removed
         )
     return added, removed
+
+
+def load_generation(
+    folder: Path, encoder_version: str, dim: int, policy: IndexPolicy | None = None
+) -> tuple[VectorIndex | None, str | None]:
+    """The snapshot in ``folder`` if it is whole and of this encoder and dim, else
+    ``(None, why not)``; ``(None, None)`` when there is no snapshot at all."""
+    infos = VectorIndex.read_infos(folder)
+    if infos is None:
+        if (folder / INDEX_FILE).exists():
+            return None, f"{folder / SIDECAR_FILE} is missing or unreadable"
+        return None, None
+    if infos.get("encoder_version") != encoder_version or infos.get("dim") != dim:
+        return None, (
+            f"the snapshot in {folder} is for encoder {infos.get('encoder_version')!r} "
+            f"(dim {infos.get('dim')}), not {encoder_version!r} (dim {dim})"
+        )
+    try:
+        return VectorIndex.load(folder, encoder_version, policy=policy), None
+    except IndexNotReadyError as exc:
+        return None, str(exc)
+
+
+def rebuild_into(
+    folder: Path,
+    store: Store,
+    encoder_version: str,
+    dim: int,
+    problem: str | None,
+    *,
+    save: bool = False,
+    **options: Unpack[GenerationOptions],
+) -> VectorIndex:
+    """Build the index of ``encoder_version`` from the store for ``folder`` and write it
+    back there when its snapshot was missing or broken (``problem``; logged and kept in
+    :attr:`VectorIndex.rebuilt_reason`), when the store holds rows, or when ``save``."""
+    index = build_from_store(store, encoder_version, dim, **options)
+    index.directory = folder
+    if problem is None and len(index):
+        problem = f"no index snapshot in {folder}"
+    if problem is not None:
+        logger.warning(
+            "%s: rebuilt index %s from the store (%d vectors) and wrote it back",
+            problem,
+            encoder_version,
+            len(index),
+        )
+        index.rebuilt_reason = problem
+    if save or problem is not None:
+        index.save(folder)
+    return index
 
 
 def open_or_rebuild(
@@ -193,45 +260,27 @@ def open_or_rebuild(
 ) -> VectorIndex:
     """The index generation of ``encoder_version``, equal to the store's ids of that version.
 
-    Loads the snapshot in ``generation_dir(index_root, encoder_version)`` if it
-    is readable and of the same dim (else starts empty, its kind chosen by size),
-    then :func:`sync_with_store` (the catch-up after a crash or another writer).
+    Loads the snapshot in ``generation_dir(index_root, encoder_version)`` if its
+    bytes match the checksum in its sidecar and it is of the same dim, then
+    :func:`sync_with_store` (the catch-up after a crash or another writer). A
+    snapshot that is missing (with the store holding rows), torn, corrupt or of
+    another dim is rebuilt from the store, the reason logged and kept in
+    :attr:`VectorIndex.rebuilt_reason`, and the rebuilt index written back atomically.
 
     Args:
         index_root: the index folder (may not exist yet); generations live under it.
         store: the source of truth.
         encoder_version: the encoder whose embeddings the index must hold.
         dim: their dimension.
-        save: write the snapshot back when syncing changed the index.
+        save: also write the snapshot back when syncing changed the index.
         options: ``policy`` (default: the snapshot's, else :class:`IndexPolicy`
             defaults), ``preprocess`` and ``fragment`` (recorded in the sidecar; taken
             from the snapshot if not given).
     """
     folder = generation_dir(index_root, encoder_version)
-    index: VectorIndex | None = None
-    infos = VectorIndex.read_infos(folder)
-    if infos is None:
-        logger.info("no index snapshot in %s: building from the store", folder)
-    elif infos.get("encoder_version") != encoder_version or infos.get("dim") != dim:
-        logger.warning(
-            "index snapshot in %s is for encoder %r (dim %s), not %r (dim %s): rebuilding from the store",
-            folder,
-            infos.get("encoder_version"),
-            infos.get("dim"),
-            encoder_version,
-            dim,
-        )
-    else:
-        try:
-            index = VectorIndex.load(folder, encoder_version, policy=options.get("policy"))
-        except IndexNotReadyError as exc:
-            logger.warning("%s: rebuilding from the store", exc)
+    index, problem = load_generation(folder, encoder_version, dim, options.get("policy"))
     if index is None:
-        index = build_from_store(store, encoder_version, dim, **options)
-        index.directory = folder
-        if save:
-            index.save(folder)
-        return index
+        return rebuild_into(folder, store, encoder_version, dim, problem, save=save, **options)
     index.preprocess = options.get("preprocess") or index.preprocess
     index.fragment = options.get("fragment") or index.fragment
     added, removed = sync_with_store(index, store)
@@ -273,9 +322,11 @@ def describe_generations(index_root: str | Path, store: Store) -> list[dict[str,
     Returns:
         One dict per encoder version: ``encoder_version``, ``stored`` (tracklets in
         the store), ``snapshot`` (vectors in the saved index, ``None`` if none),
-        ``kind``, ``max_row_id``, ``directory`` and ``in_sync`` (the snapshot holds
-        as many vectors as the store and covers its highest id; a snapshot that is
-        behind is caught up when opened).
+        ``kind``, ``max_row_id``, ``directory``, ``file_problem`` (what is wrong with
+        ``index.faiss``: missing, or bytes that differ from the checksum in the sidecar;
+        ``None`` when it verifies) and ``in_sync`` (the file verifies, holds as many
+        vectors as the store and covers its highest id; a snapshot that is behind is
+        caught up when opened, a broken one rebuilt from the store).
     """
     on_disk = {str(i.get("encoder_version")): i for i in list_generations(index_root)}
     out = []
@@ -284,6 +335,8 @@ def describe_generations(index_root: str | Path, store: Store) -> list[dict[str,
         stored = store.count_tracklets(version)
         ids = store.tracklet_ids(version) if stored else np.zeros(0, dtype=np.int64)
         snapshot = int(infos["count"]) if infos else None
+        folder = generation_dir(index_root, version)
+        problem = verify_snapshot(folder) if infos else None
         out.append(
             {
                 "encoder_version": version,
@@ -291,9 +344,11 @@ def describe_generations(index_root: str | Path, store: Store) -> list[dict[str,
                 "snapshot": snapshot,
                 "kind": infos.get("kind"),
                 "max_row_id": infos.get("max_row_id"),
-                "directory": str(generation_dir(index_root, version)),
+                "directory": str(folder),
+                "file_problem": problem,
                 "in_sync": bool(
                     infos
+                    and problem is None
                     and snapshot == stored
                     and int(infos.get("max_row_id") or 0) >= (int(ids[-1]) if ids.size else 0)
                 ),

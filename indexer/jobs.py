@@ -8,9 +8,16 @@ What ``POST /procedures`` and ``GET /jobs/{id}`` need, without HTTP:
 - A worker thread claims queued jobs one at a time (an atomic
   ``UPDATE ... WHERE status = 'queued'``, so several runners on one PostgreSQL
   database never run a job twice), runs :func:`indexer.pipeline.index_sources`
-  and writes its progress (tracklets/s, ETA) to the row after each procedure.
+  and writes its progress (frames and tracklets done and in total, rates, ETA) to the
+  row after each procedure and, within a long one, about once a second.
 - A job ends ``succeeded`` with the report, or ``failed`` with the error
-  message (the exception's class and text, never a traceback).
+  message (the exception's class and text, never a traceback; a storage fault
+  such as a full disk is named as one, :mod:`indexer.faults`). Writing that final
+  state is retried, and when the store still refuses it the worker keeps it and
+  writes it as soon as it can: a job never stays ``running`` silently.
+- Confinement: the request's paths at submission, and again with every file the
+  job will read (COCO images, frame files) when it starts, before anything is
+  read or written, must lie inside the data roots, symlinks followed.
 - Jobs survive a restart: :meth:`JobRunner.start` puts back to ``queued`` the
   jobs a dead process left ``running``; indexing is idempotent, so re-running
   one only finishes what was not committed.
@@ -23,15 +30,18 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, select, update
 
+from polypindex.indexer.faults import display_path, public_message, storage_fault
+from polypindex.indexer.generations import IndexSink
 from polypindex.indexer.pipeline import Embedder, Progress, index_sources
 from polypindex.indexer.sources import (
     ProcedureSource,
@@ -55,6 +65,7 @@ _PATH_FIELDS = {
     "video": ("video", "detections"),
     "frames": ("folder", "detections"),
 }
+_FOLDER_FIELDS = {"root", "folder"}
 _REQUIRED = {
     "coco": ("root",),
     "video": ("video", "detections"),
@@ -150,25 +161,53 @@ def validate_request(
         )
     out = dict(params)
     for name in _PATH_FIELDS[kind]:
-        path = check_in_roots(str(params[name]), data_roots)
+        path = check_in_roots(str(params[name]), data_roots, name)
+        shown = display_path(path, data_roots)
         if not path.exists():
-            raise InvalidInputError(f"{name}: {params[name]} does not exist")
+            raise InvalidInputError(f"{name}: {shown} does not exist")
+        want_dir = name in _FOLDER_FIELDS
+        if want_dir != path.is_dir():
+            raise InvalidInputError(f"{name}: {shown} is not a {'folder' if want_dir else 'file'}")
         out[name] = str(path)
+    if kind == "coco":  # the annotation file is known now: check it now
+        from polypindex.model.coco import annotation_path  # pycocotools is slow to import
+
+        split = str(params.get("split", "test"))
+        annotations = check_in_roots(
+            annotation_path(out["root"], split),
+            data_roots,
+            f"the annotation file of split {split!r}",
+        )
+        if not annotations.is_file():
+            raise InvalidInputError(
+                f"root: {display_path(annotations, data_roots)} does not exist "
+                f"(expected ROOT/annotations/instances_{split}.json)"
+            )
     return out
 
 
-def build_sources(kind: str, params: dict[str, Any]) -> list[ProcedureSource]:
-    """The procedures of a validated request."""
+def build_sources(
+    kind: str, params: dict[str, Any], data_roots: Sequence[str | Path] | None = None
+) -> list[ProcedureSource]:
+    """The procedures of a validated request.
+
+    With ``data_roots``, the request's paths are checked again (a symlink may have
+    changed since it was queued) and so is every file the sources will read (COCO
+    images, frame files), before anything is read or written.
+    """
+    if data_roots is not None:
+        for name in _PATH_FIELDS[kind]:
+            check_in_roots(params[name], data_roots, name)
     config = TrackletConfig(min_tracklet_length=int(params.get("min_tracklet_length", 30)))
     if kind == "coco":
-        return coco_sources(params["root"], params.get("split", "test"), config)
+        return coco_sources(params["root"], params.get("split", "test"), config, roots=data_roots)
     # a video or a frames folder, each with its detections CSV
     detections, uid = params["detections"], params.get("uid")
     options: SourceOptions = {"config": config, "min_score": float(params.get("min_score", 0.0))}
     if kind == "video":
         first_frame = int(params.get("first_frame", 0))
         return [video_source(params["video"], detections, uid, first_frame=first_frame, **options)]
-    return [frames_source(params["folder"], detections, uid, **options)]
+    return [frames_source(params["folder"], detections, uid, roots=data_roots, **options)]
 
 
 class JobRunner:
@@ -181,6 +220,8 @@ class JobRunner:
         data_roots: folders inputs must lie in; an empty list refuses every input.
         policy: index kind policy.
         poll_s: how often the idle worker looks for queued jobs.
+        sink: where jobs put the vectors they commit (the service's serving index,
+            ``service.upkeep.ServingSink``); default: each job opens the index generation.
     """
 
     def __init__(
@@ -193,6 +234,7 @@ class JobRunner:
         policy: IndexPolicy | None = None,
         poll_s: float = 0.5,
         probes: Sequence[Probe] = (),
+        sink: IndexSink | None = None,
     ) -> None:
         self.store = store
         self.probes = tuple(probes)
@@ -201,10 +243,15 @@ class JobRunner:
         self.data_roots = [Path(r) for r in data_roots]
         self.policy = policy
         self.poll_s = poll_s
+        self.sink = sink
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Final job states that could not be written yet (job id -> column values).
+        self.unrecorded: dict[str, dict[str, Any]] = {}
+        self.finish_attempts = 3
+        self.retry_s = 0.2
 
     # -- the API side ------------------------------------------------------------------
 
@@ -296,7 +343,7 @@ class JobRunner:
             self._set(job_id, progress_json=json.dumps(p.to_dict()))
 
         try:
-            sources = build_sources(job.kind, job.params)
+            sources = build_sources(job.kind, job.params, self.data_roots)
             report = index_sources(
                 sources,
                 self.store,
@@ -307,16 +354,13 @@ class JobRunner:
                 on_progress=progress,
                 policy=self.policy,
                 probes=self.probes,
+                sink=self.sink,
             )
         except Exception as exc:
-            logging.getLogger(__name__).warning("job %s failed: %s", job_id, exc)
-            self._set(
-                job_id,
-                status="failed",
-                error=f"{type(exc).__name__}: {exc}",
-                finished_at=_now(),
-            )
-        else:
+            error = self.describe(exc)
+            logging.getLogger(__name__).warning("job %s failed: %s", job_id, error)
+            return self._finish(job, status="failed", error=error, finished_at=_now())
+        try:
             current = self.get(job_id).progress
             self._set(
                 job_id,
@@ -324,7 +368,44 @@ class JobRunner:
                 progress_json=json.dumps({**current, "report": report.to_dict()}),
                 finished_at=_now(),
             )
+        except Exception as exc:  # indexed, but the job row cannot be written
+            error = f"the job's result could not be recorded: {self.describe(exc)}"
+            return self._finish(job, status="failed", error=error, finished_at=_now())
         return self.get(job_id)
+
+    def describe(self, exc: BaseException) -> str:
+        """A job's error message: a storage fault named as such, else the exception's class
+        and message, paths shown relative to the data roots, no SQL."""
+        fault = storage_fault(exc)
+        if fault is not None:
+            return f"StorageFault ({fault.kind}): {fault.message}"
+        return f"{type(exc).__name__}: {public_message(str(exc), self.data_roots)}"
+
+    def _finish(self, job: JobRecord, **values: Any) -> JobRecord:
+        """Write a job's final state, retried; when even that fails (a full disk, a
+        read-only store), keep it and try again from the worker loop (and a restart
+        queues the job again): the job never stays ``running`` silently."""
+        for attempt in range(self.finish_attempts):
+            try:
+                self._set(job.id, **values)
+                return self.get(job.id)
+            except Exception:
+                logging.getLogger(__name__).exception(
+                    "cannot record job %s as %s (attempt %d)", job.id, values["status"], attempt + 1
+                )
+                time.sleep(self.retry_s * (attempt + 1))
+        self.unrecorded[job.id] = values
+        return replace(job, status=str(values["status"]), error=values.get("error"))
+
+    def retry_unrecorded(self) -> int:
+        """Write the final states that could not be written before; returns how many remain."""
+        for job_id, values in list(self.unrecorded.items()):
+            try:
+                self._set(job_id, **values)
+            except Exception:
+                continue
+            del self.unrecorded[job_id]
+        return len(self.unrecorded)
 
     def start(self) -> None:
         """Recover interrupted jobs and start the worker thread."""
@@ -346,7 +427,9 @@ class JobRunner:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                ran = self.run_one()
+                # while the store still cannot be written, run nothing new
+                stuck = bool(self.unrecorded) and self.retry_unrecorded() > 0
+                ran = None if stuck else self.run_one()
             except Exception:  # the database is away: keep the thread alive, retry later
                 logging.getLogger(__name__).exception("job worker error")
                 ran = None

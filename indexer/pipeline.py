@@ -22,7 +22,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
@@ -31,13 +31,23 @@ from tqdm.auto import tqdm
 
 from polypindex.indexer.embed import (
     THUMBNAIL_DIR,
+    CropChunk,
     Embedder,
-    embed_procedure,
+    ProcedureEmbedder,
+    ProcedureEmbedding,
     summarize_boxes,
     thumbnail_dir,
 )
-from polypindex.indexer.generations import generation_dir, list_generations, open_or_rebuild
+from polypindex.indexer.generations import (
+    IndexSink,
+    generation_dir,
+    list_generations,
+    open_or_rebuild,
+)
+from polypindex.indexer.grouping import group_procedure, reid_calibration
 from polypindex.indexer.predictions import check_probes, installed_probes, predict, predict_stored
+from polypindex.indexer.prefetch import Prefetch, ProcedureFeeder, procedure_frames
+from polypindex.indexer.progress import IndexReport, Progress
 from polypindex.indexer.sources import ProcedureSource, coco_sources, procedure_uid
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import IndexPolicy
@@ -46,76 +56,6 @@ from polypindex.model.errors import InvalidInputError, NotFoundError
 from polypindex.model.probe import Probe
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IndexReport:
-    """What :func:`index_dataset` did.
-
-    Attributes:
-        procedures_indexed: procedures embedded and written.
-        procedures_skipped: procedures already stored with this encoder version.
-        tracklets: tracklets written.
-        frames: frames fed to the encoder (after subsampling).
-        images_decoded: image files decoded (each at most once per procedure).
-        seconds: wall-clock time.
-        index_size: vectors in the index at the end.
-        encoder_version: the encoder used.
-        indexed_uids: UIDs of the procedures written.
-    """
-
-    procedures_indexed: int
-    procedures_skipped: int
-    tracklets: int
-    frames: int
-    images_decoded: int
-    seconds: float
-    index_size: int
-    encoder_version: str
-    indexed_uids: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def tracklets_per_s(self) -> float:
-        return self.tracklets / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def frames_per_s(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["indexed_uids"] = list(self.indexed_uids)
-        out["tracklets_per_s"] = round(self.tracklets_per_s, 3)
-        out["frames_per_s"] = round(self.frames_per_s, 3)
-        return out
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a batch stands (given to ``on_progress`` after each procedure).
-
-    Attributes:
-        procedures_done: procedures indexed or skipped so far.
-        procedures_total: procedures in the batch (``None`` if unknown).
-        current_uid: the procedure just finished.
-        tracklets: tracklets written so far.
-        frames: frames embedded so far.
-        elapsed_s: seconds since the batch started.
-        tracklets_per_s: throughput so far.
-        eta_s: estimated seconds left (``None`` until one procedure was embedded).
-    """
-
-    procedures_done: int
-    procedures_total: int | None
-    current_uid: str | None
-    tracklets: int
-    frames: int
-    elapsed_s: float
-    tracklets_per_s: float
-    eta_s: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 __all__ = [
@@ -146,6 +86,40 @@ class IndexOptions(TypedDict, total=False):
     snapshot_every_s: float
     policy: IndexPolicy | None
     probes: Sequence[Probe]
+    prefetch: int
+    progress_every_s: float
+
+
+def commit_procedure(
+    procedure: ProcedureSource,
+    result: ProcedureEmbedding,
+    store: Store,
+    index: IndexSink,
+    encoder: Embedder,
+    probes: Sequence[Probe] = (),
+    calibration: Any = None,
+) -> list[int]:
+    """Write one embedded procedure: the probes' predictions added to its rows, its rows
+    in one store transaction (replacing an older version of it: idempotent), then its
+    vectors in the index, then its polyp entities. Returns the new tracklet ids."""
+    uid = procedure.uid
+    if probes:
+        result.rows[:] = [
+            replace(row, predictions=predict(probes, row.embedding)) for row in result.rows
+        ]
+    old_ids = store.tracklet_ids_for_procedure(uid)
+    # 1) the source of truth, in one transaction ...
+    new_ids = store.replace_procedure(
+        uid, procedure.dataset_id, procedure.source, encoder.version, result.rows
+    )
+    # 2) ... then the derived index (a crash here is repaired by the catch-up on open).
+    index.remove(old_ids)
+    index.add(
+        np.asarray(new_ids, dtype=np.int64), result.embeddings, encoder_version=encoder.version
+    )
+    # 3) the procedure's polyp entities (docs/grouping.md), from the stored rows
+    group_procedure(store, uid, encoder.version, calibration, reid_threshold=encoder.reid_threshold)
+    return list(new_ids)
 
 
 def index_sources(
@@ -164,6 +138,9 @@ def index_sources(
     policy: IndexPolicy | None = None,
     description: str = "indexing",
     probes: Sequence[Probe] = (),
+    prefetch: int = 2,
+    progress_every_s: float = 1.0,
+    sink: IndexSink | None = None,
 ) -> IndexReport:
     """Index a batch of procedures into the store and the index generation of ``encoder``.
 
@@ -172,22 +149,32 @@ def index_sources(
     in one transaction (replacing an older version of it), then update the index.
     The snapshot is saved at most every ``snapshot_every_s`` seconds and at the end.
 
+    Decoding and cropping run ``prefetch`` chunks ahead of the encoder in a thread
+    (:class:`indexer.prefetch.Prefetch`), across procedure boundaries; ``prefetch=0``
+    does everything in this thread. Both give the same rows and embeddings (the chunks
+    are the same, :func:`indexer.embed.procedure_chunks`).
+
     Args:
         procedures: the procedures (an iterable: sources may be built lazily).
         store: the SQL store.
         index_dir: index root (generations and ``thumbnails/`` live under it).
         encoder: the embedder (``fragment.fragment_length`` must be -1).
         force: re-embed and replace procedures already stored.
-        progress: show a tqdm progress bar (tracklets/s, ETA).
+        progress: show a tqdm progress bar (frames, tracklets/s, ETA).
         total: number of procedures, for the ETA when ``procedures`` has no ``len``.
         batch_size: tracklets per encoder batch.
         thumbnails: write the middle frame's crop of each tracklet as a JPEG.
-        on_progress: called after each procedure with a :class:`Progress`.
+        on_progress: called with a :class:`Progress` after each procedure and after
+            embedded chunks (at most every ``progress_every_s`` seconds).
         snapshot_every_s: least seconds between two index snapshots (0: after each procedure).
         policy: index kind threshold / HNSW parameters / device.
         description: the progress bar's label.
         probes: size / histology probes of this encoder; each tracklet's predictions
             are stored with its row (same transaction).
+        prefetch: crop chunks made ahead of the encoder (0: no prefetch thread).
+        progress_every_s: least seconds between two in-procedure progress reports.
+        sink: where the vectors go (default: the generation opened here under
+            ``index_dir``; the service passes its serving index).
 
     Returns:
         The :class:`IndexReport`.
@@ -195,90 +182,139 @@ def index_sources(
     started = time.perf_counter()
     check_whole_tracklet(encoder.fragment)
     check_probes(probes, encoder.version)
-    if total is None and isinstance(procedures, Sequence):
-        total = len(procedures)
+    if prefetch < 0:
+        raise InvalidInputError(f"prefetch must be >= 0, got {prefetch}")
+    totals: tuple[int, int] | None = None
+    if isinstance(procedures, Sequence):
+        total = len(procedures) if total is None else total
+        totals = (
+            sum(len(p.tracklets) for p in procedures),
+            sum(procedure_frames(p, encoder.fragment) for p in procedures),
+        )
     out_dir = Path(index_dir)
-    index = open_or_rebuild(
-        out_dir,
-        store,
-        encoder.version,
-        encoder.dim,
-        preprocess=encoder.preprocess,
-        fragment=encoder.fragment,
-        save=True,
-        policy=policy,
+    index: IndexSink = (
+        sink
+        if sink is not None
+        else open_or_rebuild(
+            out_dir,
+            store,
+            encoder.version,
+            encoder.dim,
+            preprocess=encoder.preprocess,
+            fragment=encoder.fragment,
+            save=True,
+            policy=policy,
+        )
     )
+    calibration = reid_calibration(encoder)
     indexed: list[str] = []
     skipped = n_tracklets = n_frames = n_images = 0
-    embed_seconds = 0.0
     dirty = False
     last_save = time.monotonic()
-    bar = tqdm(total=total, unit="procedure", desc=description, disable=not progress)
+    last_report = 0.0
+    skipped_frames = 0
+    bar = tqdm(
+        total=totals[1] if totals else None,
+        unit="frame",
+        desc=description,
+        disable=not progress,
+    )
+
+    def report(uid: str | None, extra_tracklets: int, extra_frames: int, force_: bool) -> None:
+        nonlocal last_report
+        now = time.perf_counter()
+        if not force_ and now - last_report < progress_every_s:
+            return
+        last_report = now
+        tracklets, frames = n_tracklets + extra_tracklets, n_frames + extra_frames
+        elapsed = max(now - started, 1e-9)
+        eta = None
+        if totals is not None and frames > 0:
+            eta = elapsed / frames * max(totals[1] - frames - skipped_frames, 0)
+        state = Progress(
+            procedures_done=len(indexed) + skipped,
+            procedures_total=total,
+            current_uid=uid,
+            tracklets=tracklets,
+            frames=frames,
+            elapsed_s=elapsed,
+            tracklets_per_s=tracklets / elapsed,
+            eta_s=eta,
+            tracklets_total=totals[0] if totals else None,
+            frames_total=totals[1] if totals else None,
+            frames_per_s=frames / elapsed,
+        )
+        bar.set_postfix(
+            procedures=state.procedures_done,
+            tracklets=tracklets,
+            rate=f"{state.tracklets_per_s:.1f} tracklets/s",
+        )
+        if on_progress is not None:
+            on_progress(state)
+
+    def count_skip(p: ProcedureSource) -> None:
+        nonlocal skipped, skipped_frames
+        skipped += 1
+        frames = procedure_frames(p, encoder.fragment)
+        skipped_frames += frames
+        bar.update(frames)
+        report(p.uid, 0, 0, True)
+
+    feeder = ProcedureFeeder(
+        procedures,
+        lambda p: not force and store.has_procedure(p.uid, encoder.version),
+        count_skip,
+        encoder.preprocess,
+        encoder.fragment,
+        lookahead=2 if prefetch else 1,
+    )
+    ahead: Prefetch[CropChunk] | None = None
+    embedder: ProcedureEmbedder | None = None
+    discard = False
     try:
-        for procedure in procedures:
+        feeder.fill()
+        chunks = feeder.chunks()
+        if prefetch:
+            ahead = Prefetch(chunks, depth=prefetch, name="index-prefetch")
+        for chunk in ahead if ahead is not None else chunks:
+            procedure = chunk.procedure
+            if embedder is None or embedder.procedure is not procedure:
+                bar.set_description(f"{description} {procedure.uid}")
+                embedder = ProcedureEmbedder(procedure, encoder, batch_size)
+                # checked again: the same UID earlier in this batch may be stored by now
+                discard = not force and store.has_procedure(procedure.uid, encoder.version)
+            if not discard:
+                embedder.add(chunk.items)
+                bar.update(chunk.frames)
+                report(procedure.uid, embedder.tracklets_done, embedder.frames_done, False)
+            if not chunk.done:
+                continue
+            feeder.procedure_done()
+            if discard:
+                count_skip(procedure)
+                continue
             uid = procedure.uid
-            bar.set_description(f"{description} {uid}")
-            if not force and store.has_procedure(uid, encoder.version):
-                skipped += 1
-            else:
-                t0 = time.perf_counter()
-                result = embed_procedure(
-                    procedure, encoder, batch_size, out_dir if thumbnails else None
-                )
-                if probes:
-                    result.rows[:] = [
-                        replace(row, predictions=predict(probes, row.embedding))
-                        for row in result.rows
-                    ]
-                old_ids = store.tracklet_ids_for_procedure(uid)
-                # 1) the source of truth, in one transaction ...
-                new_ids = store.replace_procedure(
-                    uid, procedure.dataset_id, procedure.source, encoder.version, result.rows
-                )
-                # 2) ... then the derived index (a crash here is repaired by the catch-up on open).
-                index.remove(old_ids)
-                index.add(
-                    np.asarray(new_ids, dtype=np.int64),
-                    result.embeddings,
-                    encoder_version=encoder.version,
-                )
-                dirty = True
-                embed_seconds += time.perf_counter() - t0
-                indexed.append(uid)
-                n_tracklets += len(new_ids)
-                n_frames += result.frames
-                n_images += result.images_decoded
-                if time.monotonic() - last_save >= snapshot_every_s:
-                    index.save()
-                    dirty, last_save = False, time.monotonic()
-            done = len(indexed) + skipped
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            eta = None
-            if total is not None and indexed:
-                eta = embed_seconds / len(indexed) * max(total - done, 0)
-            state = Progress(
-                procedures_done=done,
-                procedures_total=total,
-                current_uid=uid,
-                tracklets=n_tracklets,
-                frames=n_frames,
-                elapsed_s=elapsed,
-                tracklets_per_s=n_tracklets / elapsed,
-                eta_s=eta,
+            result = embedder.finish(chunk.decoded, out_dir if thumbnails else None)
+            new_ids = commit_procedure(
+                procedure, result, store, index, encoder, probes, calibration
             )
-            bar.set_postfix(
-                tracklets=n_tracklets,
-                rate=f"{state.tracklets_per_s:.1f} tracklets/s",
-                eta="?" if eta is None else f"{eta:.0f}s",
-            )
-            bar.update(1)
-            if on_progress is not None:
-                on_progress(state)
+            dirty = True
+            indexed.append(uid)
+            n_tracklets += len(new_ids)
+            n_frames += result.frames
+            n_images += result.images_decoded
+            if time.monotonic() - last_save >= snapshot_every_s:
+                index.save()
+                dirty, last_save = False, time.monotonic()
+            report(uid, 0, 0, True)
     finally:
+        feeder.close()
+        if ahead is not None:
+            ahead.close()
         bar.close()
         if dirty:
             index.save()
-    report = IndexReport(
+    result_report = IndexReport(
         procedures_indexed=len(indexed),
         procedures_skipped=skipped,
         tracklets=n_tracklets,
@@ -289,8 +325,8 @@ def index_sources(
         encoder_version=encoder.version,
         indexed_uids=tuple(indexed),
     )
-    logger.info("%s", report)
-    return report
+    logger.info("%s", result_report)
+    return result_report
 
 
 def index_dataset(

@@ -10,6 +10,11 @@ from 1).
 
 Every problem raises :class:`~model.errors.InvalidInputError` (or a subclass)
 naming the file and the line or frame, before anything is written.
+
+Confinement: given the data roots (``roots=``), every file a source will read (a
+COCO annotation file and each image its ``file_name``s name, a frames folder's
+frames) is resolved, symlinks followed, and must lie inside them
+(:class:`PathNotAllowedError` otherwise, raised before any frame is read).
 """
 
 from __future__ import annotations
@@ -80,21 +85,45 @@ class SourceOptions(TypedDict, total=False):
     dataset_id: str | None
 
 
-def check_in_roots(path: str | Path, roots: Sequence[str | Path]) -> Path:
+def check_in_roots(
+    path: str | Path, roots: Sequence[str | Path], what: str = "the input path"
+) -> Path:
     """``path`` resolved (symlinks and ``..`` followed) if it lies inside one of ``roots``.
+
+    The message names ``what`` (a field, a file relative to a root), never the path
+    itself nor the roots (no server path reaches a client).
 
     Raises:
         PathNotAllowedError: it lies outside every root, or no root is configured.
     """
+    if "\x00" in str(path):
+        raise PathNotAllowedError(f"{what}: a path cannot contain a NUL byte")
     resolved = Path(path).expanduser().resolve()
     allowed = [Path(r).expanduser().resolve() for r in roots]
     if not allowed:
-        raise PathNotAllowedError(f"{path}: no data roots are configured, so no input is allowed")
+        raise PathNotAllowedError(f"{what}: no data roots are configured, so no input is allowed")
     if not any(resolved == r or resolved.is_relative_to(r) for r in allowed):
         raise PathNotAllowedError(
-            f"{path} is outside the configured data roots {[str(r) for r in allowed]}"
+            f"{what} lies outside the configured data roots (POLYPINDEX_DATA_ROOTS; "
+            "symlinks are followed)"
         )
     return resolved
+
+
+def confine_sources(
+    sources: Sequence[ProcedureSource], roots: Sequence[str | Path], what: str
+) -> None:
+    """Check that every frame file the sources will read lies inside ``roots``.
+
+    Raises:
+        PathNotAllowedError: naming the procedure and the first file outside (its
+            name as the input gave it when that is relative, else only its file name).
+    """
+    for source in sources:
+        for tracklet in source.tracklets:
+            for image in tracklet.image_paths:
+                shown = Path(image).name
+                check_in_roots(image, roots, f"{what}: image {shown!r} of {source.uid!r}")
 
 
 def _detections_source(
@@ -257,11 +286,17 @@ def frames_source(
     folder: str | Path,
     detections_csv: str | Path,
     uid: str | None = None,
+    *,
+    roots: Sequence[str | Path] | None = None,
     **options: Unpack[SourceOptions],
 ) -> ProcedureSource:
-    """A procedure from a folder of frame images and its detections CSV (UID default: the folder name)."""
+    """A procedure from a folder of frame images and its detections CSV (UID default: the
+    folder name). With ``roots``, every frame file must resolve inside them."""
     root = Path(folder)
     files = frame_files(root)
+    if roots is not None:
+        for f in files.values():
+            check_in_roots(f, roots, f"frames folder: frame file {Path(f).name!r}")
     detections = read_detections_csv(detections_csv)
     missing = sorted(set(detections.frame_ids.tolist()) - set(files))
     if missing:
@@ -295,14 +330,24 @@ def procedure_uid(sequence_id: str, dataset_id: str | None) -> str:
 
 
 def coco_sources(
-    root: str | Path, split: str, config: TrackletConfig | None = None
+    root: str | Path,
+    split: str,
+    config: TrackletConfig | None = None,
+    *,
+    roots: Sequence[str | Path] | None = None,
 ) -> list[ProcedureSource]:
-    """One procedure per sequence of a COCO split (docs/method.md#data-format), ordered by UID."""
+    """One procedure per sequence of a COCO split (docs/method.md#data-format), ordered by
+    UID. With ``roots``, the annotation file and every image it names (absolute
+    ``file_name``s included) must resolve inside them, checked before any is read."""
     from polypindex.model.coco import (  # pycocotools is slow to import
         annotation_path,
         load_coco_split,
     )
 
+    if roots is not None:
+        check_in_roots(
+            annotation_path(root, split), roots, f"the annotation file of split {split!r}"
+        )
     data = load_coco_split(root, split)
     source = str(annotation_path(root, split))
     dataset_ids: dict[str, str | None] = {}
@@ -333,4 +378,7 @@ def coco_sources(
                 frames=lambda wanted, files=files: stream_files(files, wanted),  # type: ignore[misc]
             )
         )
-    return sorted(out, key=lambda s: s.uid)
+    out.sort(key=lambda s: s.uid)
+    if roots is not None:
+        confine_sources(out, roots, f"COCO split {split!r}")
+    return out

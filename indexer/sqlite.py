@@ -25,11 +25,19 @@ def _enable_wal(cursor: Any, attempts: int = 50) -> None:
 
 
 def set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """On every new SQLite connection: a 30 s busy timeout, foreign keys, WAL."""
+    """On every new SQLite connection: a 30 s busy timeout, foreign keys, no memory-mapped
+    I/O, WAL.
+
+    ``mmap_size=0``: SQLite reads the database with ``read()``, never through a memory map
+    (some builds turn it on by default), so a file that cannot be read or grown (immutable,
+    on a full or failing disk) is an error SQLite reports, not a SIGBUS that kills the
+    process.
+    """
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA mmap_size=0")
         _enable_wal(cursor)
     finally:
         cursor.close()

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from polypindex.indexer.hits import query_tracklet
 from polypindex.indexer.migrate import check_schema
 from polypindex.indexer.migrate import upgrade as migrate_schema
 from polypindex.indexer.sqlite import set_sqlite_pragmas
@@ -51,7 +52,6 @@ from polypindex.model.errors import (
     ConflictError,
     InvalidInputError,
     ProcedureNotFoundError,
-    TrackletNotFoundError,
 )
 
 __all__ = [
@@ -109,7 +109,8 @@ class Store:
 
     def __init__(self, url: str, *, echo: bool = False, migrate: bool = True) -> None:
         parsed = make_url(url)
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # hide_parameters: bound values (paths, uids) never reach logs or error messages
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             database = parsed.database or ""
@@ -277,7 +278,12 @@ class Store:
         # Explicit, so it does not depend on the database enforcing ON DELETE CASCADE.
         session.execute(delete(PredictionModel).where(PredictionModel.tracklet_id.in_(ids)))
         session.execute(delete(TrackletModel).where(TrackletModel.procedure_id.in_(proc_ids)))
-        session.execute(delete(ProcedureModel).where(ProcedureModel.id.in_(proc_ids)))
+        gone = session.execute(delete(ProcedureModel).where(ProcedureModel.id.in_(proc_ids)))
+        # Conditional: a concurrent delete of the same procedure may have committed between
+        # the reads above and these writes (SQLite reads outside the write lock, PostgreSQL
+        # re-checks the rows after waiting); then this one deleted nothing and says so.
+        if not gone.rowcount:  # type: ignore[attr-defined]
+            return None
         return [int(i) for i in ids]
 
     # -- reads ---------------------------------------------------------------------
@@ -313,10 +319,7 @@ class Store:
 
     def get_tracklet(self, tracklet_id: int) -> TrackletRecord:
         """The tracklet with this id; raises TrackletNotFoundError."""
-        found = self.get_tracklets([tracklet_id])
-        if int(tracklet_id) not in found:
-            raise TrackletNotFoundError(f"no tracklet with id {tracklet_id}")
-        return found[int(tracklet_id)]
+        return query_tracklet(self.engine, tracklet_id)  # one prepared query
 
     def get_tracklets(self, ids: Iterable[int]) -> dict[int, TrackletRecord]:
         """The tracklets with these ids; ids that do not exist are absent from the result."""

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -117,6 +118,31 @@ class PredictionModel(Base):
     )
 
 
+class EntityModel(Base):
+    """The polyp entity of one tracklet within its procedure (``indexer.grouping``);
+    per encoder version since tracklets are, and leaves with its tracklet."""
+
+    __tablename__ = "tracklet_entities"
+    __table_args__ = (Index("ix_tracklet_entities_procedure_id", "procedure_id"),)
+
+    tracklet_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("tracklets.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    procedure_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("procedures.id", ondelete="CASCADE"), nullable=False
+    )
+    encoder_version: Mapped[str] = mapped_column(String(255), nullable=False)
+    entity: Mapped[int] = mapped_column(Integer, nullable=False)
+    method: Mapped[str] = mapped_column(String(32), nullable=False)
+    cut: Mapped[float] = mapped_column(Float, nullable=False)
+    calibrated: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow
+    )
+
+
 class JobModel(Base):
     """One background job (e.g. indexing a procedure), its state kept here so it survives restarts."""
 
@@ -134,6 +160,39 @@ class JobModel(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ApiKeyModel(Base):
+    """One API key of the HTTP service (``indexer.keys``): its name, scope and the
+    SHA-256 of its token (the token itself is shown once and never stored)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    scope: Mapped[str] = mapped_column(String(16), nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow
+    )
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditModel(Base):
+    """One write to the service or to its keys (``indexer.audit``): who, what, when, result."""
+
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_at", "at"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=_utcnow)
+    actor: Mapped[str] = mapped_column(String(64), nullable=False)
+    action: Mapped[str] = mapped_column(String(255), nullable=False)
+    target: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,11 @@ def encoder_version(
     that the weights already capture), the crop settings and whole-tracklet frame rule
     (when ``preprocess`` and ``fragment`` are given, as for every new checkpoint) and
     every state-dict tensor.
+
+    This is the FP32 version. Embeddings computed at another precision get
+    ``+bf16`` / ``+fp16`` appended by the runtime and an INT8 export carries ``+int8``
+    (:func:`model.runtime.precision_version`, docs/runtimes.md), so they never share an
+    index generation with FP32's; this string itself is unchanged.
     """
     architecture = json.dumps(
         dataclasses.replace(config, backbone_weights=None).to_dict(), sort_keys=True

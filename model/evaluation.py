@@ -31,12 +31,17 @@ from polypindex.model.metrics import (
     chance_average_precision,
     expected_calibration_error,
     precision_recall_curve,
+    reference_average_precision,
     reliability_bins,
     roc_auc,
     roc_curve,
 )
 from polypindex.model.reid import reid_score
 
+MAP_RULES = ("ours", "reference", "both")
+"""mAP rules of :func:`retrieval_metrics`: ``ours`` (scikit-learn's AP), ``reference``
+(the reference implementation's torchmetrics rule, :func:`model.metrics.reference_average_precision`)
+or ``both``; docs/method.md#evaluation-protocols."""
 HISTOGRAM_BINS_PER_CHANNEL = 8
 HISTOGRAM_DIM = HISTOGRAM_BINS_PER_CHANNEL**3
 _NORM_EPS = 1e-12
@@ -68,6 +73,7 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
 __all__ = [
     "CALIBRATION_BINS",
     "HISTOGRAM_DIM",
+    "MAP_RULES",
     "ReidResult",
     "RetrievalResult",
     "average_precision",
@@ -80,6 +86,7 @@ __all__ = [
     "expected_calibration_error",
     "pair_scores",
     "precision_recall_curve",
+    "reference_average_precision",
     "reid_metrics",
     "reliability_bins",
     "retrieval_metrics",
@@ -166,6 +173,10 @@ class RetrievalResult:
         n_excluded_queries: queries with no other item of their identity,
             excluded from every mean (an error in the reference protocol).
         per_query_ap: (N,) AP of each item as a query; NaN for excluded queries.
+        map_reference: mAP under the reference's torchmetrics rule (same-identity items
+            with cosine ≤ 0 dropped; :func:`model.metrics.reference_average_precision`),
+            when asked for (``map_rule`` ``reference`` or ``both``), else ``None``.
+        map_rule: the rule(s) asked for, one of :data:`MAP_RULES`.
     """
 
     map: float
@@ -173,20 +184,32 @@ class RetrievalResult:
     n_queries: int
     n_excluded_queries: int
     per_query_ap: np.ndarray = field(repr=False, compare=False)
+    map_reference: float | None = None
+    map_rule: str = "ours"
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain-JSON summary: ``map``, ``hit_rate`` (keys as strings, e.g. ``"1"``),
-        ``n_queries``, ``n_excluded_queries``; ``per_query_ap`` is left out."""
-        return {
+        ``n_queries``, ``n_excluded_queries``, and with a ``reference``/``both`` rule
+        ``map_reference`` and ``map_rule``; ``per_query_ap`` is left out.
+
+        ``map`` is always our rule's mAP, so JSON readers never confuse the two."""
+        out: dict[str, Any] = {
             "map": float(self.map),
             "hit_rate": {str(k): float(v) for k, v in self.hit_rate.items()},
             "n_queries": int(self.n_queries),
             "n_excluded_queries": int(self.n_excluded_queries),
         }
+        if self.map_reference is not None:
+            out["map_reference"] = float(self.map_reference)
+            out["map_rule"] = self.map_rule
+        return out
 
 
 def retrieval_metrics(
-    embeddings: np.ndarray, identities: Sequence[Hashable], ks: Sequence[int] = (1, 5)
+    embeddings: np.ndarray,
+    identities: Sequence[Hashable],
+    ks: Sequence[int] = (1, 5),
+    map_rule: str = "ours",
 ) -> RetrievalResult:
     """Every item queries all others by cosine similarity; relevant = same identity.
 
@@ -200,13 +223,19 @@ def retrieval_metrics(
         embeddings: (N, D) embeddings (normalised here; zero rows allowed).
         identities: N identity labels (any hashables, compared by equality).
         ks: cut-offs K ≥ 1 for the hit rate.
+        map_rule: one of :data:`MAP_RULES`; ``reference``/``both`` also compute
+            ``map_reference`` over the same queries (the hit rate is the same under
+            both rules: torchmetrics' ``RetrievalHitRate`` drops nothing).
 
     Returns:
         A :class:`RetrievalResult`.
 
     Raises:
-        InvalidInputError: malformed input, a K < 1, or no query with a relevant item.
+        InvalidInputError: malformed input, a K < 1, an unknown rule, or no query with a
+            relevant item.
     """
+    if map_rule not in MAP_RULES:
+        raise InvalidInputError(f"map_rule must be one of {list(MAP_RULES)}, got {map_rule!r}")
     sim = cosine_similarity_matrix(embeddings)
     n = sim.shape[0]
     codes = _identity_codes(identities, n)
@@ -220,12 +249,15 @@ def retrieval_metrics(
         raise InvalidInputError("no query has another item of its identity: retrieval is undefined")
 
     per_query_ap = np.full(n, np.nan)
+    reference_ap = np.full(n, np.nan)
     first_rank = np.zeros(n, dtype=np.int64)  # pessimistic rank of the best relevant item
     others = ~np.eye(n, dtype=bool)
     for q in np.flatnonzero(valid):
         scores = sim[q, others[q]]
         rel = same[q, others[q]]
         per_query_ap[q] = average_precision(scores, rel)
+        if map_rule != "ours":
+            reference_ap[q] = reference_average_precision(scores, rel)
         best = scores[rel].max()
         first_rank[q] = 1 + int(np.count_nonzero(~rel & (scores >= best)))
     hit_rate = {k: float(np.mean(first_rank[valid] <= k)) for k in ks}
@@ -235,6 +267,8 @@ def retrieval_metrics(
         n_queries=int(np.count_nonzero(valid)),
         n_excluded_queries=int(n - np.count_nonzero(valid)),
         per_query_ap=per_query_ap,
+        map_reference=None if map_rule == "ours" else float(np.mean(reference_ap[valid])),
+        map_rule=map_rule,
     )
 
 

@@ -10,7 +10,8 @@ The model carries everything a consumer needs in ``metadata_props``:
 ``polypindex.format``, ``polypindex.encoder_version``, ``polypindex.preprocess``,
 ``polypindex.fragment`` (the indexing rule: training's stride and max_frames,
 ``fragment_length=-1``), ``polypindex.encoder_config``,
-``polypindex.embedding_dim`` and ``polypindex.reid_threshold``.
+``polypindex.embedding_dim`` and ``polypindex.reid_threshold``, and
+``polypindex.reid_calibration`` when training fitted one (:mod:`model.calibration`).
 
 :func:`export_frame_mean_onnx` exports the frame-mean baseline
 (:class:`model.encoder.FrameMeanEncoder`) from a frame-encoder checkpoint (MSN
@@ -34,6 +35,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from polypindex.model.calibration import CALIBRATION_KEY, Calibration
 from polypindex.model.config import FragmentConfig, PreprocessConfig, whole_tracklet
 from polypindex.model.encoder import (
     HMVE,
@@ -43,7 +45,7 @@ from polypindex.model.encoder import (
     load_encoder_checkpoint,
     load_frame_encoder_checkpoint,
 )
-from polypindex.model.errors import ModelLoadError
+from polypindex.model.errors import InvalidInputError, ModelLoadError
 from polypindex.model.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -155,16 +157,36 @@ def _metadata(
     }
 
 
+def calibration_metadata(extra: dict[str, Any]) -> dict[str, str]:
+    """``{"polypindex.reid_calibration": JSON}`` when the checkpoint's ``extra`` holds a
+    fitted calibration (:func:`model.calibration.fit_calibration`), else ``{}``.
+
+    Raises:
+        ModelLoadError: the stored calibration is malformed.
+    """
+    stored = extra.get(CALIBRATION_KEY)
+    if stored is None:
+        return {}
+    try:
+        return {f"{META_PREFIX}{CALIBRATION_KEY}": Calibration.from_dict(stored).to_json()}
+    except InvalidInputError as exc:
+        raise ModelLoadError(f"checkpoint has an invalid {CALIBRATION_KEY}: {exc}") from exc
+
+
 def build_metadata(loaded: LoadedEncoder, reid_threshold: float) -> dict[str, str]:
-    """The ``metadata_props`` written into the ONNX model (all values are strings)."""
-    return _metadata(
-        loaded.encoder_version,
-        loaded.preprocess,
-        loaded.fragment,
-        loaded.encoder_config.to_json(),
-        loaded.encoder_config.d_model,
-        reid_threshold,
-    )
+    """The ``metadata_props`` written into the ONNX model (all values are strings),
+    with the calibration of :func:`calibration_metadata` when the checkpoint has one."""
+    return {
+        **_metadata(
+            loaded.encoder_version,
+            loaded.preprocess,
+            loaded.fragment,
+            loaded.encoder_config.to_json(),
+            loaded.encoder_config.d_model,
+            reid_threshold,
+        ),
+        **calibration_metadata(loaded.extra),
+    }
 
 
 def _export_proto(

@@ -16,7 +16,7 @@ from ``home``: a caller passes only what the user actually gave.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +46,12 @@ class Layout(BaseSettings):
             ``histology.npz``); default ``probes/`` next to ``model_path``
             (:attr:`probes_folder`). A missing probe is not an error: its
             predictions are simply not made.
+        runtime: the encoder runtime (``POLYPINDEX_RUNTIME``): ``auto`` (default:
+            OpenVINO on CPUs with BF16 units when installed, else ONNX Runtime),
+            ``onnxruntime`` or ``openvino`` (:func:`polypindex.model.backends.load_encoder`).
+        precision: the encoder precision (``POLYPINDEX_PRECISION``): ``auto`` (default),
+            ``fp32``, ``bf16`` (OpenVINO) or ``fp16`` (TensorRT); it is part of the
+            encoder version, so each precision has its own index generation.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
@@ -58,6 +64,8 @@ class Layout(BaseSettings):
     index_dir: Path = Field(default_factory=under_home("index"))
     model_path: Path = Field(default_factory=under_home("models", "demo", "encoder.onnx"))
     probes_dir: Path | None = None
+    runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     @field_validator("home", mode="after")
     @classmethod
@@ -88,6 +96,11 @@ class Layout(BaseSettings):
     def crop_cache(self) -> Path:
         """Cached uint8 crops (training, probes, benchmarks): ``<home>/cache/crops``."""
         return self.home / "cache" / "crops"
+
+    @property
+    def engine_cache(self) -> Path:
+        """TensorRT engines built by ONNX Runtime (on the volume): ``<home>/cache/tensorrt``."""
+        return self.home / "cache" / "tensorrt"
 
     @property
     def probe_cache(self) -> Path:

@@ -157,6 +157,41 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return _curve_average_precision(precision, recall)
 
 
+def reference_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision under the reference implementation's rule (torchmetrics).
+
+    ``torchmetrics.functional.retrieval_average_precision`` (1.9.0, used through
+    ``RetrievalMAP`` by the reference) first sets ``target = where(preds > 0, target, 0)``:
+    a relevant item whose score is ≤ 0 stops counting as relevant. The AP is then the
+    mean, over the relevant items that remain, of the precision at their rank; the
+    dropped ones count neither as misses nor in the denominator. When no relevant
+    item scores > 0 the AP is 0. Ties are a block here, as in :func:`average_precision`
+    (torchmetrics orders them by ``topk``, which is unspecified for ties).
+
+    With every relevant score > 0 this equals :func:`average_precision`. Otherwise the
+    dropped items rank below every kept one, where precision is usually lowest, so the
+    result is usually higher; not always (kept ``[0.2]`` at rank 5 and a dropped one at
+    rank 6 give 0.200 here, 0.267 under :func:`average_precision`).
+
+    Args:
+        scores: (N,) scores (cosine similarities in the retrieval protocol).
+        labels: (N,) binary relevance with at least one positive.
+
+    Returns:
+        AP in [0, 1].
+
+    Raises:
+        InvalidInputError: malformed input, or no positive label.
+    """
+    s, y = _check_binary(scores, labels)
+    if not np.any(y > 0):
+        raise InvalidInputError("reference_average_precision needs at least one positive label")
+    kept = (y > 0) & (s > 0)
+    if not np.any(kept):
+        return 0.0
+    return average_precision(s, kept)
+
+
 def _curve_average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
     """``Σ_t (R_t − R_{t−1}) P_t`` of a :func:`precision_recall_curve` (recall decreasing)."""
     return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))

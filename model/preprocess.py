@@ -18,6 +18,7 @@ import numpy as np
 from polypindex.model.config import PreprocessConfig
 from polypindex.model.errors import ImageReadError, InvalidInputError
 from polypindex.model.files import atomic_write
+from polypindex.model.image_header import check_pixels, image_size
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -32,11 +33,26 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"cannot decode image {p}: {exc}") from exc
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, ...) to RGB uint8 ``(H, W, 3)``."""
+def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, ...) to RGB uint8 ``(H, W, 3)``.
+
+    Args:
+        data: the encoded image.
+        max_pixels: when given, only a PNG, JPEG or BMP whose header declares at most
+            this many pixels is decoded (ImageTooLargeError otherwise, before decoding).
+    """
     if not data:
         raise ImageReadError("empty image data")
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if max_pixels is not None:
+        if image_size(data) is None:
+            raise ImageReadError(
+                "not a decodable JPEG, PNG or BMP image (unknown format or damaged header)"
+            )
+        check_pixels(data, max_pixels)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. over OpenCV's own pixel limit (CV_IO_MAX_IMAGE_PIXELS)
+        raise ImageReadError(f"cannot decode the image: {str(exc).strip()[-200:]}") from exc
     if img is None or img.size == 0:
         raise ImageReadError("not a decodable image (corrupt or unsupported format)")
     return np.ascontiguousarray(img[:, :, ::-1])

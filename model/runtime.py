@@ -1,22 +1,32 @@
-"""ONNX Runtime inference for the exported encoder: the serving path (numpy only, no torch).
+"""Encoder runtimes for the exported ONNX model: the serving path (numpy only, no torch).
 
-:class:`OnnxEncoder` reads its preprocessing, fragment rule, embedding size,
-version and re-identification threshold from the ONNX model's metadata (written
-by :mod:`model.export`), never from local defaults, and returns L2-normalised
-float32 embeddings.
+:class:`EncoderBase` reads the model's preprocessing, fragment rule, embedding size,
+version and re-identification threshold from the ONNX metadata (written by
+:mod:`model.export`), never from local defaults, checks inputs, batches sequences and
+returns L2-normalised float32 embeddings. A runtime only implements ``_run``:
+:class:`OnnxEncoder` (ONNX Runtime, the default) here and
+:class:`model.openvino_runtime.OpenVinoEncoder` (OpenVINO, the fast path on CPUs with
+BF16 matrix units). :func:`model.backends.load_encoder` chooses between them.
+
+The encoder version records the numeric precision (:func:`precision_version`): FP32
+keeps the exported version unchanged, any other precision appends ``+bf16``, ``+fp16``
+(and an INT8 model carries ``+int8`` from its export), so embeddings of different
+precisions never share an index generation.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from polypindex.model.calibration import CALIBRATION_KEY, Calibration
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.embedding import CropStream, tracklet_fragments
 from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
@@ -32,24 +42,57 @@ REQUIRED_METADATA = (
     "embedding_dim",
     "reid_threshold",
 )
+logger = logging.getLogger(__name__)
 INPUT_NAME = "frames"
 OUTPUT_NAME = "embedding"
+# The numeric precisions a runtime can compute in ("fp32": as exported). "int8" is a
+# property of a quantised model (metadata ``polypindex.precision``), not a runtime setting.
+RUNTIME_PRECISIONS = ("fp32", "bf16", "fp16")
+MODEL_PRECISIONS = ("fp32", "int8")
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def precision_version(version: str, precision: str) -> str:
+    """The encoder version of embeddings computed at ``precision``: ``version`` itself for
+    FP32 (existing versions stay valid), else ``version + "+" + precision``."""
+    if precision not in RUNTIME_PRECISIONS + MODEL_PRECISIONS:
+        raise ConfigError(
+            f"precision must be one of {RUNTIME_PRECISIONS + MODEL_PRECISIONS}, got {precision!r}"
+        )
+    return version if precision == "fp32" else f"{version}+{precision}"
+
+
+def effective_precision(model_precision: str, runtime_precision: str) -> str:
+    """What the embeddings are computed in: ``int8``, ``bf16``, ``int8+bf16``, ... ."""
+    if runtime_precision == "fp32":
+        return model_precision
+    return (
+        runtime_precision if model_precision == "fp32" else f"{model_precision}+{runtime_precision}"
+    )
 
 
 def _session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only
     if intra_op_threads is not None:
-        if intra_op_threads < 1:
-            raise ConfigError(
-                f"intra_op_threads must be >= 1 (or None for the default), got {intra_op_threads}"
-            )
+        check_threads(intra_op_threads)
         opts.intra_op_num_threads = int(intra_op_threads)
     return opts
 
 
+def check_threads(threads: int | None) -> None:
+    """Raise :class:`ConfigError` unless ``threads`` is ``None`` or >= 1."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"intra_op_threads must be >= 1 (or None for the default), got {threads}")
+
+
+ProviderEntry = str | tuple[str, dict[str, Any]]
+
+
 def _open_session(
-    path: Path, providers: Sequence[str], options: ort.SessionOptions
+    path: Path, providers: Sequence[ProviderEntry], options: ort.SessionOptions
 ) -> ort.InferenceSession:
     if not path.is_file():
         raise ModelLoadError(f"ONNX model not found: {path}")
@@ -59,12 +102,71 @@ def _open_session(
         raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
 
 
+def select_providers(
+    available: Sequence[str], precision: str = "auto", engine_cache: Path | None = None
+) -> tuple[list[ProviderEntry], str]:
+    """ONNX Runtime providers in priority order, and the precision they compute in.
+
+    With a GPU build: TensorRT in FP16 (engines cached under ``engine_cache``) when
+    ``precision`` is ``"auto"`` or ``"fp16"`` and the build has it, then CUDA, then the
+    CPU. ``"fp32"`` leaves TensorRT out (CUDA → CPU). A CPU-only build gives the CPU.
+
+    Args:
+        available: ``onnxruntime.get_available_providers()`` (a parameter, so tests can
+            fake a GPU build).
+        precision: ``"auto"``, ``"fp32"`` or ``"fp16"``.
+        engine_cache: TensorRT engine and timing cache folder (``None``: no cache).
+
+    Raises:
+        ConfigError: ``"bf16"`` (an OpenVINO precision), ``"fp16"`` without TensorRT,
+            or an unknown precision.
+    """
+    if precision not in ("auto", "fp32", "fp16"):
+        hint = (
+            " (bf16 runs on the OpenVINO runtime: POLYPINDEX_RUNTIME=openvino)"
+            if precision == "bf16"
+            else ""
+        )
+        raise ConfigError(
+            f"ONNX Runtime precision must be auto, fp32 or fp16, got {precision!r}{hint}"
+        )
+    providers: list[ProviderEntry] = []
+    chosen = "fp32"
+    if TENSORRT in available and precision in ("auto", "fp16"):
+        options: dict[str, Any] = {"trt_fp16_enable": True}
+        if engine_cache is not None:
+            options.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=str(engine_cache),
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=str(engine_cache),
+            )
+        providers.append((TENSORRT, options))
+        chosen = "fp16"
+    elif precision == "fp16":
+        raise ConfigError(
+            f"fp16 needs ONNX Runtime's TensorRT provider; this build has {list(available)}"
+        )
+    if CUDA in available:
+        providers.append(CUDA)
+    providers.append(CPU)
+    return providers, chosen
+
+
+def _preload_gpu_libraries() -> None:
+    """Let onnxruntime-gpu find the pip-installed CUDA/cuDNN libraries (ORT >= 1.21)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if callable(preload):
+        try:
+            preload()
+        except Exception as exc:  # a missing library shows up again when the session opens
+            logger.warning("onnxruntime.preload_dlls() failed: %s", exc)
+
+
 def default_providers() -> list[str]:
-    """CUDA first when this onnxruntime build has it, then CPU."""
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or [
-        "CPUExecutionProvider"
-    ]
+    """CUDA first when this onnxruntime build has it, then CPU (no TensorRT: FP32)."""
+    providers, _ = select_providers(ort.get_available_providers(), "fp32")
+    return [p if isinstance(p, str) else p[0] for p in providers]
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -75,7 +177,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """
     opts = _session_options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = _open_session(Path(path), ["CPUExecutionProvider"], opts)
+    session = _open_session(Path(path), [CPU], opts)
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
@@ -85,43 +187,43 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 
 
-class OnnxEncoder:
-    """The exported HMVE, run with ONNX Runtime.
+class EncoderBase:
+    """What every encoder runtime shares: the metadata, input checks, batching, tracklets.
 
     Args:
-        path: an ``.onnx`` file written by :func:`model.export.export_onnx`.
-        providers: execution providers in priority order; default CUDA (if
-            available) then CPU.
-        intra_op_threads: threads per operator; ``None`` = onnxruntime's default.
+        path: the ``.onnx`` file.
+        meta: its ``metadata_props``.
+        input_names: the graph's input names (must be ``["frames"]``).
+        runtime_precision: what the runtime computes in (``fp32``, ``bf16``, ``fp16``).
 
     Attributes:
         path: the model file.
-        version: encoder version (embeddings of different versions never mix).
+        version: encoder version (embeddings of different versions never mix); the
+            exported version with the precision appended unless FP32 (:func:`precision_version`).
+        base_version: the version written at export (``+int8`` for a quantised model).
+        precision: what the embeddings are computed in (:func:`effective_precision`).
         preprocess: crop settings to apply before :meth:`embed`.
         fragment: which frames of a tracklet are embedded (``fragment_length=-1``).
         dim: embedding size ``D``.
         reid_threshold: same-polyp threshold on ``sigmoid(cosine)``.
-        providers: the providers the session actually uses.
+        reid_calibration: the fitted P(same polyp | cosine) and its threshold
+            (``polypindex.reid_calibration``), or ``None`` for a model without one.
         metadata: the raw ``polypindex.*`` metadata.
 
     Raises:
-        ModelLoadError: missing or unloadable file, or missing/invalid metadata
-            (the message names the file and the key).
+        ModelLoadError: missing or invalid metadata (the message names the file and the key).
     """
+
+    runtime = "base"
 
     def __init__(
         self,
-        path: str | Path,
-        providers: Sequence[str] | None = None,
-        intra_op_threads: int | None = None,
+        path: Path,
+        meta: Mapping[str, str],
+        input_names: Sequence[str],
+        runtime_precision: str = "fp32",
     ) -> None:
         self.path = Path(path)
-        self._session = _open_session(
-            self.path,
-            list(providers) if providers else default_providers(),
-            _session_options(intra_op_threads),
-        )
-        meta = dict(self._session.get_modelmeta().custom_metadata_map)
         self.metadata = {k: v for k, v in meta.items() if k.startswith(META_PREFIX)}
         for key in REQUIRED_METADATA:
             if META_PREFIX + key not in meta:
@@ -134,7 +236,7 @@ class OnnxEncoder:
                 f"ONNX model {self.path} has format {meta[META_PREFIX + 'format']!r}, expected {ONNX_FORMAT!r}"
             )
         try:
-            self.version: str = meta[META_PREFIX + "encoder_version"]
+            self.base_version: str = meta[META_PREFIX + "encoder_version"]
             self.preprocess = PreprocessConfig.from_dict(
                 json.loads(meta[META_PREFIX + "preprocess"])
             )
@@ -144,18 +246,44 @@ class OnnxEncoder:
             self.encoder_config: dict[str, Any] = json.loads(
                 meta.get(META_PREFIX + "encoder_config", "{}")
             )
-        except (ValueError, TypeError, ConfigError) as exc:
+            # optional: models exported before calibration existed have none
+            calibration = meta.get(META_PREFIX + CALIBRATION_KEY)
+            self.reid_calibration: Calibration | None = (
+                None if calibration is None else Calibration.from_json(calibration)
+            )
+        except (ValueError, TypeError, ConfigError, InvalidInputError) as exc:
             raise ModelLoadError(
                 f"ONNX model {self.path} has invalid polypindex metadata: {exc}"
             ) from exc
         if not math.isfinite(self.reid_threshold):
             raise ModelLoadError(f"ONNX model {self.path}: reid_threshold is {self.reid_threshold}")
-        names = [i.name for i in self._session.get_inputs()]
-        if names != [INPUT_NAME]:
+        self.model_precision = meta.get(META_PREFIX + "precision", "fp32")
+        if self.model_precision not in MODEL_PRECISIONS:
             raise ModelLoadError(
-                f"ONNX model {self.path} has inputs {names}, expected [{INPUT_NAME!r}]"
+                f"ONNX model {self.path} has precision {self.model_precision!r}, "
+                f"expected one of {MODEL_PRECISIONS}"
             )
-        self.providers: list[str] = list(self._session.get_providers())
+        if list(input_names) != [INPUT_NAME]:
+            raise ModelLoadError(
+                f"ONNX model {self.path} has inputs {list(input_names)}, expected [{INPUT_NAME!r}]"
+            )
+        self.runtime_precision = runtime_precision
+        self.precision = effective_precision(self.model_precision, runtime_precision)
+        self.version: str = precision_version(self.base_version, runtime_precision)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """The raw (not normalised) ``(b, D)`` output for checked float32 input ``x``."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What runs the encoder: ``runtime``, ``provider`` (the device/provider used),
+        ``precision``, ``encoder_version``; shown by ``/healthz`` and the metrics."""
+        return {
+            "runtime": self.runtime,
+            "provider": "unknown",
+            "precision": self.precision,
+            "encoder_version": self.version,
+        }
 
     @property
     def expected_shape(self) -> str:
@@ -163,7 +291,9 @@ class OnnxEncoder:
         return f"float32 [b, s, 3, {s}, {s}]"
 
     def __repr__(self) -> str:
-        return f"OnnxEncoder({str(self.path)!r}, version={self.version!r}, dim={self.dim}, providers={self.providers})"
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, version={self.version!r}, dim={self.dim})"
+        )
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """Embed batches of normalised crops.
@@ -200,8 +330,7 @@ class OnnxEncoder:
         x = np.ascontiguousarray(frames, dtype=np.float32)
         if not np.isfinite(x).all():
             raise InvalidInputError("frames contain NaN or infinite values")
-        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: x})
-        return l2_normalize(np.asarray(out, dtype=np.float32))
+        return l2_normalize(np.asarray(self._run(x), dtype=np.float32))
 
     def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
         """Embed sequences of different lengths, batching those of equal length.
@@ -270,3 +399,81 @@ class OnnxEncoder:
         ((_, sequences),) = [done for per_frame in stream for done in per_frame]
         emb = self.embed(np.stack([normalize(seq, self.preprocess) for seq in sequences]))
         return emb[0] if len(emb) == 1 else l2_normalize(emb.mean(axis=0))
+
+
+class OnnxEncoder(EncoderBase):
+    """The exported HMVE, run with ONNX Runtime.
+
+    Args:
+        path: an ``.onnx`` file written by :func:`model.export.export_onnx`.
+        providers: execution providers in priority order; default
+            :func:`select_providers` on this build (TensorRT FP16 → CUDA → CPU with
+            ``precision="auto"``, CUDA → CPU with ``"fp32"``).
+        intra_op_threads: threads per operator; ``None`` = onnxruntime's default.
+        precision: ``"auto"``, ``"fp32"`` or ``"fp16"`` (TensorRT); ignored when
+            ``providers`` is given (then FP16 only if TensorRT is among them).
+        engine_cache: TensorRT engine cache folder (the layout's ``engine_cache``).
+
+    Attributes:
+        providers: the providers the session actually uses.
+        (and those of :class:`EncoderBase`)
+
+    Raises:
+        ModelLoadError: missing or unloadable file, or missing/invalid metadata.
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[ProviderEntry] | None = None,
+        intra_op_threads: int | None = None,
+        precision: str = "fp32",
+        engine_cache: Path | None = None,
+    ) -> None:
+        if providers:
+            chosen = list(providers)
+        else:
+            chosen, _ = select_providers(ort.get_available_providers(), precision, engine_cache)
+        if engine_cache is not None and any(
+            not isinstance(p, str) and p[0] == TENSORRT for p in chosen
+        ):
+            Path(engine_cache).mkdir(parents=True, exist_ok=True)
+        options = _session_options(intra_op_threads)
+        names = [p if isinstance(p, str) else p[0] for p in chosen]
+        self.fallback_reason: str | None = None
+        if CUDA in names or TENSORRT in names:
+            try:
+                _preload_gpu_libraries()
+                self._session = _open_session(Path(path), chosen, options)
+            except ModelLoadError as exc:
+                if not Path(path).is_file():
+                    raise
+                self.fallback_reason = f"GPU providers {names} failed ({exc}); running on the CPU"
+                logger.warning("%s", self.fallback_reason)
+                self._session = _open_session(Path(path), [CPU], options)
+        else:
+            self._session = _open_session(Path(path), chosen, options)
+        self.providers: list[str] = list(self._session.get_providers())
+        trt_fp16 = any(
+            not isinstance(p, str) and p[0] == TENSORRT and p[1].get("trt_fp16_enable")
+            for p in chosen
+        )
+        runtime_precision = "fp16" if TENSORRT in self.providers and trt_fp16 else "fp32"
+        super().__init__(
+            Path(path),
+            dict(self._session.get_modelmeta().custom_metadata_map),
+            [i.name for i in self._session.get_inputs()],
+            runtime_precision,
+        )
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        return np.asarray(out)
+
+    def describe(self) -> dict[str, Any]:
+        info = {**super().describe(), "provider": self.providers[0], "providers": self.providers}
+        if self.fallback_reason:
+            info["fallback_reason"] = self.fallback_reason
+        return info

@@ -1,8 +1,11 @@
 """`polypindex demo` (what `make serve` runs): build whatever is missing, in order.
 
 1. a synthetic dataset (``var/data/synth``),
-2. the demo encoder, trained on it with the CPU demo preset and exported to ONNX
-   (``var/models/demo``) — only when no model is there yet,
+2. the demo encoder (``var/models/demo``) — only when no model is there yet — in two
+   stages (docs/training.md#the-default-demo-model): frame-level MSN pretraining of the
+   resnet18 (preset ``msn_demo``, into ``var/models/demo/msn``; an interrupted one is
+   resumed), then the method on temporal bags with that frame encoder (preset
+   ``demo_model``), exported to ONNX,
 3. the size and histology probes on that encoder (``var/models/demo/probes``),
    trained on the train split — only when missing,
 4. the index of every split's procedures (idempotent: already indexed
@@ -39,8 +42,44 @@ def ensure_dataset(lay: Layout, seed: int = 0) -> Path:
     return root
 
 
-def ensure_model(lay: Layout, data: Path, config: str = "demo") -> Path:
-    """Train and export the demo encoder unless ``encoder.onnx`` exists."""
+DEMO_MSN_CONFIG = "msn_demo"
+DEMO_TRAIN_CONFIG = "demo_model"
+
+
+def ensure_frame_pretraining(lay: Layout, data: Path, config: str | Path = DEMO_MSN_CONFIG) -> Path:
+    """MSN-pretrain the demo's frame encoder unless a finished ``msn.pt`` is there
+    (an unfinished run with its ``last.ckpt`` is resumed); return ``msn.pt``."""
+    from polypindex.model.encoder import load_frame_encoder_checkpoint
+    from polypindex.training.msn import MSN_CHECKPOINT, load_msn_config, pretrain_frames
+    from polypindex.training.trainer import LAST_CHECKPOINT
+
+    out = lay.demo_model_dir / "msn"
+    cfg = load_msn_config(
+        config, {"data_root": str(data), "out_dir": str(out), "cache_dir": str(lay.crop_cache)}
+    )
+    checkpoint = out / MSN_CHECKPOINT
+    if checkpoint.is_file():
+        epoch = load_frame_encoder_checkpoint(checkpoint).extra.get("epoch")
+        if epoch == cfg.epochs:
+            _step(f"frame pretraining present: {checkpoint}")
+            return checkpoint
+    resume = (out / LAST_CHECKPOINT).is_file()
+    _step(
+        f"{'resuming' if resume else 'running'} frame-level MSN pretraining "
+        f"({config} preset) into {out} ..."
+    )
+    return pretrain_frames(cfg, resume=resume).checkpoint
+
+
+def ensure_model(
+    lay: Layout,
+    data: Path,
+    config: str | Path = DEMO_TRAIN_CONFIG,
+    msn_config: str | Path = DEMO_MSN_CONFIG,
+) -> Path:
+    """Train and export the demo encoder unless ``encoder.onnx`` exists (first the MSN
+    frame pretraining ``msn_config`` of :func:`ensure_frame_pretraining`, when the
+    training preset has an ``init_frame_encoder``)."""
     out = lay.demo_model_dir
     onnx_path = out / "encoder.onnx"
     if onnx_path.is_file():
@@ -49,11 +88,15 @@ def ensure_model(lay: Layout, data: Path, config: str = "demo") -> Path:
     from polypindex.model.export import export_onnx
     from polypindex.training.train import load_train_config, train
 
+    overrides: dict[str, str] = {
+        "data_root": str(data),
+        "out_dir": str(out),
+        "cache_dir": str(lay.crop_cache),
+    }
+    if load_train_config(config).init_frame_encoder:
+        overrides["init_frame_encoder"] = str(ensure_frame_pretraining(lay, data, msn_config))
     _step(f"training the demo encoder ({config} preset) into {out} ...")
-    cfg = load_train_config(
-        config, {"data_root": str(data), "out_dir": str(out), "cache_dir": str(lay.crop_cache)}
-    )
-    result = train(cfg)
+    result = train(load_train_config(config, overrides))
     _step("exporting to ONNX and checking parity with torch ...")
     report = export_onnx(result.best_checkpoint, onnx_path)
     _step(f"exported {onnx_path} (max |torch - onnx| = {report.max_abs_diff:.1e})")
@@ -87,9 +130,9 @@ def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
     installed probes' predictions; fills in predictions missing from earlier runs."""
     from polypindex.indexer.pipeline import index_dataset, installed_probes, predict_stored
     from polypindex.indexer.store import Store
-    from polypindex.model.runtime import OnnxEncoder
+    from polypindex.model.backends import layout_encoder
 
-    encoder = OnnxEncoder(model_path)
+    encoder = layout_encoder(lay, model_path)  # the runtime the service will use
     probes = installed_probes(model_path.parent / "probes", encoder.version)
     store = Store(lay.database_url)
     for split in DEMO_SPLITS:

@@ -2,11 +2,11 @@
 
 Nothing is loaded at import time. The lifespan loads the ONNX encoder, opens the
 store and the vector index (catching up from the store) and puts them on
-``app.state`` (``settings``, ``encoder``, ``store``, ``index``, ``index_refresher``,
+``app.state`` (``settings``, ``encoder``, ``store``, ``index``, ``index_upkeep``,
 ``problems``, ``jobs``; ``embedding_slots`` is made with the app). If one cannot be loaded
 the app still starts: ``GET /healthz`` says "degraded" and why, and the endpoints
-that need it answer 503 ``not_ready``. While serving, the index catches up with
-procedures indexed or deleted in the store (every ``index_refresh_seconds``).
+that need it answer 503 ``not_ready``. While serving, a background thread keeps the
+index equal to the store (``service/upkeep.py``; jobs hand it what they commit).
 
 When the encoder and the store loaded and ``settings.run_jobs``, a
 :class:`~indexer.jobs.JobRunner` runs indexing jobs (``POST /procedures``) in a
@@ -25,13 +25,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from polypindex.service.errors import install_error_handlers
+from polypindex.service import ui
+from polypindex.service.auth import decide_auth_mode, require_scope
+from polypindex.service.errors import AUTH_ERRORS, install_error_handlers
+from polypindex.service.limits import BodyLimitMiddleware, install_openapi
+from polypindex.service.metrics import install_metrics
+from polypindex.service.observability import REQUEST_ID_HEADER, RequestMiddleware
 from polypindex.service.resources import load_resources, start_job_runner
-from polypindex.service.routers import health, jobs, predict, reid, search
+from polypindex.service.routers import health, jobs, polyps, predict, reid, search
+from polypindex.service.routers import read as read_routes
 from polypindex.service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,9 +52,17 @@ Colonoscopy polyp re-identification over indexed tracklets.
 - `POST /procedures`: index a COCO folder, a video or a frame folder (inputs inside the data
   roots) as a background job; `GET /jobs/{job_id}` and `GET /jobs` report progress and errors.
 - `DELETE /procedures/{uid}`: remove a procedure's tracklets and their vectors.
+- `GET /procedures/{uid}/polyps`: the procedure's polyp entities (its tracklets grouped).
 - `GET /healthz`: what is loaded; when degraded, what is missing and how to build it.
+- `GET /` (the viewer page) and what it reads: `GET /procedures`, `GET /procedures/{uid}`,
+  `GET /tracklets/{id}` (+ `/thumbnail`, `/strip` JPEGs), `GET /index/map`.
 
 Every error has the body `{"error": {"code": "...", "message": "..."}}`.
+
+Access: every endpoint but `/healthz` and `/metrics` needs an API key with a scope (`read`:
+search, re-ID, predictions and reads; `write`: indexing jobs and deletes; `admin`: all),
+sent as `Authorization: Bearer <token>` (401 `unauthorized`, 403 `forbidden`), unless the
+service runs open (`/healthz` says which).
 """
 
 
@@ -69,11 +85,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         injected = getattr(app.state, "encoder", None)
         resources = await run_in_threadpool(load_resources, settings, injected)
+        try:
+            auth = await run_in_threadpool(decide_auth_mode, settings, resources.store)
+        except BaseException:
+            await run_in_threadpool(resources.close)
+            raise  # AuthConfigError: reachable from other machines without any key
+        (logger.warning if auth.mode == "open" else logger.info)("access: %s", auth.reason)
+        app.state.auth = auth
         await run_in_threadpool(start_job_runner, resources, settings)
         app.state.encoder = resources.encoder
         app.state.store = resources.store
         app.state.index = resources.index
-        app.state.index_refresher = resources.refresher
+        app.state.index_upkeep = resources.upkeep
         app.state.problems = resources.problems
         app.state.jobs = resources.jobs
         app.state.jobs_problem = resources.jobs_problem
@@ -88,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(resources.close)  # waits for the current job to stop
             app.state.store = None
             app.state.index = None
-            app.state.index_refresher = None
+            app.state.index_upkeep = None
 
     app = FastAPI(
         title="PolypIndex",
@@ -101,16 +124,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.encoder = None
     app.state.store = None
     app.state.index = None
-    app.state.index_refresher = None
+    app.state.index_upkeep = None
     app.state.jobs = None
     app.state.jobs_problem = "the service has not started yet"
     app.state.probes = {}
     app.state.probe_problems = {}
     app.state.problems = {"startup": "the service has not started yet"}
+    app.state.auth = None  # decided at start-up (service/auth.py)
     install_error_handlers(app)
+    # Access (docs/deploy.md#keys-and-scopes): one scope per router; /healthz, /metrics,
+    # the API docs and the viewer's static page are open (service.auth.OPEN_PATHS).
+    read: dict[str, Any] = {
+        "dependencies": [Depends(require_scope("read"))],
+        "responses": AUTH_ERRORS,
+    }
+    write: dict[str, Any] = {
+        "dependencies": [Depends(require_scope("write"))],
+        "responses": AUTH_ERRORS,
+    }
     app.include_router(health.router)
-    app.include_router(search.router)
-    app.include_router(reid.router)
-    app.include_router(predict.router)
-    app.include_router(jobs.router)
+    app.include_router(search.router, **read)
+    app.include_router(reid.router, **read)
+    app.include_router(predict.router, **read)
+    app.include_router(polyps.router, **read)  # before read_routes' /procedures/{uid:path}
+    app.include_router(jobs.router, **write)  # POST/DELETE /procedures, GET /jobs*
+    app.include_router(read_routes.router, **read)  # the viewer's reads (docs/viewer.md)
+    app.include_router(ui.router)  # the viewer page at GET / (static, no data)
+    install_metrics(app)  # GET /metrics and the request metrics middleware
+    if settings.cors_origins:  # off unless an allowlist is configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Location"],
+        )
+    # The body limit counts bytes as they arrive (service/limits.py); inside the request
+    # middleware, so a 413 is logged and audited like any answer.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_openapi(app, settings)  # the settings' and the model's limits in the schema
+    app.add_middleware(RequestMiddleware)  # outermost: request id, request log, audit
     return app

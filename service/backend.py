@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import shutil
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -21,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from polypindex.indexer import pipeline
-from polypindex.indexer.generations import sync_with_store
+from polypindex.indexer import hits, pipeline
+from polypindex.indexer.embed import thumbnail_dir
+from polypindex.indexer.hits import HitRecord
 from polypindex.indexer.jobs import JobRecord, JobRunner
 from polypindex.indexer.store import PredictionRow, Store, TrackletRecord
 from polypindex.indexer.vectors import VectorIndex
@@ -36,13 +39,17 @@ from polypindex.model.errors import (
 )
 from polypindex.model.preprocess import decode_image
 from polypindex.model.probe import Probe
+from polypindex.service import metrics
 from polypindex.service.errors import field_error
-from polypindex.service.resources import INDEX_LOCK, Encoder, empty_index_problem
+from polypindex.service.limits import check_image_b64_lengths
+from polypindex.service.resources import Encoder, empty_index_problem
 from polypindex.service.schemas import FrameInput, TrackletInput
 from polypindex.service.settings import Settings
+from polypindex.service.upkeep import IndexUpkeep
 
 __all__ = [
     "EmbeddedInput",
+    "HitRecord",
     "JobRecord",
     "PredictionRow",
     "QueryEmbedder",
@@ -51,6 +58,7 @@ __all__ = [
     "delete_procedure",
     "embed_input",
     "search",
+    "search_batch",
     "submit_job",
 ]
 
@@ -74,6 +82,11 @@ def predict(probe: Probe, vector: np.ndarray) -> PredictionRow:
 
 def predictions_for(store: Store, ids: Sequence[int]) -> dict[int, dict[str, PredictionRow]]:
     return store.predictions_for(ids)
+
+
+def hit_records(store: Store, ids: Sequence[int]) -> dict[int, HitRecord]:
+    """What the hits show (row facts and predictions), in one query."""
+    return hits.hit_records(store.engine, ids)
 
 
 def tracklet_ids_predicted(store: Store, task: str, label: str, encoder_version: str) -> set[int]:
@@ -113,7 +126,9 @@ def tracklet_ids_of_procedures(store: Store, uids: Sequence[str]) -> set[int]:
         known = {p.uid for p in store.list_procedures()}
         unknown = [uid for uid in empty if uid not in known]
         if unknown:
-            raise ProcedureNotFoundError(f"no procedure with uid {', '.join(map(repr, unknown))}")
+            shown = ", ".join(map(repr, unknown[:10]))  # not all of up to 1000 echoed back
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise ProcedureNotFoundError(f"no procedure with uid {shown}{more}")
     return ids
 
 
@@ -124,35 +139,45 @@ def search(
     exclude: set[int],
     allowed: set[int] | None = None,
 ) -> list[tuple[int, float]]:
-    """Top-``k`` ``(id, cosine)`` of one query, best first.
+    """Top-``k`` ``(id, cosine)`` of one query, best first (see :func:`search_batch`)."""
+    return search_batch(index, np.asarray(query)[None, :], k, [exclude], allowed=allowed)[0]
+
+
+def search_batch(
+    index: VectorIndex,
+    queries: np.ndarray,
+    k: int,
+    excludes: Sequence[set[int]],
+    *,
+    shared_exclude: set[int] | None = None,
+    allowed: set[int] | None = None,
+) -> list[list[tuple[int, float]]]:
+    """Top-``k`` ``(id, cosine)`` of each query, best first; the queries are searched
+    together in one FAISS call.
 
     Args:
         index: the loaded index.
-        query: float32 ``(D,)``.
-        k: results wanted.
-        exclude: ids never returned.
-        allowed: when given, only these ids are returned; the search widens until
-            ``k`` of them are found or the whole index was ranked, so filtering
-            never returns fewer results than available.
+        queries: float32 ``(Q, D)``.
+        k: results wanted per query.
+        excludes: per query, ids it must not return (its own tracklet, its procedure).
+        shared_exclude: ids no query returns (a FAISS id selector).
+        allowed: when given, only these ids are returned (a FAISS id selector; as many
+            as ``k`` of them when that many are indexed: no widening, no re-search).
     """
-    n = len(index)
-    if n == 0:
-        return []
-    want = k
-    if allowed is not None:
-        allowed = allowed - exclude
-        want = min(k, len(allowed))
-        if want == 0:
-            return []
-    fetch = min(n, want if allowed is None else max(4 * want, want + 64))
-    while True:
-        with INDEX_LOCK:
-            hits = index.search(query, fetch, exclude_ids=exclude or None)[0]
-        if allowed is not None:
-            hits = [(i, s) for i, s in hits if i in allowed]
-        if len(hits) >= want or fetch >= n:
-            return hits[:want]
-        fetch = min(n, fetch * 4)
+    if len(index) == 0 or len(queries) == 0:
+        return [[] for _ in range(len(queries))]
+    extra = max((len(e) for e in excludes), default=0)
+    common = set(shared_exclude or ())
+    if len(excludes) == 1:  # one query: its exclusions go into the selector too
+        common |= excludes[0]
+        extra = 0
+    started = time.perf_counter()
+    found = index.search(queries, k + extra, exclude_ids=common or None, allowed_ids=allowed)
+    metrics.observe_index_search(time.perf_counter() - started)
+    return [
+        [(i, s) for i, s in hits if i not in own][:k]
+        for hits, own in zip(found, excludes, strict=True)
+    ]
 
 
 # -- query embedding ---------------------------------------------------------------------
@@ -193,14 +218,15 @@ def decode_frames(
             (*where.split("."), "frames"),
             f"{len(frames)} frames, at most {settings.max_frames_per_request} per request",
         )
+    check_image_b64_lengths(frames, where, settings.max_image_bytes)  # the schema's maxLength
     images = []
     for i, frame in enumerate(frames):
         path = f"{where}.frames.{i}.image_b64"
         data = _b64_bytes(frame.image_b64, path, settings.max_image_bytes)
-        try:
-            images.append(decode_image(data))
-        except ImageReadError as exc:
-            raise ImageReadError(f"{path}: {exc}") from exc
+        try:  # the pixel limit is read from the header, before decoding
+            images.append(decode_image(data, max_pixels=settings.max_image_pixels))
+        except ImageReadError as exc:  # ImageTooLargeError stays one (413)
+            raise type(exc)(f"{path}: {exc}") from exc
     boxes = np.asarray([f.bbox for f in frames], dtype=np.float64).reshape(-1, 4)
     return images, boxes
 
@@ -259,9 +285,11 @@ def embed_input(
         return EmbeddedInput(_normalized(np.asarray(value.embedding, dtype=np.float32), where))
     assert value.frames is not None
     with slots if slots is not None else nullcontext():
+        started = time.perf_counter()
         images, boxes = decode_frames(value.frames, where, settings)
         vector = np.asarray(encoder.embed_tracklet(images, boxes), dtype=np.float32).reshape(-1)
         del images
+        metrics.observe_embedding(time.perf_counter() - started)
     return EmbeddedInput(_normalized(vector, where))
 
 
@@ -302,9 +330,11 @@ def submit_job(runner: JobRunner, kind: str, params: dict[str, Any]) -> JobRecor
 
 
 def delete_procedure(
-    uid: str, store: Store, index: VectorIndex | None, settings: Settings
+    uid: str, store: Store, upkeep: IndexUpkeep | None, settings: Settings
 ) -> list[int]:
-    """Delete a procedure's rows and its vectors (saved snapshots and the running index).
+    """Delete a procedure's rows, then its vectors from the running index (tombstones:
+    no search returns them from now on; compaction and the snapshot follow in the
+    upkeep thread, other generations' snapshots are caught up when opened).
 
     Returns:
         The ids of the tracklets removed.
@@ -312,8 +342,8 @@ def delete_procedure(
     Raises:
         ProcedureNotFoundError: no procedure has this UID (404; nothing changed).
     """
-    removed = pipeline.delete_procedure(uid, store, settings.index_dir)
-    if index is not None:
-        with INDEX_LOCK:
-            sync_with_store(index, store)
+    removed = store.delete_procedure(uid)
+    if upkeep is not None:
+        upkeep.deleted(removed)
+    shutil.rmtree(thumbnail_dir(settings.index_dir, uid), ignore_errors=True)
     return removed

@@ -1,5 +1,8 @@
 """FastAPI dependencies: the settings and the objects the lifespan put on ``app.state``.
 
+Every dependency here is ``async``: it only reads ``app.state``, so it runs on the
+event loop and costs no thread-pool hop (an endpoint then makes at most one).
+``IndexDep`` never syncs the index (the upkeep thread does, :mod:`service.upkeep`).
 ``EncoderDep``, ``StoreDep`` and ``IndexDep`` answer 503 ``not_ready`` (with what
 is missing and how to build it) when that object could not be loaded; tests can
 replace them with ``app.dependency_overrides[get_encoder] = ...``. ``QueryEmbedderDep``
@@ -18,7 +21,7 @@ from polypindex.model.errors import IndexNotReadyError
 from polypindex.service.backend import QueryEmbedder
 from polypindex.service.resources import (
     Encoder,
-    IndexRefresher,
+    IndexUpkeep,
     JobRunner,
     Probe,
     Store,
@@ -32,45 +35,58 @@ def _problem(request: Request, key: str, default: str) -> str:
     return problems.get(key, default)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_encoder(request: Request) -> Encoder:
+async def get_encoder(request: Request) -> Encoder:
     encoder: Encoder | None = getattr(request.app.state, "encoder", None)
     if encoder is None:
         raise IndexNotReadyError(_problem(request, "model", "the encoder model is not loaded"))
     return encoder
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store | None = getattr(request.app.state, "store", None)
     if store is None:
         raise IndexNotReadyError(_problem(request, "store", "the database is not loaded"))
     return store
 
 
-def get_index(request: Request) -> VectorIndex:
-    """The loaded index, first caught up with the store if that changed (at most every
-    ``index_refresh_seconds``)."""
-    index: VectorIndex | None = getattr(request.app.state, "index", None)
-    if index is None:
+def get_upkeep(request: Request) -> IndexUpkeep | None:
+    upkeep: IndexUpkeep | None = getattr(request.app.state, "index_upkeep", None)
+    return upkeep
+
+
+async def get_index(request: Request) -> VectorIndex:
+    """The loaded index as it is now (never synced here); 503 while it is rebuilt."""
+    upkeep = get_upkeep(request)
+    if upkeep is not None:
+        index = upkeep.serving()
+        if index is None:
+            state, problem = upkeep.status()
+            raise IndexNotReadyError(problem or f"the vector index is {state}")
+        return index
+    loaded: VectorIndex | None = getattr(request.app.state, "index", None)
+    if loaded is None:
         raise IndexNotReadyError(_problem(request, "index", "the vector index is not loaded"))
-    refresher: IndexRefresher | None = getattr(request.app.state, "index_refresher", None)
-    if refresher is not None:
-        refresher.maybe_refresh()
-    return index
+    return loaded
 
 
-def get_embedding_slots(request: Request) -> threading.Semaphore:
+async def get_optional_upkeep(request: Request) -> IndexUpkeep | None:
+    """The index upkeep (``None`` when no index is loaded: a delete still works on the store)."""
+    return get_upkeep(request)
+
+
+async def get_embedding_slots(request: Request) -> threading.Semaphore:
     """The semaphore bounding concurrent frame decoding + embedding
     (``settings.max_concurrent_embeddings``)."""
     slots: threading.Semaphore = request.app.state.embedding_slots
     return slots
 
 
-def get_jobs(request: Request) -> JobRunner:
+async def get_jobs(request: Request) -> JobRunner:
     """The indexing job runner; 503 ``not_ready`` saying why when it is not running."""
     jobs: JobRunner | None = getattr(request.app.state, "jobs", None)
     if jobs is None:
@@ -79,7 +95,7 @@ def get_jobs(request: Request) -> JobRunner:
     return jobs
 
 
-def get_index_if_loaded(request: Request) -> VectorIndex | None:
+async def get_index_if_loaded(request: Request) -> VectorIndex | None:
     """The loaded index, or ``None`` (a delete still works on the store and snapshots)."""
     index: VectorIndex | None = getattr(request.app.state, "index", None)
     return index
@@ -93,7 +109,7 @@ class Probes:
         self.problems = problems
 
 
-def get_probes(request: Request) -> Probes:
+async def get_probes(request: Request) -> Probes:
     return Probes(
         getattr(request.app.state, "probes", None) or {},
         getattr(request.app.state, "probe_problems", None) or {},
@@ -108,9 +124,10 @@ StoreDep = Annotated[Store, Depends(get_store)]
 IndexDep = Annotated[VectorIndex, Depends(get_index)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 OptionalIndexDep = Annotated[VectorIndex | None, Depends(get_index_if_loaded)]
+OptionalUpkeepDep = Annotated[IndexUpkeep | None, Depends(get_optional_upkeep)]
 
 
-def get_store_if_loaded(request: Request) -> Store | None:
+async def get_store_if_loaded(request: Request) -> Store | None:
     """The store, or ``None`` (for endpoints that need it only for some inputs)."""
     store: Store | None = getattr(request.app.state, "store", None)
     return store
@@ -119,7 +136,7 @@ def get_store_if_loaded(request: Request) -> Store | None:
 OptionalStoreDep = Annotated[Store | None, Depends(get_store_if_loaded)]
 
 
-def get_query_embedder(
+async def get_query_embedder(
     settings: SettingsDep,
     slots: EmbeddingSlotsDep,
     encoder: EncoderDep,

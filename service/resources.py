@@ -2,9 +2,11 @@
 
 The lifespan (:mod:`service.app`) calls :func:`load_resources` (the encoder, the
 store, the vector index, the probes; never raises, each failure is a message in
-``problems``) and :func:`start_job_runner`. While serving, :class:`IndexRefresher`
-keeps the loaded index equal to the store, and ``GET /healthz`` asks
-:func:`store_ok` / :func:`empty_index_problem` what is missing and how to build it.
+``problems``) and :func:`start_job_runner`. While serving, the
+:class:`~polypindex.service.upkeep.IndexUpkeep` thread keeps the loaded index equal to
+the store (off the request path; the job runner hands it what it commits), and
+``GET /healthz`` asks :func:`store_ok` / :func:`empty_index_problem` and the upkeep's
+state what is missing and how to build it.
 Request work on the loaded objects (search, embedding of queries, deletes) is in
 :mod:`service.backend`.
 """
@@ -12,28 +14,34 @@ Request work on the loaded objects (search, embedding of queries, deletes) is in
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from sqlalchemy import text
 
-from polypindex.indexer.generations import open_or_rebuild, sync_with_store
+from polypindex.indexer.generations import (
+    generation_dir,
+    load_generation,
+    rebuild_into,
+    sync_with_store,
+)
 from polypindex.indexer.jobs import JobRunner
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
 from polypindex.model.errors import PolypIndexError
+from polypindex.model.install import install_problems
 from polypindex.model.probe import TASKS, Probe, load_probe, probe_path
 from polypindex.service.settings import Settings
+from polypindex.service.upkeep import IndexUpkeep, ServingSink, fingerprint
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "INDEX_LOCK",
+    "SYNC_REBUILD_MAX",
     "Encoder",
-    "IndexRefresher",
+    "IndexUpkeep",
     "JobRunner",
     "Probe",
     "Resources",
@@ -73,70 +81,9 @@ class Encoder(Protocol):
         ...
 
 
-# FAISS indexes are not safe to search while they are being modified: searches and the
-# refresher's sync take this lock (one loaded index per process).
-INDEX_LOCK = threading.Lock()
-
-
-class IndexRefresher:
-    """Keeps the loaded index equal to the store while the service runs.
-
-    Procedures indexed or deleted by the command line (or another process) after
-    start-up show up in the store's highest tracklet id or in its count of this
-    encoder version's tracklets. At most every ``interval_s`` seconds one request
-    compares both with what was seen last and, when either changed, syncs the
-    index with the store (:func:`~polypindex.indexer.generations.sync_with_store`). A failure is
-    logged and the loaded index keeps serving.
-
-    Args:
-        index: the loaded index.
-        store: its source of truth.
-        interval_s: least time between two checks (``0``: every call).
-        seen: the store's :meth:`fingerprint` taken *before* the index was loaded
-            (so a change during loading is caught); default: taken now.
-    """
-
-    def __init__(
-        self,
-        index: VectorIndex,
-        store: Store,
-        interval_s: float,
-        seen: tuple[int, int] | None = None,
-    ) -> None:
-        self.index = index
-        self.store = store
-        self.interval_s = interval_s
-        self._lock = threading.Lock()
-        self._last_check = time.monotonic()
-        self._seen = seen if seen is not None else self.fingerprint(store, index.encoder_version)
-
-    @staticmethod
-    def fingerprint(store: Store, encoder_version: str) -> tuple[int, int]:
-        """``(highest tracklet id, tracklets of encoder_version)``: changes with any
-        insert (ids are never reused) or delete."""
-        return store.max_tracklet_id(), store.count_tracklets(encoder_version)
-
-    def maybe_refresh(self) -> bool:
-        """Sync the index if the check is due and the store changed; ``True`` if it synced."""
-        if time.monotonic() - self._last_check < self.interval_s:
-            return False
-        if not self._lock.acquire(blocking=False):  # another request is checking right now
-            return False
-        try:
-            self._last_check = time.monotonic()
-            seen = self.fingerprint(self.store, self.index.encoder_version)
-            if seen == self._seen:
-                return False
-            with INDEX_LOCK:
-                added, removed = sync_with_store(self.index, self.store)
-            self._seen = seen
-            logger.info("index caught up with the store: %d added, %d removed", added, removed)
-            return True
-        except Exception:
-            logger.exception("cannot sync the index with the store; serving the loaded index")
-            return False
-        finally:
-            self._lock.release()
+SYNC_REBUILD_MAX = 200_000
+"""A snapshot that cannot be used is rebuilt before serving up to this many stored
+vectors (seconds); a larger one is rebuilt in the background while ``/healthz`` says so."""
 
 
 @dataclass
@@ -146,7 +93,7 @@ class Resources:
     encoder: Encoder | None = None
     store: Store | None = None
     index: VectorIndex | None = None
-    refresher: IndexRefresher | None = None
+    upkeep: IndexUpkeep | None = None
     jobs: JobRunner | None = None
     probes: dict[str, Probe] = field(default_factory=dict)
     probe_problems: dict[str, str] = field(default_factory=dict)
@@ -157,6 +104,9 @@ class Resources:
         if self.jobs is not None:
             self.jobs.stop()  # after the current job; a job cut short is recovered at the next start
             self.jobs = None
+        if self.upkeep is not None:
+            self.upkeep.stop()  # and a changed index is saved
+            self.upkeep = None
         if self.store is not None:
             self.store.close()
 
@@ -189,6 +139,7 @@ def start_job_runner(res: Resources, settings: Settings) -> None:
             res.encoder,  # type: ignore[arg-type]  # checked above: has embed_sequences
             settings.data_roots,
             probes=list(res.probes.values()),
+            sink=ServingSink(res.upkeep) if res.upkeep is not None else None,
         )
         recovered = runner.recover()
         if recovered:
@@ -215,11 +166,15 @@ def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resour
         (keys ``"model"``, ``"store"``, ``"index"``) saying what is missing and how to build it.
     """
     res = Resources(encoder=encoder)
+    # two ONNX Runtimes or two FAISS builds in one environment: say so (docs/gpu.md)
+    for number, problem in enumerate(install_problems()):
+        res.problems[f"install-{number}"] = problem
+        logger.warning("%s", problem)
     if res.encoder is None:
-        from polypindex.model.runtime import OnnxEncoder
+        from polypindex.model.backends import layout_encoder
 
         try:
-            res.encoder = OnnxEncoder(settings.model_path)
+            res.encoder = layout_encoder(settings)  # runtime + precision: docs/runtimes.md
         except Exception as exc:  # the app must start anyway; healthz and 503s say why
             res.problems["model"] = f"encoder model not loaded: {exc}; {HOW_TO_BUILD_MODEL}"
             if isinstance(exc, PolypIndexError):
@@ -246,19 +201,43 @@ def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resour
         )
         return res
     try:
-        seen = IndexRefresher.fingerprint(res.store, res.encoder.version)
-        res.index = open_or_rebuild(
-            settings.index_dir, res.store, res.encoder.version, res.encoder.dim
-        )
-        res.refresher = IndexRefresher(
-            res.index, res.store, settings.index_refresh_seconds, seen=seen
-        )
+        res.upkeep = open_serving_index(settings, res.store, res.encoder.version, res.encoder.dim)
+        res.index = res.upkeep.index
+        res.upkeep.start()
     except Exception as exc:
         logger.exception("cannot open the vector index")
         res.problems["index"] = (
             f"vector index not loaded from {settings.index_dir}: {exc}; rebuild it: {HOW_TO_BUILD_INDEX}"
         )
     return res
+
+
+def open_serving_index(settings: Settings, store: Store, version: str, dim: int) -> IndexUpkeep:
+    """The generation of ``version``, caught up with the store, in its upkeep (not started).
+
+    A whole snapshot is loaded and caught up; a missing or broken one is rebuilt from
+    the store and written back before serving when the store holds at most
+    :data:`SYNC_REBUILD_MAX` vectors, else in the background (``/healthz`` says so).
+    """
+    seen = fingerprint(store, version)
+    folder = generation_dir(settings.index_dir, version)
+    index, problem = load_generation(folder, version, dim)
+    if index is not None:
+        sync_with_store(index, store)
+    elif problem is not None and store.count_tracklets(version) > SYNC_REBUILD_MAX:
+        logger.warning("%s: the index is rebuilt from the store in the background", problem)
+    else:
+        index = rebuild_into(folder, store, version, dim, problem)
+    return IndexUpkeep(
+        store,
+        settings.index_dir,
+        version,
+        dim,
+        index,
+        refresh_s=settings.index_refresh_seconds,
+        seen=seen,
+        reason=problem if index is None else None,
+    )
 
 
 def load_probes(
@@ -290,7 +269,8 @@ def index_size(index: VectorIndex) -> int:
 def store_ok(store: Store) -> bool:
     """Whether the database answers a query now."""
     try:
-        store.count_tracklets()
+        with store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
     except Exception:
         logger.exception("the database does not answer")
         return False

@@ -1,16 +1,27 @@
 """The API's request and response bodies (pydantic v2), apart from the ORM rows.
 
-Limits that depend on the settings or the loaded model (``k <= max_k``, frames
-per request, embedding size) are checked at request time by the routers and
-answered exactly like these schema checks (422 ``validation_error``).
+Every id is a positive 64-bit integer, every list has a ``max_length`` and every
+string sent to the database or the file system refuses control characters (a NUL
+byte is a 422 here, not a database error). Limits that depend on the settings or
+the loaded model (``k <= max_k``, frames per request, the base64 length of a frame,
+the embedding size) are checked at request time and answered exactly like these
+schema checks (422 ``validation_error``); :func:`service.limits.install_openapi`
+writes them into the published schema, so it is exactly as strict as the server.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 QUERY_KINDS = ("tracklet_id", "frames", "embedding")
 SizeLabel = Literal["diminutive", "non_diminutive"]
@@ -18,10 +29,40 @@ HistologyLabel = Literal["adenoma", "non_adenoma"]
 Task = Literal["size", "histology"]
 ALL_TASKS: tuple[Task, ...] = ("size", "histology")
 
+# Ids are positive 64-bit integers (SQLite INTEGER, PostgreSQL bigint).
+MAX_ID = 2**63 - 1
+TrackletId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# No control characters (NUL included): refused before they reach SQL or a path.
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+MAX_UID_LENGTH = 512
+MAX_PATH_LENGTH = 4096
+ProcedureUid = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_UID_LENGTH, pattern=NO_CONTROL_CHARS)
+]
+InputPath = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_PATH_LENGTH, pattern=NO_CONTROL_CHARS)
+]
+# Caps on the request lists that the settings do not bound.
+MAX_PROCEDURE_UIDS = 1000
+MAX_EXCLUDED_IDS = 10_000
+# Box coordinates, pixels: far beyond any image the pixel limit lets through.
+MAX_COORDINATE = 1_000_000.0
+# What ``image_b64`` may look like: an optional data URL prefix, then base64 (line
+# breaks allowed, as in wrapped base64). The base64 itself is checked when decoded.
+DATA_URL_PREFIX = r"data:image/[A-Za-z0-9.+-]{1,40};base64,"
+IMAGE_B64_PATTERN = rf"^({DATA_URL_PREFIX})?[A-Za-z0-9+/=\r\n]+$"
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Extent = Annotated[float, Field(gt=0, le=MAX_COORDINATE)]
+
 # A 1×1 PNG, so the examples can be sent as they are.
 _EXAMPLE_PNG_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 )
+
+
+# Static upper bounds; the published schema states the service's own (smaller) limits.
+MAX_FRAMES_CAP = 100_000
+MAX_EMBEDDING_CAP = 65_536
 
 
 class FrameInput(BaseModel):
@@ -31,22 +72,22 @@ class FrameInput(BaseModel):
 
     image_b64: str = Field(
         min_length=1,
-        description="The frame as base64 JPEG or PNG (a `data:image/...;base64,` prefix is accepted).",
+        pattern=IMAGE_B64_PATTERN,
+        description="The frame as base64 JPEG or PNG (a `data:image/...;base64,` prefix is "
+        "accepted). At most the service's `max_image_bytes` once decoded and "
+        "`max_image_pixels` pixels (read from the image header before decoding).",
     )
-    bbox: list[float] = Field(
-        min_length=4,
-        max_length=4,
-        description="The polyp's box `[x, y, w, h]` in pixels; finite, `w > 0`, `h > 0`.",
+    bbox: tuple[Coordinate, Coordinate, Extent, Extent] = Field(
+        description="The polyp's box `[x, y, w, h]` in pixels: `w > 0`, `h > 0`, every value "
+        f"within ±{MAX_COORDINATE:.0f}.",
         examples=[[40.0, 32.0, 24.0, 20.0]],
     )
 
     @field_validator("bbox")
     @classmethod
-    def _check_bbox(cls, bbox: list[float]) -> list[float]:
+    def _check_bbox(cls, bbox: tuple[float, float, float, float]) -> tuple[float, ...]:
         if not all(math.isfinite(v) for v in bbox):
-            raise ValueError(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox}")
-        if not (bbox[2] > 0 and bbox[3] > 0):
-            raise ValueError(f"bbox [x, y, w, h] needs w > 0 and h > 0, got {bbox}")
+            raise ValueError(f"bbox must be 4 finite numbers [x, y, w, h], got {list(bbox)}")
         return bbox
 
 
@@ -69,17 +110,18 @@ class TrackletInput(BaseModel):
         },
     )
 
-    tracklet_id: int | None = Field(default=None, ge=0, description="An indexed tracklet's id.")
+    tracklet_id: TrackletId | None = Field(default=None, description="An indexed tracklet's id.")
     frames: list[FrameInput] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_FRAMES_CAP,
         description="The tracklet's frames in order (at most the service's "
         "`max_frames_per_request`, 256 by default).",
     )
     embedding: list[float] | None = Field(
         default=None,
         min_length=1,
-        max_length=65536,
+        max_length=MAX_EMBEDDING_CAP,
         description="An embedding of the service's encoder version; its size must equal the "
         "model's embedding dim (see `GET /healthz`). Normalised here.",
     )
@@ -109,12 +151,26 @@ class TrackletInput(BaseModel):
         return next(name for name in QUERY_KINDS if getattr(self, name) is not None)
 
 
+MAX_BATCH_QUERIES = 64
+"""Most queries one ``POST /search`` may carry in ``queries``."""
+
+
 class SearchRequest(BaseModel):
-    """``POST /search``: the nearest indexed tracklets of a query tracklet."""
+    """``POST /search``: the nearest indexed tracklets of a query tracklet (``query``), or
+    of several searched together (``queries``); exactly one of the two."""
 
     model_config = ConfigDict(extra="forbid")
 
-    query: TrackletInput
+    query: TrackletInput | None = Field(
+        default=None, description="The query tracklet (a request has `query` or `queries`)."
+    )
+    queries: list[TrackletInput] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_BATCH_QUERIES,
+        description="Several query tracklets searched together (one FAISS call); the answer "
+        "has one entry of `batch` per query, in order. The filters apply to every query.",
+    )
     k: int = Field(
         default=10,
         ge=1,
@@ -124,13 +180,16 @@ class SearchRequest(BaseModel):
         default=False,
         description="For a query by `tracklet_id`: leave out every tracklet of its procedure.",
     )
-    procedure_uids: list[str] | None = Field(
+    procedure_uids: list[ProcedureUid] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_PROCEDURE_UIDS,
         description="Only return tracklets of these procedures (all of them when omitted).",
     )
-    exclude_tracklet_ids: list[int] = Field(
-        default_factory=list, max_length=100_000, description="Tracklet ids never returned."
+    exclude_tracklet_ids: list[TrackletId] = Field(
+        default_factory=list,
+        max_length=MAX_EXCLUDED_IDS,
+        description="Tracklet ids never returned.",
     )
     predicted_size: SizeLabel | None = Field(
         default=None,
@@ -143,6 +202,18 @@ class SearchRequest(BaseModel):
         description="Only tracklets whose stored histology prediction is this label (needs the "
         "histology probe).",
     )
+
+    @model_validator(mode="after")
+    def _one_of_query_or_queries(self) -> Self:
+        if (self.query is None) == (self.queries is None):
+            raise ValueError(
+                "give exactly one of body.query (one tracklet) or body.queries (a list of them)"
+            )
+        return self
+
+    def inputs(self) -> list[TrackletInput]:
+        """The query tracklets, in order (one for `query`)."""
+        return [self.query] if self.query is not None else list(self.queries or [])
 
 
 class Prediction(BaseModel):
@@ -173,6 +244,16 @@ class SearchHit(BaseModel):
         default_factory=dict,
         description="The stored size / histology predictions (by task); empty when no probe "
         "had predicted this tracklet.",
+    )
+    same_polyp_probability: float | None = Field(
+        default=None,
+        description="The model's calibrated P(same polyp as the query) of `score`; null when "
+        "the model has no calibration.",
+    )
+    entity_id: int | None = Field(
+        default=None,
+        description="The polyp entity of this tracklet within its procedure "
+        "(`GET /procedures/{uid}/polyps`); null when the procedure has not been grouped.",
     )
 
 
@@ -209,6 +290,17 @@ class SearchResponse(BaseModel):
     )
 
     encoder_version: str
+    results: list[SearchHit] = Field(
+        description="The hits of `query`, best first (empty for a request with `queries`)."
+    )
+    batch: list[SearchBatchItem] | None = Field(
+        default=None, description="For a request with `queries`: one entry per query, in order."
+    )
+
+
+class SearchBatchItem(BaseModel):
+    """The hits of one query of a batch, best first."""
+
     results: list[SearchHit]
 
 
@@ -232,6 +324,7 @@ class ReidResponse(BaseModel):
                     "probability": 0.694,
                     "same_polyp": True,
                     "threshold": 0.66,
+                    "calibrated": True,
                     "encoder_version": "hmve-demo-3f2a9c1b",
                 }
             ]
@@ -239,9 +332,18 @@ class ReidResponse(BaseModel):
     )
 
     similarity: float = Field(description="Cosine similarity of the two embeddings.")
-    probability: float = Field(description="sigmoid(similarity).")
+    probability: float = Field(
+        description="P(same polyp): the model's calibrated probability when `calibrated`, "
+        "else sigmoid(similarity) (not a calibrated probability)."
+    )
     same_polyp: bool = Field(description="probability >= threshold.")
-    threshold: float = Field(description="The model's re-identification threshold.")
+    threshold: float = Field(
+        description="The decision threshold: the calibration's when `calibrated`, else the "
+        "model's re-identification threshold."
+    )
+    calibrated: bool = Field(
+        default=False, description="Whether the model carries a fitted calibration."
+    )
     encoder_version: str
 
 
@@ -254,6 +356,7 @@ class PredictRequest(BaseModel):
     tasks: list[Task] = Field(
         default_factory=lambda: list(ALL_TASKS),
         min_length=1,
+        max_length=len(ALL_TASKS),
         description="Which predictions to make; each needs its probe installed.",
     )
 
@@ -295,7 +398,18 @@ class HealthResponse(BaseModel):
     status: str = Field(description='"ok", or "degraded" when something is missing.')
     encoder_version: str | None
     embedding_dim: int | None
+    encoder_runtime: dict[str, Any] | None = Field(
+        default=None,
+        description="What runs the encoder: runtime (onnxruntime / openvino), provider "
+        "(ONNX Runtime execution provider or OpenVINO device), precision (fp32, bf16, fp16, "
+        "int8); see docs/runtimes.md. Null when no model is loaded.",
+    )
     index_size: int | None = Field(description="Vectors in the loaded index (null if not loaded).")
+    index_state: str | None = Field(
+        default=None,
+        description='"ready", "rebuilding" (from the store, after a corrupt or unusable '
+        'snapshot; searches answer 503 meanwhile) or "failed" (see `reasons`).',
+    )
     store_ok: bool = Field(description="Whether the database answers.")
     reasons: list[str] = Field(description="What is missing and how to build it; empty when ok.")
     probes: dict[str, str] = Field(
@@ -306,6 +420,13 @@ class HealthResponse(BaseModel):
         description="Tasks without a probe (their predictions are not served) and how to "
         "train one; optional, so not a reason for `degraded`.",
     )
+    auth: Literal["keys", "open"] | None = Field(
+        default=None,
+        description='"keys": every endpoint but this one and /metrics needs an API key; '
+        '"open": no key is checked (a loopback-only service without keys, or opened on '
+        "purpose); null before start-up.",
+    )
+    auth_reason: str | None = Field(default=None, description="Why the service runs in that mode.")
 
 
 SEARCH_EXAMPLES: dict[str, dict[str, Any]] = {
@@ -367,83 +488,3 @@ REID_EXAMPLES: dict[str, dict[str, Any]] = {
         },
     },
 }
-
-
-class IndexRequest(BaseModel):
-    """``POST /procedures``: an indexing job. ``kind`` plus that kind's fields.
-
-    - ``coco``: ``root`` (dataset folder), optional ``split`` (default "test"),
-      ``force``, ``min_tracklet_length`` (default 30);
-    - ``video``: ``video``, ``detections`` (MOT-style CSV), optional ``uid``,
-      ``first_frame``, ``min_score``, ``force``, ``min_tracklet_length``;
-    - ``frames``: ``folder``, ``detections``, optional ``uid``, ``min_score``,
-      ``force``, ``min_tracklet_length``.
-
-    Every path must lie inside the service's data roots (else 403 ``path_not_allowed``).
-    """
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {"kind": "coco", "root": "/data/coco/new", "split": "test"},
-                {"kind": "video", "video": "/data/v/p1.mp4", "detections": "/data/v/p1.csv"},
-            ]
-        },
-    )
-
-    kind: str = Field(description='"coco", "video" or "frames".')
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class JobResponse(BaseModel):
-    """An indexing job as stored."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "job_id": "6f1c0d2a9b7e4d0f8a3c5e2b1d4f6a80",
-                    "kind": "coco",
-                    "status": "running",
-                    "params": {"root": "/data/coco/new", "split": "test"},
-                    "progress": {"procedures_done": 3, "procedures_total": 10},
-                    "error": None,
-                    "created_at": "2026-11-23T09:00:00+00:00",
-                    "updated_at": "2026-11-23T09:00:05+00:00",
-                    "started_at": "2026-11-23T09:00:01+00:00",
-                    "finished_at": None,
-                }
-            ]
-        }
-    )
-
-    job_id: str
-    kind: str
-    status: str = Field(description='"queued", "running", "succeeded" or "failed".')
-    params: dict[str, Any] = Field(description="The request, its paths resolved.")
-    progress: dict[str, Any] = Field(
-        description="Procedures and tracklets done, tracklets/s, ETA; when succeeded also "
-        "`report` (what was indexed)."
-    )
-    error: str | None = Field(description="Why the job failed (exception class and message).")
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    finished_at: str | None
-
-
-class JobListResponse(BaseModel):
-    """Jobs, oldest first."""
-
-    jobs: list[JobResponse]
-
-
-class DeleteProcedureResponse(BaseModel):
-    """What ``DELETE /procedures/{uid}`` removed."""
-
-    procedure_uid: str
-    tracklets_removed: int = Field(description="Tracklets deleted (rows and index vectors).")

@@ -47,6 +47,9 @@ TORCH_FREE_MODEL_MODULES = (
     "preprocess",
     "coco",
     "runtime",
+    "backends",
+    "openvino_runtime",
+    "quantize",
     "evaluation",
     "probe",
 )

@@ -57,6 +57,10 @@ def test_one_top_level_package(wheel_names: list[str]) -> None:
         "polypindex/indexer/migrations/script.py.mako",
         "polypindex/service/app.py",
         "polypindex/benchmarks/protocols.py",
+        "polypindex/service/ui/index.html",
+        "polypindex/service/ui/app.js",
+        "polypindex/service/ui/map.js",
+        "polypindex/service/ui/style.css",
     ],
 )
 def test_layers_presets_and_migrations_are_inside(wheel_names: list[str], member: str) -> None:

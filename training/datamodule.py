@@ -270,7 +270,7 @@ class FragmentDataModule(L.LightningDataModule):
         cache_dir: folder of the crop cache.
         preprocess, tracklet, fragment: the data-path settings.
         sampler: a registered sampler (:data:`training.samplers.SAMPLERS`).
-        n_views, batch_size, max_epochs, t_min, t_max, seed: sampler settings.
+        n_views, batch_size, max_epochs, t_min, t_max, seed, t_schedule: sampler settings.
         eval_batch_size: tracklets per evaluation forward pass.
         num_workers: DataLoader worker processes.
         train_split, val_split: split names.
@@ -296,9 +296,11 @@ class FragmentDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         max_val_loss_batches: int | None = None,
+        t_schedule: str = "last_epoch",
     ) -> None:
         super().__init__()
         check_sampler(sampler)
+        self.t_schedule = t_schedule
         if fragment.fragment_length == WHOLE_TRACKLET:
             raise ConfigError(
                 "training needs fixed-length fragments: set fragment.fragment_length > 0 (e.g. 8)"
@@ -359,6 +361,7 @@ class FragmentDataModule(L.LightningDataModule):
             self.t_min,
             self.t_max,
             self.seed,
+            t_schedule=self.t_schedule,
         )
         self.val_fragments = build_fragments(self.val_tracklets, self.fragment)
         self.val_sampler: BagSampler | None
@@ -373,6 +376,7 @@ class FragmentDataModule(L.LightningDataModule):
                 self.t_max,
                 self.seed + 1,
                 small_videos="skip",
+                t_schedule=self.t_schedule,
             )
         except ConfigError:
             self.val_sampler = None  # too few validation fragments for bags: no val loss

@@ -136,3 +136,83 @@ def save_reliability_png(
         ax.set_title(title, fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
     return path
+
+
+def save_noise_sweep_png(
+    levels: list[tuple[float, dict[str, list[float]], float | None]],
+    path: Path,
+    title: str,
+    ylabel: str = "test mAP",
+) -> Path:
+    """Test mAP against the bags' wrong-member rate, one line per loss (the noise sweep,
+    :mod:`benchmarks.noise_sweep`).
+
+    Args:
+        levels: per noise level ``(wrong-member rate, {loss: per-seed mAPs}, colour-histogram
+            mAP or None)``.
+        path: the PNG to write (its folder is created).
+        title: the plot title.
+        ylabel: the y-axis label (another split's mAP, say).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    order = sorted(levels, key=lambda lv: lv[0])
+    rates = np.array([lv[0] for lv in order]) * 100.0
+    with figure(path, (5.5, 4.2)) as ax:
+        for loss in order[0][1] if order else {}:
+            values = [np.asarray(lv[1][loss], dtype=np.float64) for lv in order]
+            mean = np.array([v.mean() for v in values])
+            std = np.array([v.std() for v in values])
+            ax.errorbar(rates, mean, yerr=std, marker="o", capsize=3, label=f"{loss} (mean ± std)")
+            for rate, v in zip(rates, values, strict=True):
+                ax.scatter(np.full(v.size, rate), v, s=8, alpha=0.4)
+        hist = [(r, lv[2]) for r, lv in zip(rates, order, strict=True) if lv[2] is not None]
+        if hist:
+            ax.plot(*zip(*hist, strict=True), ls="--", color="grey", label="colour histogram")
+        ax.set(xlabel="bag members of another polyp (%)", ylabel=ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return path
+
+
+def save_fragmentation_png(
+    curves: dict[str, list[dict[str, Any]]], path: Path, max_merge_fp: float = 0.05
+) -> Path:
+    """Polyp counting: fragmentation rate vs merge false-positive rate as each grouping
+    method's cut (or gap) varies (``benchmarks/counting.py``).
+
+    Args:
+        curves: ``{legend label: [{"merge_fp_rate", "fragmentation", ...}, ...]}``; a
+            one-point curve is drawn as a marker.
+        path: the PNG to write (its folder is created).
+        max_merge_fp: drawn as the operating limit.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with figure(path, (6.4, 4.8)) as ax:
+        for label, points in curves.items():
+            pts = sorted(points, key=lambda c: (c["merge_fp_rate"], -c["fragmentation"]))
+            x = [c["merge_fp_rate"] for c in pts]
+            y = [c["fragmentation"] for c in pts]
+            if len(pts) == 1:
+                ax.plot(x, y, marker="s", ls="none", label=label)
+            else:
+                ax.plot(x, y, marker=".", lw=1.0, ms=3, label=label)
+        ax.axvline(
+            max_merge_fp, ls="--", lw=0.8, color="grey", label=f"{max_merge_fp:.0%} merge FP"
+        )
+        ax.set(
+            xlabel="merge false-positive rate (different-polyp pairs merged)",
+            ylabel="fragmentation (extra entities per polyp)",
+            xlim=(-0.01, 1.0),
+        )
+        ax.set_title("Polyps per procedure: fragmentation vs wrong merges", fontsize=9)
+        ax.legend(loc="upper right", fontsize=6)
+    return path

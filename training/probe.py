@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from polypindex.model.backends import layout_encoder
 from polypindex.model.config import FragmentConfig
 from polypindex.model.errors import InvalidInputError
 from polypindex.model.evaluation import binary_classification_metrics, expected_calibration_error
+from polypindex.model.layout import Layout
 from polypindex.model.probe import (
     CLASSES,
     Probe,
@@ -34,7 +36,6 @@ from polypindex.model.probe import (
     sigmoid,
     vote_by_identity,
 )
-from polypindex.model.runtime import OnnxEncoder
 from polypindex.training.plots import save_reliability_png
 from polypindex.training.probe_data import (
     CACHE_FORMAT,
@@ -273,7 +274,7 @@ def train_probe_on_encoder(
     check_task(task)
     config = config or ProbeTrainConfig()
     model = Path(model)
-    encoder = OnnxEncoder(model)
+    encoder = layout_encoder(Layout(), model)  # the runtime the service uses
     cache_dir = default_probe_cache() if cache_dir is None else cache_dir
     crop_cache_dir = crop_cache_dir or Path(cache_dir).parent / "crops"
     fragment = encoder.fragment

@@ -31,7 +31,7 @@ from polypindex.model.errors import InvalidInputError
 from polypindex.model.files import atomic_path
 from polypindex.model.preprocess import CropCache, normalize
 from polypindex.model.probe import CLASSES, check_task, task_label
-from polypindex.model.runtime import OnnxEncoder
+from polypindex.model.runtime import EncoderBase
 from polypindex.model.tracklets import Tracklet
 
 CACHE_FORMAT = "polypindex-probe-embeddings/1"
@@ -200,7 +200,7 @@ def cached_fragment_features(
 
 
 def encoder_fragment_features(
-    encoder: OnnxEncoder,
+    encoder: EncoderBase,
     data: str | Path,
     split: str,
     cache_dir: str | Path | None,

@@ -28,6 +28,9 @@ from typing import Literal
 import numpy as np
 
 from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.training.bag_schedule import T_SCHEDULES as T_SCHEDULES
+from polypindex.training.bag_schedule import cosine_temperature as cosine_temperature
+from polypindex.training.bag_schedule import rank_probabilities as rank_probabilities
 
 SmallVideoPolicy = Literal["raise", "skip"]
 
@@ -239,22 +242,6 @@ class _TemporalBase(BagSampler):
         return members[order[:, 1:]]
 
 
-def cosine_temperature(epoch: int, max_epochs: int, t_min: float, t_max: float) -> float:
-    """Cosine schedule from ``t_min`` at epoch 0 to ``t_max`` at epoch ``max_epochs - 1``."""
-    if max_epochs <= 1:
-        return float(t_min)
-    progress = min(max(epoch, 0), max_epochs - 1) / (max_epochs - 1)
-    return float(t_min + (t_max - t_min) * 0.5 * (1.0 - math.cos(math.pi * progress)))
-
-
-def rank_probabilities(n_ranks: int, temperature: float) -> np.ndarray:
-    """p(rank r) ∝ exp(−r / T) over ranks 1..n_ranks, as an (n_ranks,) array."""
-    ranks = np.arange(1, n_ranks + 1, dtype=np.float64)
-    logits = -ranks / temperature
-    p = np.exp(logits - logits.max())
-    return p / p.sum()
-
-
 class TemporalTemperatureBagSampler(_TemporalBase):
     """Temporal temperature bags (docs/method.md#temporal-bags).
 
@@ -271,6 +258,7 @@ class TemporalTemperatureBagSampler(_TemporalBase):
         t_min: temperature at the first epoch (easy bags: nearest fragments).
         t_max: temperature at the last epoch (harder, noisier bags).
         max_epochs: length of the schedule.
+        schedule: one of :data:`T_SCHEDULES` (``last_epoch``: ``t_max`` at the last epoch).
         seed: bags depend only on (seed, epoch).
         small_videos: ``"raise"`` (default) on a video with fewer than ``n_views``
             fragments, or ``"skip"`` such videos.
@@ -286,9 +274,12 @@ class TemporalTemperatureBagSampler(_TemporalBase):
         max_epochs: int = 50,
         seed: int = 0,
         small_videos: SmallVideoPolicy = "raise",
+        schedule: str = "last_epoch",
     ) -> None:
         if not 0 < t_min <= t_max:
             raise ConfigError(f"need 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
+        cosine_temperature(0, max(max_epochs, 1), t_min, t_max, schedule)  # validates it
+        self.schedule = schedule
         if max_epochs < 1:
             raise ConfigError(f"max_epochs must be >= 1, got {max_epochs}")
         super().__init__(
@@ -299,7 +290,7 @@ class TemporalTemperatureBagSampler(_TemporalBase):
         self.max_epochs = int(max_epochs)
 
     def temperature(self, epoch: int) -> float:
-        return cosine_temperature(epoch, self.max_epochs, self.t_min, self.t_max)
+        return cosine_temperature(epoch, self.max_epochs, self.t_min, self.t_max, self.schedule)
 
     def build_bags(self, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         epoch = self.epoch if epoch is None else epoch
@@ -424,13 +415,22 @@ class SamplerSettings:
     t_min: float = 0.3
     t_max: float = 12.0
     small_videos: SmallVideoPolicy = "raise"
+    t_schedule: str = "last_epoch"
 
 
 SamplerBuilder = Callable[[FragmentIndex, SamplerSettings], BagSampler]
 
 SAMPLERS: dict[str, SamplerBuilder] = {
     "temporal_temperature": lambda index, s: TemporalTemperatureBagSampler(
-        index, s.n_views, s.batch_size, s.t_min, s.t_max, s.max_epochs, s.seed, s.small_videos
+        index,
+        s.n_views,
+        s.batch_size,
+        s.t_min,
+        s.t_max,
+        s.max_epochs,
+        s.seed,
+        s.small_videos,
+        s.t_schedule,
     ),
     "knn": lambda index, s: KNearestBagSampler(
         index, s.n_views, s.batch_size, s.seed, small_videos=s.small_videos
@@ -471,6 +471,7 @@ def make_sampler(
     t_max: float,
     seed: int,
     small_videos: SmallVideoPolicy = "raise",
+    t_schedule: str = "last_epoch",
 ) -> BagSampler:
     """The bag sampler named ``kind`` (one of :data:`SAMPLERS`) over ``index``.
 
@@ -479,5 +480,7 @@ def make_sampler(
             sampler rejects.
     """
     check_sampler(kind)
-    settings = SamplerSettings(n_views, batch_size, seed, max_epochs, t_min, t_max, small_videos)
+    settings = SamplerSettings(
+        n_views, batch_size, seed, max_epochs, t_min, t_max, small_videos, t_schedule
+    )
     return SAMPLERS[kind](index, settings)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from polypindex.model.calibration import CALIBRATION_KEY, calibration_pairs, fit_calibration
 from polypindex.model.encoder import save_encoder_checkpoint
 from polypindex.model.errors import ConfigError
 from polypindex.model.evaluation import best_f1_threshold, pair_scores
@@ -52,6 +53,7 @@ from polypindex.training.trainer import (
     add_run_arguments,
     make_trainer,
     run_overrides,
+    uses_channels_last,
 )
 
 __all__ = [
@@ -235,6 +237,7 @@ def make_datamodule(config: TrainConfig) -> FragmentDataModule:
         train_split=config.train_split,
         val_split=config.val_split,
         max_val_loss_batches=config.max_val_loss_batches,
+        t_schedule=config.t_schedule,
     )
     datamodule.setup("fit")
     return datamodule
@@ -314,6 +317,7 @@ def train(
         # the bag samplers shard their batches across processes themselves
         use_distributed_sampler=False,
     )
+    precision, channels_last = str(trainer.precision), uses_channels_last(trainer)
     start = time.perf_counter()
     if resume:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last_checkpoint))
@@ -337,6 +341,7 @@ def train(
     )
     module.encoder.to("cpu")
     threshold, f1 = reid_threshold(embeddings, datamodule.val_identities)
+    cosines, same = calibration_pairs(embeddings, datamodule.val_identities)
     rows = history.rows
     best_row = next(r for r in rows if r["epoch"] == history.best_epoch)
     trained = [r for r in rows if r["epoch"] >= 0]
@@ -358,9 +363,13 @@ def train(
         "train_config": config.to_dict(),
         "resumed": resume,
         "world_size": trainer.world_size,
+        "precision": precision,
+        "channels_last": channels_last,
     }
     if init_info is not None:
         extra["init_frame_encoder"] = init_info
+    if same.any() and not same.all():  # docs/grouping.md#calibration
+        extra[CALIBRATION_KEY] = fit_calibration(cosines, same).to_dict()
     checkpoint = out / "encoder.pt"
     history_path = out / "history.json"
     if not trainer.is_global_zero:  # DDP: only rank 0 writes
@@ -377,6 +386,8 @@ def train(
         "reid_threshold": threshold,
         "reid_f1": f1,
         "seconds_per_epoch": seconds_per_epoch,
+        "precision": precision,
+        "channels_last": channels_last,
         "history": [{k: _jsonable(v) for k, v in r.items()} for r in rows],
     }
     history_path.write_text(json.dumps(payload, indent=2, default=str))

@@ -12,13 +12,14 @@ from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletCo
 from polypindex.model.encoder import EncoderConfig
 from polypindex.model.errors import ConfigError
 from polypindex.training.losses import LOSSES, loss_names
+from polypindex.training.precision import CHANNELS_LAST_CHOICES
 from polypindex.training.presets import (
     available_presets,
     config_from_dict,
     config_to_dict,
     load_preset,
 )
-from polypindex.training.samplers import SAMPLERS, sampler_names
+from polypindex.training.samplers import SAMPLERS, T_SCHEDULES, sampler_names
 
 MONITORS = {"val_map": "max", "val_loss": "min"}
 
@@ -47,8 +48,15 @@ class TrainConfig:
         lr, weight_decay: AdamW settings.
         epochs: training epochs (also the length of the temperature schedule).
         t_min, t_max: bag temperature at the first and the last epoch.
+        t_schedule: ``last_epoch`` (``t_max`` at the last epoch, progress
+            ``epoch / (epochs − 1)``) or ``reference`` (the reference implementation's
+            ``epoch / epochs``, which stops short of ``t_max``); docs/method.md#temporal-bags.
         seed: seeds Python, numpy, torch and the samplers.
-        precision: Lightning precision (``32-true``, ``16-mixed``, ``bf16-mixed``).
+        precision: ``auto`` (bf16 mixed precision where the CPU or GPU computes bf16
+            natively, else ``32-true``: :mod:`training.precision`) or a Lightning precision
+            (``32-true``, ``16-mixed``, ``bf16-mixed``).
+        channels_last: ``auto`` (channels-last conv weights under mixed precision),
+            ``true`` or ``false``.
         accumulate_grad_batches: gradient accumulation steps.
         max_steps_per_epoch: cap on training batches per epoch (``None`` = all).
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
@@ -89,8 +97,10 @@ class TrainConfig:
     epochs: int = 50
     t_min: float = 0.3
     t_max: float = 12.0
+    t_schedule: str = "last_epoch"
     seed: int = 0
     precision: str = "32-true"
+    channels_last: str | bool = "auto"
     accumulate_grad_batches: int = 1
     max_steps_per_epoch: int | None = None
     accelerator: str = "auto"
@@ -117,6 +127,10 @@ class TrainConfig:
             raise ConfigError(f"sampler must be one of {sampler_names()}, got {self.sampler!r}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {loss_names()}, got {self.loss!r}")
+        if self.t_schedule not in T_SCHEDULES:
+            raise ConfigError(
+                f"t_schedule must be one of {list(T_SCHEDULES)}, got {self.t_schedule!r}"
+            )
         if self.monitor not in MONITORS:
             raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
         if self.n_views < 2:
@@ -163,6 +177,10 @@ class TrainConfig:
             raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
         if not isinstance(self.strategy, str) or not self.strategy:
             raise ConfigError(f"strategy must be a Lightning strategy name, got {self.strategy!r}")
+        if self.channels_last not in CHANNELS_LAST_CHOICES:
+            raise ConfigError(
+                f"channels_last must be auto, true or false, got {self.channels_last!r}"
+            )
         if not self.soft_sigma > 0:
             raise ConfigError(f"soft_sigma must be > 0, got {self.soft_sigma}")
 

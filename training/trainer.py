@@ -1,6 +1,7 @@
 """Lightning pieces shared by the training runs (the HMVE run of :mod:`training.train`
-and the MSN pretraining of :mod:`training.msn`): the trainer assembly, the per-epoch
-``last.ckpt``, the per-step loss logging and the ``--data/--out/--set`` command line."""
+and the MSN pretraining of :mod:`training.msn`): the trainer assembly (with the machine's
+precision and memory format, :mod:`training.precision`), the per-epoch ``last.ckpt``,
+the per-step loss logging and the ``--data/--out/--set`` command line."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from torch import Tensor
 from polypindex.model.config import parse_overrides
 from polypindex.model.errors import ConfigError
 from polypindex.model.files import atomic_path
+from polypindex.training.precision import (
+    AUTO,
+    ChannelsLast,
+    resolve_channels_last,
+    resolve_precision,
+)
 
 if TYPE_CHECKING:
     from polypindex.training.msn_config import MsnConfig
@@ -34,14 +41,17 @@ def make_trainer(
 ) -> L.Trainer:
     """A Lightning trainer for ``config``: CSV logs in ``out/logs``, TensorBoard logs in
     ``out/tensorboard``, no Lightning checkpointing (the runs write their own files),
-    one log row per step; ``options`` are further ``L.Trainer`` arguments."""
+    one log row per step, the precision and memory format of :func:`numerics`;
+    ``options`` are further ``L.Trainer`` arguments."""
+    precision, channels_last = numerics(config)
+    extra: list[Callback] = [ChannelsLast()] if channels_last else []
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
         strategy=config.strategy,
-        precision=config.precision,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
         limit_train_batches=config.max_steps_per_epoch,
         enable_checkpointing=False,
         enable_progress_bar=progress,
@@ -50,10 +60,23 @@ def make_trainer(
             CSVLogger(str(out), name="logs"),
             TensorBoardLogger(str(out), name="tensorboard", default_hp_metric=False),
         ],
-        callbacks=list(callbacks),
+        callbacks=[*extra, *callbacks],
         log_every_n_steps=1,
         **options,
     )
+
+
+def numerics(config: TrainConfig | MsnConfig) -> tuple[str, bool]:
+    """``(Lightning precision, channels-last weights)`` of a run: ``precision: auto`` and
+    ``channels_last: auto`` resolved for this machine (:mod:`training.precision`; a config
+    without a ``channels_last`` field counts as ``auto``)."""
+    precision = resolve_precision(config.precision, config.accelerator)
+    return precision, resolve_channels_last(getattr(config, "channels_last", AUTO), precision)
+
+
+def uses_channels_last(trainer: L.Trainer) -> bool:
+    """Whether :func:`make_trainer` gave ``trainer`` channels-last weights."""
+    return any(isinstance(cb, ChannelsLast) for cb in trainer.callbacks)  # type: ignore[attr-defined]
 
 
 class LastCheckpoint(Callback):

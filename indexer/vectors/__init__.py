@@ -6,7 +6,9 @@
 - :mod:`.registry`: kind name → backend class (:data:`BACKENDS`), the one place to
   add a backend;
 - :mod:`.gpu`: exact searches on a GPU copy;
-- :mod:`.index`: :class:`VectorIndex` and its snapshot files.
+- :mod:`.index`: :class:`VectorIndex` (its state and compaction in :mod:`.core`, its
+  search helpers and score guard in :mod:`.query`, its lock in :mod:`.rwlock`);
+- :mod:`.snapshot`: the snapshot files and their checksum.
 
 Generation folders and the store sync are :mod:`polypindex.indexer.generations`.
 """
@@ -15,7 +17,9 @@ from polypindex.indexer.vectors.base import BackendClass, VectorBackend
 from polypindex.indexer.vectors.gpu import gpu_available
 from polypindex.indexer.vectors.index import INDEX_FILE, SIDECAR_FILE, VectorIndex
 from polypindex.indexer.vectors.policy import EXACT, HNSW, IVF, IndexPolicy
+from polypindex.indexer.vectors.query import IndexCorruptError
 from polypindex.indexer.vectors.registry import BACKENDS, backend_class
+from polypindex.indexer.vectors.snapshot import SnapshotError, verify_snapshot
 
 __all__ = [
     "BACKENDS",
@@ -25,9 +29,12 @@ __all__ = [
     "IVF",
     "SIDECAR_FILE",
     "BackendClass",
+    "IndexCorruptError",
     "IndexPolicy",
+    "SnapshotError",
     "VectorBackend",
     "VectorIndex",
     "backend_class",
     "gpu_available",
+    "verify_snapshot",
 ]

@@ -8,6 +8,7 @@ search parameters it takes.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Self
 
 import numpy as np
@@ -22,6 +23,15 @@ except ImportError as exc:  # pragma: no cover - every supported install has one
 
 from polypindex.indexer.vectors.policy import IndexPolicy
 from polypindex.model.errors import IndexNotReadyError
+
+_CORES = os.cpu_count() or 1
+
+
+def set_search_threads(n_queries: int) -> None:
+    """OpenMP threads for the next FAISS call of this thread: one for a single query
+    (a team of threads would busy-wait after every search for nothing to do), up to
+    the cores for a batch."""
+    faiss.omp_set_num_threads(max(1, min(n_queries, _CORES)))
 
 
 class FaissBackend:
@@ -89,21 +99,59 @@ class FaissBackend:
             self._index = self.build(self.dim, self.policy, held[keep], vectors[keep])._index
         return removed
 
+    def vectors_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and vectors at insertion positions ``[start, stop)`` (a chunk of :meth:`vectors`)."""
+        stop = min(stop, len(self))
+        n = max(stop - start, 0)
+        ids = self.ids()[start:stop].copy()
+        vectors = (
+            self._index.index.reconstruct_n(start, n) if n else np.zeros((0, self.dim), np.float32)
+        )
+        return ids, np.asarray(vectors, dtype=np.float32).reshape(n, self.dim)
+
+    def vectors_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of those ``ids`` that are held: ``(ids (n,), vectors (n, D))``."""
+        found, rows = [], []
+        for i in np.asarray(ids, dtype=np.int64).tolist():
+            try:
+                rows.append(self._index.reconstruct(i))
+            except RuntimeError:  # not held
+                continue
+            found.append(i)
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.asarray(found, np.int64), np.asarray(rows, dtype=np.float32)
+
     def search(
-        self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude_ids: np.ndarray | None = None,
+        *,
+        allow_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k``; ``exclude_ids`` and ``allow_ids`` become one FAISS id selector."""
+        set_search_threads(len(queries))
         params = self._search_parameters(k)
+        keep: list[Any] = []  # the selectors must outlive the search
+        selector: Any = None
         if exclude_ids is not None and len(exclude_ids):
             inner = faiss.IDSelectorBatch(np.asarray(exclude_ids, dtype=np.int64))
             selector = faiss.IDSelectorNot(inner)
+            keep += [inner, selector]
+        if allow_ids is not None:
+            allowed = faiss.IDSelectorBatch(np.asarray(allow_ids, dtype=np.int64))
+            keep.append(allowed)
+            selector = allowed if selector is None else faiss.IDSelectorAnd(allowed, selector)
+            keep.append(selector)
+        if selector is not None:
             params = params or faiss.SearchParameters()
             params.sel = selector
-            scores, labels = self._index.search(queries, k, params=params)
-            del params, selector, inner  # the selectors must outlive the search
-        elif params is not None:
+        if params is not None:
             scores, labels = self._index.search(queries, k, params=params)
         else:
             scores, labels = self._index.search(queries, k)
+        del params, keep
         return scores, labels
 
     def serialise(self) -> memoryview:

@@ -105,10 +105,15 @@ class GpuSearch:
         return removed
 
     def search(
-        self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude_ids: np.ndarray | None = None,
+        *,
+        allow_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        if exclude_ids is not None and len(exclude_ids):
-            return self.inner.search(queries, k, exclude_ids)
+        if (exclude_ids is not None and len(exclude_ids)) or allow_ids is not None:
+            return self.inner.search(queries, k, exclude_ids, allow_ids=allow_ids)
         if self._copy is None:
             self._copy = faiss.index_cpu_to_gpu(_gpu_resources(), 0, self.inner.faiss_index)
         scores, labels = self._copy.search(queries, k)

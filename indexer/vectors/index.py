@@ -10,34 +10,56 @@ collection reaches :attr:`IndexPolicy.approximate_threshold` vectors; ``ivf_ip``
 in seconds where HNSW takes minutes, but needs a large ``nprobe`` for high recall
 on embeddings like ours, so it is only chosen automatically when
 :attr:`IndexPolicy.ivf_threshold` is set. Recall@10 against exact search is
-measured by ``benchmarks/index_search.py``. HNSW and IVF remove ids by rebuilding
-from the vectors they keep (IVF re-trains its quantizer then). Exact search runs
+measured by ``benchmarks/index_search.py``.
+
+Removals are tombstones: the ids leave every answer at once (a FAISS id selector
+at search time) and the vectors stay until :meth:`VectorIndex.compact` builds a
+new backend beside the live one and swaps it in; searches go on meanwhile. The
+index is locked by a readers-writer lock (:mod:`.rwlock`): searches share it,
+changes take it alone and only for as long as the change itself. Exact search runs
 on a GPU copy when faiss-gpu and a GPU are present (:attr:`IndexPolicy.device`,
 :mod:`polypindex.indexer.vectors.gpu`), on the CPU otherwise; the CPU index stays
 the master copy that is saved.
 
 A snapshot on disk is two files written atomically: ``index.faiss`` (the backend's
 bytes) and the JSON sidecar ``index_infos.json`` saying how and by which encoder
-the index was built and the highest row id it has seen. Where snapshots live and
+the index was built, the highest row id it has seen, its tombstones and the
+checksum of ``index.faiss`` (:mod:`.snapshot`: a file whose bytes differ is refused). Where snapshots live and
 how an index is kept equal to the store is :mod:`polypindex.indexer.generations`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 
-from polypindex.indexer.vectors.base import VectorBackend
-from polypindex.indexer.vectors.gpu import place, resolve_device
+from polypindex.indexer.vectors.core import IndexCore, cpu_backend
+from polypindex.indexer.vectors.gpu import place
 from polypindex.indexer.vectors.policy import EXACT, IndexPolicy
+from polypindex.indexer.vectors.query import (
+    SMALL_ALLOWED,
+    IndexCorruptError,
+    check_queries,
+    checked_hits,
+    exact_subset,
+    id_array,
+    l2_normalize,
+)
 from polypindex.indexer.vectors.registry import backend_class
+from polypindex.indexer.vectors.snapshot import (
+    INDEX_FILE,
+    SIDECAR_FILE,
+    SIDECAR_FORMAT_VERSION,
+    SnapshotError,
+    read_infos,
+    read_verified,
+    write_snapshot,
+)
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.errors import (
     ConfigError,
@@ -45,25 +67,18 @@ from polypindex.model.errors import (
     IndexNotReadyError,
     InvalidInputError,
 )
-from polypindex.model.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-SIDECAR_FILE = "index_infos.json"
-SIDECAR_FORMAT_VERSION = 1
-
-
-def _l2_normalize(vectors: np.ndarray, what: str) -> np.ndarray:
-    x = np.array(vectors, dtype=np.float32, copy=True, order="C")
-    if not np.all(np.isfinite(x)):
-        raise InvalidInputError(f"{what} contain NaN or infinite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms <= 0):
-        bad = np.flatnonzero(norms[:, 0] <= 0)[:5].tolist()
-        raise InvalidInputError(f"{what}: zero vector(s) at row(s) {bad} cannot be normalised")
-    x /= norms
-    return x
+__all__ = [
+    "INDEX_FILE",
+    "SIDECAR_FILE",
+    "SIDECAR_FORMAT_VERSION",
+    "IndexCorruptError",
+    "SnapshotError",
+    "VectorIndex",
+    "recorded_settings",
+]
 
 
 def recorded_settings(
@@ -83,7 +98,7 @@ def recorded_settings(
     return policy, preprocess, fragment
 
 
-class VectorIndex:
+class VectorIndex(IndexCore):
     """Inner-product index over L2-normalised float32 vectors, keyed by tracklet id.
 
     Args:
@@ -104,138 +119,25 @@ class VectorIndex:
         encoder_version: the encoder whose embeddings this index holds.
         auto_kind: whether the kind follows the collection size (``kind=None``).
         device: where exact searches run, ``"cpu"`` or ``"gpu"`` (from the policy).
-        lock: held by every read and change; store sync holds it across its steps.
+        lock: a readers-writer lock (:mod:`.rwlock`): searches and snapshots hold it
+            shared, changes alone (``with index.lock:``).
         directory: the generation folder this index was opened from or saved to.
+        background_upkeep: ``False`` (the default: command line, indexer): a removal or
+            an add that makes a compaction due runs :meth:`compact` at once. ``True``
+            (the service): an upkeep thread calls :meth:`compact`, requests never do.
+        corrupt: why the index is known to be corrupt (a search returned a score no
+            cosine can have), else ``None``.
+        changes: bumped by every add, removal and swap.
+        structural_changes: bumped by every add and swap, not by removals (tombstones
+            are caught up from the store when a snapshot is opened, so an upkeep
+            thread need not write a large snapshot for a delete).
+        rebuilt_reason: why this index was rebuilt from the store when it was opened
+            (a missing, torn or corrupt snapshot), else ``None``.
     """
-
-    def __init__(
-        self,
-        dim: int,
-        encoder_version: str,
-        *,
-        kind: str | None = EXACT,
-        policy: IndexPolicy | None = None,
-        preprocess: PreprocessConfig | None = None,
-        fragment: FragmentConfig | None = None,
-        max_row_id: int = 0,
-    ) -> None:
-        if not isinstance(dim, int) or dim < 1:
-            raise ConfigError(f"dim must be a positive integer, got {dim!r}")
-        if not encoder_version:
-            raise ConfigError("encoder_version must be a non-empty string")
-        self._policy = policy or IndexPolicy()
-        self.auto_kind: Final = kind is None
-        self._kind = kind if kind is not None else self._policy.kind_for(0)
-        empty = backend_class(self._kind)(dim, self._policy)
-        self.device: Final = resolve_device(self._policy.device)
-        self._backend: VectorBackend = place(empty, self.device)
-        self.dim: Final = dim
-        self.encoder_version: Final = encoder_version
-        self.preprocess = preprocess
-        self.fragment = fragment
-        self.directory: Path | None = None
-        self._max_row_id = int(max_row_id)
-        self.lock = threading.RLock()
-
-    # -- properties ----------------------------------------------------------------
-
-    @property
-    def kind(self) -> str:
-        """The registered kind of the backend (:mod:`polypindex.indexer.vectors.registry`)."""
-        return self._kind
-
-    @property
-    def policy(self) -> IndexPolicy:
-        """Thresholds and parameters; a new one applies to the next search."""
-        return self._policy
-
-    @policy.setter
-    def policy(self, policy: IndexPolicy) -> None:
-        self._policy = self._backend.policy = policy
-
-    @property
-    def max_id(self) -> int:
-        """Highest row id this index has seen (0 when none): catch-up starts after it."""
-        return self._max_row_id
-
-    @property
-    def supports_remove(self) -> bool:
-        """Whether ids are removed in place; HNSW and IVF remove by rebuilding."""
-        return self._backend.supports_remove
-
-    def __len__(self) -> int:
-        return len(self._backend)
-
-    def __repr__(self) -> str:
-        return (
-            f"VectorIndex(kind={self._kind!r}, dim={self.dim}, "
-            f"encoder_version={self.encoder_version!r}, size={len(self)})"
-        )
-
-    def ids(self) -> np.ndarray:
-        """The ids held: int64 ``(N,)`` in insertion order."""
-        with self.lock:
-            return self._backend.ids()
-
-    def __contains__(self, tracklet_id: object) -> bool:
-        if not isinstance(tracklet_id, int | np.integer):
-            return False
-        return bool(np.any(self.ids() == int(tracklet_id)))
-
-    def check_encoder(self, encoder_version: str) -> None:
-        """Raise EncoderMismatchError unless ``encoder_version`` is this index's."""
-        if encoder_version == self.encoder_version:
-            return
-        mine = self.encoder_version
-        raise EncoderMismatchError(
-            f"the index holds embeddings of encoder {mine!r}, not {encoder_version!r}: open "
-            f"the generation of this encoder (polypindex.indexer.generations.open_or_rebuild "
-            f"with its version) or serve with encoder {mine!r}"
-        )
-
-    def nlist(self) -> int | None:
-        """The IVF index's number of inverted lists (``None`` for other kinds)."""
-        return self._backend.describe().get("nlist")
-
-    # -- structure -------------------------------------------------------------------
-
-    def _kind_for(self, n_vectors: int) -> str:
-        return self._policy.kind_for(n_vectors) if self.auto_kind else self._kind
-
-    def _restructure(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Replace the backend by a new one of ``kind`` holding ``vectors`` (normalised)."""
-        built = backend_class(kind).build(self.dim, self._policy, ids, vectors)
-        self._backend = place(built, self.device)
-        self._kind = kind
-        logger.info("index %s: now %s with %d vectors", self.encoder_version, kind, len(ids))
-
-    def adopt(self, other: VectorIndex) -> None:
-        """Take over the vectors and kind of ``other`` (an index of the same encoder and
-        dim, e.g. rebuilt from the store); the high-water mark is the higher of the two."""
-        with self.lock:
-            self._backend, self._kind = other._backend, other._kind
-            self._max_row_id = max(self._max_row_id, other._max_row_id)
 
     # -- updates -------------------------------------------------------------------
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, encoder_version: str | None = None) -> None:
-        """Add vectors under their store ids.
-
-        Args:
-            ids: int64 ``(N,)``, unique and not already in the index.
-            vectors: float32 ``(N, D)``; L2-normalised here.
-            encoder_version: the encoder that made the vectors; refused if it is
-                not this index's.
-
-        Raises:
-            EncoderMismatchError: ``encoder_version`` differs from the index's.
-            InvalidInputError: wrong shape or dim, duplicate ids, zero/NaN vectors.
-        """
-        if encoder_version is not None and encoder_version != self.encoder_version:
-            raise EncoderMismatchError(
-                f"cannot add embeddings of encoder {encoder_version!r} to the index of "
-                f"encoder {self.encoder_version!r}: versions are never mixed in one index"
-            )
+    def _checked(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         id_arr = np.asarray(ids)
         if id_arr.ndim != 1 or (id_arr.size and not np.issubdtype(id_arr.dtype, np.integer)):
             raise InvalidInputError(
@@ -247,54 +149,89 @@ class VectorIndex:
             raise InvalidInputError(f"vectors must have shape (N, {self.dim}), got {vec.shape}")
         if len(vec) != len(id_arr):
             raise InvalidInputError(f"{len(id_arr)} ids but {len(vec)} vectors")
-        if id_arr.size == 0:
-            return
         if np.any(id_arr < 0):
             raise InvalidInputError("ids must be non-negative (FAISS uses -1 as padding)")
         if len(np.unique(id_arr)) != len(id_arr):
             raise InvalidInputError("ids contain duplicates")
-        normalized = _l2_normalize(vec, "vectors")
+        return id_arr, vec
+
+    def add(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        encoder_version: str | None = None,
+        *,
+        skip_present: bool = False,
+    ) -> int:
+        """Add vectors under their store ids.
+
+        Args:
+            ids: int64 ``(N,)``, unique and not already in the index.
+            vectors: float32 ``(N, D)``; L2-normalised here.
+            encoder_version: the encoder that made the vectors; refused if it is
+                not this index's.
+            skip_present: leave out ids already held instead of refusing them (a
+                catch-up racing another writer of the same rows).
+
+        Returns:
+            How many vectors were added.
+
+        Raises:
+            EncoderMismatchError: ``encoder_version`` differs from the index's.
+            InvalidInputError: wrong shape or dim, duplicate ids, zero/NaN vectors.
+        """
+        if encoder_version is not None and encoder_version != self.encoder_version:
+            raise EncoderMismatchError(
+                f"cannot add embeddings of encoder {encoder_version!r} to the index of "
+                f"encoder {self.encoder_version!r}: versions are never mixed in one index"
+            )
+        id_arr, vec = self._checked(ids, vectors)
+        if id_arr.size == 0:
+            return 0
+        normalized = l2_normalize(vec, "vectors")
         with self.lock:
-            present = id_arr[np.isin(id_arr, self.ids())]
-            if present.size:
+            is_present = np.isin(id_arr, self._backend.ids())
+            if is_present.any() and skip_present:
+                id_arr, normalized = id_arr[~is_present], normalized[~is_present]
+                if id_arr.size == 0:
+                    return 0
+            elif is_present.any():
+                present = id_arr[is_present]
                 raise InvalidInputError(f"ids already in the index: {present[:10].tolist()}")
-            new_kind = self._kind_for(len(self) + len(id_arr))
-            if new_kind == self._kind:
-                self._backend.add(id_arr, normalized)
-            elif len(self) == 0:
-                self._restructure(new_kind, id_arr, normalized)
+            kind = self._kind_for(len(self) + len(id_arr))
+            if len(self._backend) == 0 and kind != self._kind and self._journal is None:
+                built = backend_class(kind).build(self.dim, self._policy, id_arr, normalized)
+                self._backend, self._kind = place(built, self.device), kind
             else:
-                old_ids, old_vectors = self._backend.vectors()
-                self._restructure(
-                    new_kind,
-                    np.concatenate([old_ids, id_arr]),
-                    np.concatenate([old_vectors, normalized]),
-                )
+                self._backend.add(id_arr, normalized)
+                if self._journal is not None:
+                    self._journal.append((id_arr, normalized))
             self._max_row_id = max(self._max_row_id, int(id_arr.max()))
+            self.changes += 1
+            self.structural_changes += 1
+        if not self.background_upkeep and self.needs_compaction():
+            self.compact()
+        return len(id_arr)
 
     def remove(self, ids: Collection[int] | np.ndarray) -> int:
         """Remove ids (absent ones are ignored); returns how many were removed.
 
-        ``flat_ip`` removes in place; ``hnsw_ip`` rebuilds its graph and ``ivf_ip``
-        re-trains its quantizer from the vectors they keep (time grows with the
-        collection: delete in batches). An automatically chosen kind that the
-        smaller collection no longer calls for is rebuilt as the new kind at once.
+        The ids become tombstones: no search returns them from now on, and their
+        vectors go at the next :meth:`compact` (at once, unless :attr:`background_upkeep`).
         """
         id_arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
         if id_arr.size == 0:
             return 0
         with self.lock:
-            gone = np.isin(self.ids(), id_arr)
-            removed = int(gone.sum())
-            if not removed:
+            hit = id_arr[np.isin(id_arr, self._backend.ids())]
+            new = {int(i) for i in hit} - self._tombstones
+            if not new:
                 return 0
-            kind = self._kind_for(len(self) - removed)
-            if kind == self._kind:
-                self._backend.remove(id_arr)
-            else:
-                held, vectors = self._backend.vectors()
-                self._restructure(kind, held[~gone], vectors[~gone])
-            return removed
+            self._set_tombstones(self._tombstones | new)
+            self.changes += 1
+        if not self.background_upkeep and self.needs_compaction():
+            self.compact()
+        return len(new)
 
     # -- queries -------------------------------------------------------------------
 
@@ -302,11 +239,12 @@ class VectorIndex:
         self,
         queries: np.ndarray,
         k: int,
-        exclude_ids: Collection[int] | None = None,
+        exclude_ids: Collection[int] | np.ndarray | None = None,
         *,
         encoder_version: str | None = None,
+        allowed_ids: Collection[int] | np.ndarray | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """Top-``k`` neighbours by cosine similarity.
+        """Top-``k`` neighbours by cosine similarity (all queries searched together).
 
         Args:
             queries: float32 ``(Q, D)`` (or ``(D,)`` for one query); L2-normalised here.
@@ -314,35 +252,62 @@ class VectorIndex:
             exclude_ids: ids never returned (e.g. the query's own procedure).
             encoder_version: the encoder that made the queries; when given it must be
                 this index's (EncoderMismatchError otherwise).
+            allowed_ids: when given, only these ids are returned (a FAISS id selector;
+                a small set is scored exactly over its own vectors), as many as ``k``
+                of them when the index holds that many.
 
         Returns:
             Per query, ``(id, score)`` pairs by decreasing score; no ``-1`` padding.
             An empty index gives empty lists.
+
+        Raises:
+            IndexCorruptError: a score that no cosine can have (:attr:`corrupt` is set).
         """
         if encoder_version is not None:
             self.check_encoder(encoder_version)
-        q = np.asarray(queries)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise InvalidInputError(
-                f"queries must have shape (Q, {self.dim}), got {np.asarray(queries).shape}"
-            )
-        if not isinstance(k, int | np.integer) or k < 1:
-            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        q = check_queries(queries, self.dim, k)
         if len(q) == 0:
             return []
-        q = _l2_normalize(q, "queries")
-        excluded = np.fromiter((int(i) for i in exclude_ids), np.int64) if exclude_ids else None
-        with self.lock:
+        q = l2_normalize(q, "queries")
+        excluded, allowed = id_array(exclude_ids), id_array(allowed_ids)
+        empty: list[list[tuple[int, float]]] = [[] for _ in range(len(q))]
+        with self.lock.read():
             n = len(self)
+            skip = self._dead
+            if excluded is not None and excluded.size:
+                skip = np.union1d(skip, excluded)
             if n == 0:
-                return [[] for _ in range(len(q))]
-            scores, labels = self._backend.search(q, int(min(k, n)), excluded)
-        return [
-            [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
-            for row_ids, row_scores in zip(labels, scores, strict=True)
-        ]
+                return empty
+            if allowed is None:
+                scores, labels = self._backend.search(
+                    q, int(min(k, n)), skip if skip.size else None
+                )
+            else:
+                allowed = np.setdiff1d(allowed, skip, assume_unique=True)
+                if allowed.size == 0:
+                    return empty
+                scores, labels = self._search_allowed(q, int(min(k, n, allowed.size)), allowed)
+        try:
+            return checked_hits(scores, labels, f"index {self.encoder_version!r}")
+        except IndexCorruptError as exc:
+            self.corrupt = str(exc)
+            logger.error("%s", exc)
+            raise
+
+    def _search_allowed(
+        self, q: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` among ``allowed`` ids (tombstones and exclusions already removed)."""
+        cpu = cpu_backend(self._backend)
+        if self._kind != EXACT and allowed.size <= SMALL_ALLOWED and hasattr(cpu, "vectors_for"):
+            ids, vectors = cpu.vectors_for(allowed)
+            return exact_subset(q, k, ids, vectors)
+        if hasattr(cpu, "vectors_for"):  # a FAISS backend: an id selector
+            scores, labels = cpu.search(q, k, None, allow_ids=allowed)
+            return scores, labels
+        held, vectors = self._backend.vectors()
+        keep = np.isin(held, allowed)
+        return exact_subset(q, k, held[keep], vectors[keep])
 
     # -- persistence ---------------------------------------------------------------
 
@@ -360,6 +325,8 @@ class VectorIndex:
             "encoder_version": self.encoder_version,
             "dim": self.dim,
             "count": len(self),
+            "vectors_held": len(self._backend),
+            "tombstones": self._dead.tolist(),
             "max_row_id": self._max_row_id,
             "preprocess": self.preprocess.to_dict() if self.preprocess else None,
             "fragment": self.fragment.to_dict() if self.fragment else None,
@@ -367,11 +334,13 @@ class VectorIndex:
         }
 
     def save(self, directory: str | Path | None = None) -> Path:
-        """Write ``index.faiss`` then ``index_infos.json`` atomically into ``directory``.
+        """Write ``index.faiss`` then ``index_infos.json`` (with the checksum of the
+        index bytes) atomically into ``directory``.
 
-        Each file goes to a temp file in the same folder, is fsynced and renamed
-        over the old one. A crash between the two leaves a sidecar whose count
-        does not match the index; :meth:`load` refuses that pair and
+        The bytes are taken under the shared lock (searches go on; changes wait), then
+        written with no lock held. Each file goes to a temp file in the same folder, is
+        fsynced and renamed over the old one. A crash between the two leaves a sidecar
+        whose checksum does not match the index; :meth:`load` refuses that pair and
         :func:`~polypindex.indexer.generations.open_or_rebuild` rebuilds from the store.
 
         Args:
@@ -386,27 +355,17 @@ class VectorIndex:
                 raise ConfigError("save() needs a directory: this index was not opened from one")
             directory = self.directory
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        with self.lock:
+        with self.lock.read():
             data = self._backend.serialise()  # the CPU master copy
             infos = self.infos()
-        index_path = atomic_write(out / INDEX_FILE, lambda fh: fh.write(data))
-        atomic_write(out / SIDECAR_FILE, json.dumps(infos, indent=2, sort_keys=True) + "\n")
+        index_path = write_snapshot(out, data, infos)
         self.directory = out
         return index_path
 
     @staticmethod
     def read_infos(directory: str | Path) -> dict[str, Any] | None:
         """The sidecar of a snapshot, or ``None`` if there is none or it is unreadable."""
-        path = Path(directory) / SIDECAR_FILE
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            logger.warning("unreadable index sidecar %s", path)
-            return None
-        return data if isinstance(data, dict) else None
+        return read_infos(directory)
 
     @classmethod
     def load(
@@ -424,14 +383,16 @@ class VectorIndex:
             policy: overrides the policy recorded in the sidecar.
 
         Raises:
+            SnapshotError: the index file is missing or its bytes do not match the
+                checksum in the sidecar (or the sidecar has none).
             IndexNotReadyError: no snapshot, an unreadable one, or an index file
                 that does not match its sidecar.
             EncoderMismatchError: the snapshot is of another encoder version.
         """
         folder = Path(directory)
-        infos = cls.read_infos(folder)
+        infos = read_infos(folder)
         index_path = folder / INDEX_FILE
-        if infos is None or not index_path.is_file():
+        if infos is None:
             raise IndexNotReadyError(
                 f"no index snapshot in {folder} (expected {INDEX_FILE} and {SIDECAR_FILE})"
             )
@@ -440,8 +401,10 @@ class VectorIndex:
             dim = int(infos["dim"])
             stored_version = str(infos["encoder_version"])
             count = int(infos["count"])
+            held = int(infos.get("vectors_held", count))
             max_row_id = int(infos.get("max_row_id", 0))
             auto = bool(infos.get("auto_kind", False))
+            tombstones = {int(t) for t in infos.get("tombstones") or []}
             recorded_policy, preprocess, fragment = recorded_settings(infos)
             policy = policy or recorded_policy
         except (KeyError, TypeError, ValueError) as exc:
@@ -452,16 +415,17 @@ class VectorIndex:
                 f"{encoder_version!r}; open the generation of {encoder_version!r} beside it, "
                 f"in {folder.parent}"
             )
+        _, data = read_verified(folder)
         try:
-            backend = backend_class(kind).load(index_path.read_bytes(), policy)
+            backend = backend_class(kind).load(data, policy)
         except (ConfigError, IndexNotReadyError, OSError) as exc:
             raise IndexNotReadyError(
                 f"cannot read index {index_path} of kind {kind!r}: {exc}"
             ) from exc
-        if backend.dim != dim or len(backend) != count:
+        if backend.dim != dim or len(backend) != held or count != held - len(tombstones):
             raise IndexNotReadyError(
                 f"{index_path} ({len(backend)} vectors of dim {backend.dim}) does not match its "
-                f"sidecar ({count} vectors of dim {dim}); an interrupted save? rebuild it from "
+                f"sidecar ({held} vectors of dim {dim}); an interrupted save? rebuild it from "
                 f"the store"
             )
         index = cls(
@@ -473,7 +437,8 @@ class VectorIndex:
             fragment=fragment,
         )
         index._backend, index._kind = place(backend, index.device), kind
-        ids = index.ids()
+        ids = backend.ids()
+        index._set_tombstones(tombstones & {int(i) for i in ids} if tombstones else set())
         index._max_row_id = max(max_row_id, int(ids.max()) if ids.size else 0)
         index.directory = folder
         return index

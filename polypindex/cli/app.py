@@ -9,7 +9,18 @@ from typing import Annotated
 
 import typer
 
-from polypindex.cli import bench, data, probe, serve, store, train
+from polypindex.cli import (
+    audit,
+    bench,
+    data,
+    group,
+    import_checkpoint,
+    keys,
+    probe,
+    serve,
+    store,
+    train,
+)
 from polypindex.cli.boundary import EXIT_INTERRUPTED, BoundaryGroup
 
 app = typer.Typer(
@@ -49,17 +60,22 @@ def _root(
 
 for module in (data, train, serve):
     module.register(app)
+import_checkpoint.register(app)
 bench_app = typer.Typer(
     help="Offline evaluation (retrieval mAP, re-ID AUROC; docs/method.md) and speed benchmarks.",
     no_args_is_help=True,
 )
 bench.register(bench_app)
 probe.register_bench(bench_app)
+group.register_bench(bench_app)
 app.add_typer(bench_app, name="bench")
 app.add_typer(store.index_app, name="index")
+group.register_index(store.index_app)
 app.add_typer(store.db_app, name="db")
 app.add_typer(probe.probe_app, name="probe")
 app.command()(store.delete)
+app.add_typer(keys.keys_app, name="keys")
+audit.register(app)
 
 
 def main(args: Sequence[str] | None = None) -> None:

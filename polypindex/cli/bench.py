@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,24 @@ PROTOCOLS = {
     "retrieval": "Retrieval protocol (mAP, HR@1, HR@5) on a split, with reference rows.",
     "reid": "Re-identification protocol (AUROC, AUPR, ROC/PR curves) on a split.",
 }
+
+
+class MapRule(StrEnum):
+    """``--map-rule``: the mAP rules of model.evaluation.MAP_RULES."""
+
+    ours = "ours"
+    reference = "reference"
+    both = "both"
+
+
+MapRuleOpt = Annotated[
+    MapRule,
+    typer.Option(
+        help="ours (scikit-learn AP), reference (the reference implementation's torchmetrics "
+        "rule: same-polyp items with cosine <= 0 are dropped), or both; see "
+        "docs/method.md#evaluation-protocols."
+    ),
+]
 
 
 def model_pairs(models: list[str], default_name: Callable[[Path], str]) -> list[tuple[str, Path]]:
@@ -42,12 +61,21 @@ def _protocol_command(kind: str) -> Callable[..., None]:
         reference_rows: Annotated[
             bool, typer.Option(help="Add chance and colour-histogram rows.")
         ] = True,
+        map_rule: MapRuleOpt = MapRule.ours,
     ) -> None:
         from polypindex.benchmarks.protocols import evaluate, format_table
 
+        if kind != "retrieval" and map_rule is not MapRule.ours:
+            raise typer.BadParameter("--map-rule applies to `bench retrieval` only")
         named = dict(model_pairs(model, lambda path: path.stem))
         results = evaluate(
-            data, split, named, out, protocols=(kind,), reference_rows=reference_rows
+            data,
+            split,
+            named,
+            out,
+            protocols=(kind,),
+            reference_rows=reference_rows,
+            map_rule=map_rule.value,
         )
         typer.echo(format_table(results, kind))
         typer.echo(f"results written under {out}")

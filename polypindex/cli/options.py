@@ -71,8 +71,13 @@ ResumeOpt = Annotated[
 ]
 DataOpt = Annotated[Path, typer.Option("--data", help="Dataset folder.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split to evaluate.")]
-HostOpt = Annotated[str, typer.Option("--host", help="Bind address.")]
-PortOpt = Annotated[int, typer.Option("--port", help="Port.")]
+HostOpt = Annotated[
+    str | None,
+    typer.Option("--host", help="Bind address (default: $POLYPINDEX_HOST, else 127.0.0.1)."),
+]
+PortOpt = Annotated[
+    int | None, typer.Option("--port", help="Port (default: $POLYPINDEX_PORT, else 8000).")
+]
 
 
 def given(

@@ -112,6 +112,48 @@ class IndexRun(Locations, PolicyOptions):
     force: Annotated[bool, typer.Option(help="Re-embed procedures that are already indexed.")] = (
         False
     )
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local: this process (decoding overlapped with the encoder); ray: a Ray "
+            "cluster with Ray Data (needs the `ray` extra; docs/runtimes.md)."
+        ),
+    ] = "local"
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address for --engine ray (default: a local Ray)."),
+    ] = None
+    ray_actors: Annotated[
+        int, typer.Option(help="Embedding actors for --engine ray (one GPU each if any).")
+    ] = 1
+
+    def run_batch(self, sources: Any, lay: Layout, encoder: Any, **options: Any) -> Any:
+        """Index ``sources`` with the chosen engine; returns the IndexReport."""
+        from polypindex.indexer.pipeline import index_sources
+
+        if self.engine not in ("local", "ray"):
+            raise PolypIndexError(f"--engine must be local or ray, got {self.engine!r}")
+        options.update(force=self.force, probes=_installed_probes(lay, encoder.version))
+        if self.engine == "local":
+            return index_sources(sources, _open_store(lay), lay.index_dir, encoder, **options)
+        import functools
+
+        from polypindex.indexer.ray_engine import index_with_ray
+        from polypindex.model.backends import load_encoder
+
+        factory = functools.partial(
+            load_encoder, lay.model_path, lay.runtime, lay.precision, engine_cache=lay.engine_cache
+        )
+        return index_with_ray(
+            list(sources),
+            _open_store(lay),
+            lay.index_dir,
+            factory,
+            address=self.address,
+            force=self.force,
+            probes=options["probes"],
+            actors=self.ray_actors,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,9 +226,9 @@ def _echo(data: Any) -> None:
 
 
 def _load_encoder(lay: Layout) -> Any:
-    from polypindex.model.runtime import OnnxEncoder
+    from polypindex.model.backends import layout_encoder
 
-    return OnnxEncoder(lay.model_path)
+    return layout_encoder(lay)  # POLYPINDEX_RUNTIME / POLYPINDEX_PRECISION (docs/runtimes.md)
 
 
 def _installed_probes(lay: Layout, encoder_version: str) -> Any:
@@ -263,26 +305,23 @@ def index_coco(
     run: IndexRun,
 ) -> None:
     """Index the procedures of a COCO dataset: tracklets -> embeddings -> SQL rows + FAISS."""
-    from polypindex.indexer.pipeline import index_dataset
+    from polypindex.indexer.sources import coco_sources
 
     lay = run.layout
     encoder = _load_encoder(lay)
-    store = _open_store(lay)
     for s in split or ["test"]:
-        probes = _installed_probes(lay, encoder.version)
-        options = {"force": run.force, "policy": run.policy, "probes": probes}
-        _echo(index_dataset(data, s, store, lay.index_dir, encoder, **options).to_dict())
+        sources = coco_sources(data, s)
+        report = run.run_batch(
+            sources, lay, encoder, policy=run.policy, description=f"indexing {s}"
+        )
+        _echo(report.to_dict())
 
 
 def _index_source(source: Any, run: IndexRun) -> None:
     """Index one procedure source as ``run`` says."""
-    from polypindex.indexer.pipeline import index_sources
-
     lay = run.layout
     encoder = _load_encoder(lay)
-    probes = _installed_probes(lay, encoder.version)
-    options = {"force": run.force, "policy": run.policy, "probes": probes}
-    _echo(index_sources([source], _open_store(lay), lay.index_dir, encoder, **options).to_dict())
+    _echo(run.run_batch([source], lay, encoder, policy=run.policy).to_dict())
 
 
 @index_app.command("video")

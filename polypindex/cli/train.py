@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from polypindex.cli.options import ResumeOpt, SetOpt
+from polypindex.model.errors import PolypIndexError
 
 
 def _config(load: Any, config: str, set_: list[str] | None, data: Path, out: Path) -> Any:
@@ -107,11 +108,44 @@ def export(
     reid_threshold: Annotated[
         float | None, typer.Option(help="Override the stored same-polyp threshold.")
     ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="int8: write a static INT8 model (its own encoder version), "
+            "calibrated on crops of --calibration-data (docs/runtimes.md)."
+        ),
+    ] = None,
+    calibration_data: Annotated[
+        Path | None, typer.Option(help="COCO dataset whose crops calibrate --quantize.")
+    ] = None,
+    calibration_split: Annotated[str, typer.Option(help="Calibration split.")] = "train",
+    calibration_tracklets: Annotated[int, typer.Option(help="Calibration tracklets.")] = 16,
 ) -> None:
-    """Export the encoder to ONNX (dynamic batch and length) and check parity with torch."""
+    """Export the encoder to ONNX (dynamic batch and length) and check parity with torch;
+    with --quantize int8, write the INT8 model instead."""
+    import tempfile
+
     from polypindex.model.export import export_onnx
 
-    _exported(export_onnx(checkpoint, out, reid_threshold=reid_threshold))
+    if quantize is None:
+        _exported(export_onnx(checkpoint, out, reid_threshold=reid_threshold))
+        return
+    from polypindex.model.quantize import QUANTIZATIONS, quantize_onnx
+
+    if quantize not in QUANTIZATIONS:
+        raise PolypIndexError(f"--quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    if calibration_data is None:
+        raise PolypIndexError("--quantize needs --calibration-data (a COCO dataset folder)")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(checkpoint, Path(tmp) / "fp32.onnx", reid_threshold=reid_threshold)
+        report = quantize_onnx(
+            fp32.path, out, calibration_data, calibration_split, calibration_tracklets
+        )
+    typer.echo(
+        f"wrote {report.path} (encoder {report.encoder_version}, from {report.fp32_version}); "
+        f"FP32 vs INT8 cosine on {report.calibration_tracklets} calibration tracklets: "
+        f"min {report.min_cosine:.4f}, mean {report.mean_cosine:.4f}"
+    )
 
 
 def export_frame_mean(

@@ -27,6 +27,10 @@ generated
 run. Everything is deterministic per seed: each procedure draws from its own
 generator seeded by ``(seed, procedure index)``, so the worker order does not
 matter and the same seed gives byte-identical annotations and JPEGs.
+
+Named settings (:data:`SYNTH_PRESETS`, ``polypindex synth --preset NAME``): ``default``,
+and ``shifted`` — another seed, palette (:data:`PALETTES`), polyp count, interleave and
+camera speed — the generalisation check of docs/results.md.
 """
 
 from polypindex.synth.config import (
@@ -36,10 +40,13 @@ from polypindex.synth.config import (
     MIN_CONSECUTIVE_IOU,
     MIN_GAP,
     MORPHOLOGIES,
+    PALETTES,
     PATTERNS,
+    SYNTH_PRESETS,
     PolypLook,
     PolypSpec,
     SynthConfig,
+    synth_preset,
 )
 from polypindex.synth.plan import plan, split_procedures
 from polypindex.synth.writer import generate
@@ -51,11 +58,14 @@ __all__ = [
     "MIN_CONSECUTIVE_IOU",
     "MIN_GAP",
     "MORPHOLOGIES",
+    "PALETTES",
     "PATTERNS",
+    "SYNTH_PRESETS",
     "PolypLook",
     "PolypSpec",
     "SynthConfig",
     "generate",
     "plan",
     "split_procedures",
+    "synth_preset",
 ]

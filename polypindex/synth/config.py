@@ -7,7 +7,8 @@ random numbers except :func:`seeded_rng`, the one way a stage gets its generator
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,15 @@ PATTERN_P_OTHER = (0.25, 0.5, 0.25)
 PALETTE = np.array(
     [(214, 120, 112), (196, 96, 98), (226, 150, 134), (205, 132, 140)], dtype=np.float32
 )
+# Named palettes (``SynthConfig.palette``): "shifted" is another small set of tones —
+# more orange, more violet, one paler, one darker — none of them in the default palette.
+PALETTES: dict[str, np.ndarray] = {
+    "default": PALETTE,
+    "shifted": np.array(
+        [(232, 138, 96), (182, 92, 122), (238, 176, 160), (172, 84, 76), (210, 112, 136)],
+        dtype=np.float32,
+    ),
+}
 SPRITE = 128  # canonical sprite side, pixels
 SPRITE_RADIUS = 0.28 * SPRITE  # base radius; harmonics keep the outline inside the sprite
 MIN_GAP = 5  # frames without the polyp between two of its tracklets
@@ -64,6 +74,9 @@ class SynthConfig:
         jpeg_quality: JPEG quality of the written frames (1–100).
         seed: Non-negative random seed; same seed, same bytes.
         workers: Worker processes rendering procedures in parallel.
+        palette: Name of the polyp base-colour palette in ``PALETTES``.
+        camera_speed: Scale of the camera's pan speed over the mucosa (1 = default;
+            2 = twice as fast).
     """
 
     n_procedures: int = 20
@@ -79,6 +92,19 @@ class SynthConfig:
     jpeg_quality: int = 90
     seed: int = 0
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    # added after the dataset format was fixed: left out of synth_report.json at their
+    # defaults, so a default dataset stays byte-identical (SynthConfig.report_dict)
+    palette: str = "default"
+    camera_speed: float = 1.0
+
+    def report_dict(self) -> dict[str, Any]:
+        """The settings as written to ``synth_report.json``: every field, except the
+        later variation fields (``palette``, ``camera_speed``) when at their defaults."""
+        data = asdict(self)
+        for name in LATER_FIELDS:
+            if data[name] == _DEFAULTS[name]:
+                del data[name]
+        return data
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ValueError:
@@ -127,6 +153,38 @@ class SynthConfig:
             raise bad(f"seed must be >= 0, got {self.seed}")
         if self.workers < 1:
             raise bad(f"workers must be >= 1, got {self.workers}")
+        if self.palette not in PALETTES:
+            raise bad(f"palette must be one of {sorted(PALETTES)}, got {self.palette!r}")
+        if not 0.0 < self.camera_speed <= 10.0:
+            raise bad(f"camera_speed must be in (0, 10], got {self.camera_speed}")
+
+
+LATER_FIELDS = ("palette", "camera_speed")
+_DEFAULTS: dict[str, Any] = {"palette": "default", "camera_speed": 1.0}
+
+# Named generator settings (``polypindex synth --preset NAME``). "shifted" is the
+# generalisation check of docs/results.md: another seed, another palette, more polyps
+# per procedure (so more look-alikes and crowded bags), twice as much interleaving, a
+# camera panning twice as fast, and every procedure but one in the test split.
+SYNTH_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "shifted": {
+        "seed": 101,
+        "n_procedures": 8,
+        "palette": "shifted",
+        "polyps_per_procedure": (2, 6),
+        "interleave": 0.5,
+        "camera_speed": 2.0,
+        "split_fractions": (0.0, 0.0, 1.0),
+    },
+}
+
+
+def synth_preset(name: str, **overrides: Any) -> SynthConfig:
+    """The :class:`SynthConfig` of preset ``name`` (``SYNTH_PRESETS``), with ``overrides``."""
+    if name not in SYNTH_PRESETS:
+        raise ValueError(f"SynthConfig: unknown preset {name!r}; known: {sorted(SYNTH_PRESETS)}")
+    return SynthConfig(**{**SYNTH_PRESETS[name], **overrides})
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from polypindex.synth.config import (
     MORPHOLOGIES,
     MORPHOLOGY_P,
     PALETTE,
+    PALETTES,
     PATTERN_P_ADENOMA,
     PATTERN_P_OTHER,
     PATTERNS,
@@ -29,8 +30,10 @@ from polypindex.synth.config import (
 )
 
 
-def _random_look(rng: np.random.Generator, adenoma: bool) -> PolypLook:
-    base = PALETTE[rng.integers(len(PALETTE))].copy()
+def _random_look(
+    rng: np.random.Generator, adenoma: bool, palette: np.ndarray = PALETTE
+) -> PolypLook:
+    base = palette[rng.integers(len(palette))].copy()
     if adenoma:  # weakly redder
         base += np.array([8.0, -10.0, -8.0], dtype=np.float32)
     else:  # weakly paler
@@ -148,7 +151,7 @@ def plan(config: SynthConfig) -> list[list[PolypSpec]]:
             diminutive = rng.random() < DIMINUTIVE_FRACTION
             size = float(rng.uniform(2.0, 5.0) if diminutive else rng.uniform(5.5, 16.0))
             morphology = str(rng.choice(MORPHOLOGIES, p=MORPHOLOGY_P))
-            look = _random_look(rng, histology == "adenoma")
+            look = _random_look(rng, histology == "adenoma", PALETTES[config.palette])
             location = str(rng.choice(LOCATIONS))
             runs = tuple(timeline[j])
             if not runs:

@@ -179,17 +179,20 @@ def _blur(frame: np.ndarray, kind: str, strength: float, angle: float) -> np.nda
     return np.asarray(cv2.filter2D(frame, -1, rotated / max(1e-6, float(rotated.sum()))))
 
 
-def _camera_path(rng: np.random.Generator, frames: int, span: int) -> np.ndarray:
+def _camera_path(
+    rng: np.random.Generator, frames: int, span: int, speed: float = 1.0
+) -> np.ndarray:
     """Integer window offsets ``(frames,)`` in ``[0, span]``: a smooth wandering pan.
 
     The speed does not depend on the timeline length (at most about
-    ``span * pi / 600`` pixels per frame).
+    ``speed * span * pi / 600`` pixels per frame).
     """
     t = np.arange(frames, dtype=np.float64)
     amplitudes = rng.uniform(0.3, 1.0, size=3)
     path = np.zeros(frames, dtype=np.float64)
     for a in amplitudes:
-        path += a * np.sin(2 * math.pi * t / rng.uniform(600, 2400) + rng.uniform(0, 7))
+        period = rng.uniform(600, 2400) / speed  # speed 1: the period itself, bit for bit
+        path += a * np.sin(2 * math.pi * t / period + rng.uniform(0, 7))
     path = 0.5 + 0.5 * path / amplitudes.sum()
     return np.round(path * span).astype(np.int64)
 
@@ -213,7 +216,8 @@ def render_procedure(args: tuple[int, SynthConfig, list[PolypSpec], str]) -> dic
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     vignette = 1.0 - 0.5 * (((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2) / 2
     frames = config.frames_per_procedure
-    path_x, path_y = _camera_path(rng, frames, w), _camera_path(rng, frames, h)
+    speed = config.camera_speed
+    path_x, path_y = _camera_path(rng, frames, w, speed), _camera_path(rng, frames, h, speed)
     exposure_period, exposure_phase = rng.uniform(200, 800), rng.uniform(0, 2 * math.pi)
     plans = sorted(
         ((s, n, spec) for spec in polyps for s, n in spec.runs),

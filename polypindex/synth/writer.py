@@ -5,7 +5,6 @@ annotation file of each split and the report.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ def generate(
             results[res["procedure"]] = res
             bar.update()
     bar.close()
-    report: dict[str, Any] = {"seed": config.seed, "config": asdict(config), "splits": {}}
+    report: dict[str, Any] = {"seed": config.seed, "config": config.report_dict(), "splits": {}}
     for split, members in split_procedures(config).items():
         images = [img for p in members for img in results[p]["images"]]
         anns = [a for p in members for a in results[p]["annotations"]]

@@ -1,35 +1,68 @@
 """Indexing over HTTP: ``POST /procedures`` (a background job), ``GET /jobs``,
-``GET /jobs/{job_id}``, ``DELETE /procedures/{uid}``."""
+``GET /jobs/{job_id}``, ``DELETE /procedures/{uid}``.
+
+Job bodies are one typed model per ``kind`` (service/job_schemas.py), so a malformed
+job is a 422 at submission; paths in answers are shown relative to the data roots.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Query, Response
+from fastapi import Body, Path, Query, Response
 
+from polypindex.indexer.faults import display_path, public_message
 from polypindex.service import backend
-from polypindex.service.deps import JobsDep, OptionalIndexDep, SettingsDep, StoreDep
+from polypindex.service.deps import JobsDep, OptionalUpkeepDep, SettingsDep, StoreDep
 from polypindex.service.errors import error_responses
-from polypindex.service.routers.documented import documented_router
-from polypindex.service.schemas import (
+from polypindex.service.job_schemas import (
+    JOB_EXAMPLES,
     DeleteProcedureResponse,
     IndexRequest,
     JobListResponse,
     JobResponse,
+    job_params,
 )
+from polypindex.service.routers.documented import documented_router
+from polypindex.service.schemas import MAX_UID_LENGTH, NO_CONTROL_CHARS
+from polypindex.service.settings import Settings
 
 router = documented_router("indexing")
 
+# Job ids are 32 hex digits; anything printable is looked up (and is a 404 when unknown).
+JobId = Annotated[
+    str,
+    Path(min_length=1, max_length=64, pattern=NO_CONTROL_CHARS, description="The job's id."),
+]
+ProcedureUidPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_UID_LENGTH,
+        pattern=NO_CONTROL_CHARS,
+        description="The procedure's UID (may contain `/`).",
+    ),
+]
+PATH_PARAMS = {"root", "video", "detections", "folder"}
 
-def job_response(job: backend.JobRecord) -> JobResponse:
+
+def _shown(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    roots = settings.data_roots
+    return {
+        k: display_path(v, roots) if k in PATH_PARAMS and isinstance(v, str) else v
+        for k, v in params.items()
+    }
+
+
+def job_response(job: backend.JobRecord, settings: Settings) -> JobResponse:
     d = job.to_dict()
     return JobResponse(
         job_id=d["id"],
         kind=d["kind"],
         status=d["status"],
-        params=d["params"],
+        params=_shown(d["params"], settings),
         progress=d["progress"],
-        error=d["error"],
+        error=public_message(d["error"], settings.data_roots) if d["error"] else None,
         created_at=d["created_at"],
         updated_at=d["updated_at"],
         started_at=d["started_at"],
@@ -41,28 +74,35 @@ def job_response(job: backend.JobRecord) -> JobResponse:
     "/procedures",
     status_code=202,
     summary="Index new procedures (a background job)",
-    responses=error_responses(403, 422, 500, 503),
+    responses=error_responses(403, 413, 422, 500, 503, 507),
 )
-def submit_procedures(body: IndexRequest, runner: JobsDep, response: Response) -> JobResponse:
+def submit_procedures(
+    body: Annotated[IndexRequest, Body(openapi_examples=JOB_EXAMPLES)],
+    runner: JobsDep,
+    settings: SettingsDep,
+    response: Response,
+) -> JobResponse:
     """Queues an indexing job: `kind` is `coco` (field `root`), `video` (`video`,
-    `detections`) or `frames` (`folder`, `detections`), plus optional fields. Every path must
-    lie inside the service's data roots (`POLYPINDEX_DATA_ROOTS`): else 403
-    `path_not_allowed` and nothing is written. Poll `GET /jobs/{job_id}` (the `Location`
+    `detections`) or `frames` (`folder`, `detections`), plus that kind's optional fields
+    and no others (else 422). Every path must lie inside the service's data roots
+    (`POLYPINDEX_DATA_ROOTS`), symlinks followed: else 403 `path_not_allowed` and nothing
+    is written; a file found only when the job runs (a COCO image) that lies outside
+    fails the job before anything is written. Poll `GET /jobs/{job_id}` (the `Location`
     header). Each procedure is committed whole or not at all; a job that fails keeps the
     procedures it finished.
     """
-    job = backend.submit_job(runner, body.kind, body.params)
+    job = backend.submit_job(runner, body.kind, job_params(body))
     response.headers["Location"] = f"/jobs/{job.id}"
-    return job_response(job)
+    return job_response(job, settings)
 
 
 @router.get(
     "/jobs/{job_id}",
     summary="An indexing job's status, progress and error",
-    responses=error_responses(404, 500, 503),
+    responses=error_responses(404, 422, 500, 503),
 )
-def get_job(job_id: str, runner: JobsDep) -> JobResponse:
-    return job_response(runner.get(job_id))
+def get_job(job_id: JobId, runner: JobsDep, settings: SettingsDep) -> JobResponse:
+    return job_response(runner.get(job_id), settings)
 
 
 @router.get(
@@ -72,24 +112,26 @@ def get_job(job_id: str, runner: JobsDep) -> JobResponse:
 )
 def list_jobs(
     runner: JobsDep,
+    settings: SettingsDep,
     status: Annotated[
         Literal["queued", "running", "succeeded", "failed"] | None,
         Query(description="Only jobs with this status."),
     ] = None,
 ) -> JobListResponse:
-    return JobListResponse(jobs=[job_response(j) for j in runner.list(status)])
+    return JobListResponse(jobs=[job_response(j, settings) for j in runner.list(status)])
 
 
 @router.delete(
     "/procedures/{uid:path}",
     summary="Delete a procedure: its tracklets and their vectors",
-    responses=error_responses(404, 500, 503),
+    responses=error_responses(404, 422, 500, 503, 507),
 )
 def delete_procedure(
-    uid: str, settings: SettingsDep, store: StoreDep, index: OptionalIndexDep
+    uid: ProcedureUidPath, settings: SettingsDep, store: StoreDep, upkeep: OptionalUpkeepDep
 ) -> DeleteProcedureResponse:
-    """Removes the procedure's rows from the database and its vectors from every index
-    snapshot and from the running index. Unknown UID: 404 `procedure_not_found`.
+    """Removes the procedure's rows from the database and its vectors from the running
+    index at once (snapshots follow in the background). Unknown UID: 404 `procedure_not_found`. Of
+    several deletes of one procedure at once, exactly one answers 200.
     """
-    removed = backend.delete_procedure(uid, store, index, settings)
+    removed = backend.delete_procedure(uid, store, upkeep, settings)
     return DeleteProcedureResponse(procedure_uid=uid, tracklets_removed=len(removed))

@@ -22,11 +22,14 @@ def reid(
     embed: QueryEmbedderDep,  # the store is needed only for inputs given by id
 ) -> ReidResponse:
     """Each side is an indexed tracklet id, frames or an embedding. Returns the cosine
-    similarity, `probability = sigmoid(similarity)` and `same_polyp = probability >=
-    threshold`, the threshold stored with the model.
+    similarity, the same-polyp `probability` and `same_polyp = probability >= threshold`.
+    A model with a fitted calibration (`calibrated: true`) gives its calibrated probability
+    and decision threshold; one without gives `probability = sigmoid(similarity)` and the
+    threshold stored with the model (`calibrated: false`).
     """
     a, b = embed(body.a, "body.a"), embed(body.b, "body.b")
     encoder = embed.encoder
-    decision = decide(a.vector, b.vector, encoder.reid_threshold)
+    calibration = getattr(encoder, "reid_calibration", None)  # absent on older encoders
+    decision = decide(a.vector, b.vector, encoder.reid_threshold, calibration)
     # the response is the decision's fields (similarity, probability, same_polyp, threshold)
     return ReidResponse(**asdict(decision), encoder_version=encoder.version)

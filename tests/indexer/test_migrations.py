@@ -15,7 +15,15 @@ from sqlalchemy.pool import NullPool
 from polypindex.indexer import migrate
 from polypindex.indexer.store import Base, Store
 
-TABLES = {"procedures", "tracklets", "jobs", "tracklet_predictions"}
+TABLES = {
+    "procedures",
+    "tracklets",
+    "jobs",
+    "tracklet_predictions",
+    "api_keys",
+    "audit",
+    "tracklet_entities",
+}
 
 
 def _tables(url: str) -> set[str]:

@@ -148,8 +148,8 @@ def test_an_unregistered_kind_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delitem(BACKENDS, "numpy_ip")
     with pytest.raises(IndexNotReadyError, match="unknown index kind"):
         VectorIndex.load(tmp_path / "g")
-    (tmp_path / "g" / INDEX_FILE).write_bytes(b"garbage")  # and a file of another backend
-    with pytest.raises(IndexNotReadyError, match="cannot read"):
+    (tmp_path / "g" / INDEX_FILE).write_bytes(b"garbage")  # its checksum no longer matches
+    with pytest.raises(IndexNotReadyError, match="corrupt or torn"):
         VectorIndex.load(tmp_path / "g")
 
 

@@ -214,12 +214,14 @@ def test_auto_kind_switches_to_hnsw_and_back() -> None:
     excluded = {i for i, _ in got[0][:5]}
     (row,) = index.search(queries[0], 10, exclude_ids=excluded)
     assert not excluded & {i for i, _ in row} and len(row) == 10
-    # removing from HNSW rebuilds the graph; shrinking below the threshold goes back to exact
+    # removing from HNSW rebuilds the graph; shrinking 10 % below the threshold goes back to exact
     assert index.remove(ids[:50]) == 50
     assert index.kind == "hnsw_ip" and len(index) == 250 and not set(ids[:50]) & set(index.ids())
-    assert index.remove(ids[50:120]) == 70
-    assert index.kind == "flat_ip" and len(index) == 180
-    _assert_same(index.search(queries, 5), _exhaustive(ids[120:], db[120:], queries, 5))
+    assert index.remove(ids[50:110]) == 60  # 190: under the threshold, within its 10 % margin
+    assert index.kind == "hnsw_ip" and len(index) == 190
+    assert index.remove(ids[110:130]) == 20  # 170: 10 % under it, back to exact
+    assert index.kind == "flat_ip" and len(index) == 170
+    _assert_same(index.search(queries, 5), _exhaustive(ids[130:], db[130:], queries, 5))
 
 
 def test_explicit_hnsw_save_load_round_trip(tmp_path: Path) -> None:

@@ -82,6 +82,10 @@ RUNTIME_ERRORS = {
         ["synth", "--out", "{tmp}", "--polyps", "3", "2"],
         ["polyps_per_procedure"],
     ),
+    "synth unknown preset": (
+        ["synth", "--out", "{tmp}", "--preset", "neon"],
+        ["--preset", "neon", "shifted"],
+    ),
 }
 
 
@@ -141,9 +145,10 @@ def test_ctrl_c_exits_130_with_a_short_message(
 def served(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """What ``polypindex serve`` would serve, instead of serving it."""
     settings: list[Any] = []
-    for name in ("HOME", "MODEL_PATH", "DATABASE_URL", "INDEX_DIR", "PROBES_DIR"):
+    names = ("HOME", "MODEL_PATH", "DATABASE_URL", "INDEX_DIR", "PROBES_DIR", "HOST", "PORT")
+    for name in (*names, "AUTH"):
         monkeypatch.delenv(f"POLYPINDEX_{name}", raising=False)
-    monkeypatch.setattr(cli_serve, "_run", lambda s, host, port: settings.append(s))
+    monkeypatch.setattr(cli_serve, "_run", settings.append)
     return settings
 
 
@@ -153,8 +158,12 @@ def test_environment_is_honoured_when_no_option_is_given(
     monkeypatch.setenv("POLYPINDEX_HOME", str(tmp_path / "env-home"))
     monkeypatch.setenv("POLYPINDEX_MODEL_PATH", str(tmp_path / "env.onnx"))
     monkeypatch.setenv("POLYPINDEX_INDEX_DIR", str(tmp_path / "env-index"))
+    monkeypatch.setenv("POLYPINDEX_HOST", "0.0.0.0")
+    monkeypatch.setenv("POLYPINDEX_PORT", "8123")
+    monkeypatch.setenv("POLYPINDEX_AUTH", "keys")
     assert runner.invoke(app, ["serve"]).exit_code == 0
     (settings,) = served
+    assert (settings.host, settings.port, settings.auth) == ("0.0.0.0", 8123, "keys")
     assert settings.home == (tmp_path / "env-home").resolve()
     assert settings.model_path == tmp_path / "env.onnx"
     assert settings.index_dir == tmp_path / "env-index"
@@ -167,13 +176,16 @@ def test_an_option_overrides_the_environment(
     monkeypatch.setenv("POLYPINDEX_HOME", str(tmp_path / "env-home"))
     monkeypatch.setenv("POLYPINDEX_MODEL_PATH", str(tmp_path / "env.onnx"))
     monkeypatch.setenv("POLYPINDEX_DATABASE_URL", "sqlite:///env.db")
+    monkeypatch.setenv("POLYPINDEX_HOST", "0.0.0.0")
     args = ["serve", "--home", str(tmp_path / "cli-home"), "--model", str(tmp_path / "cli.onnx")]
+    args += ["--host", "127.0.0.2", "--port", "9001"]
     assert runner.invoke(app, [*args, "--database-url", "sqlite:///cli.db"]).exit_code == 0
     (settings,) = served
     assert settings.home == (tmp_path / "cli-home").resolve()
     assert settings.model_path == tmp_path / "cli.onnx"
     assert settings.database_url == "sqlite:///cli.db"
     assert settings.index_dir == (tmp_path / "cli-home").resolve() / "index"
+    assert (settings.host, settings.port) == ("127.0.0.2", 9001)
 
 
 def test_db_upgrade_writes_under_the_home_it_is_given(

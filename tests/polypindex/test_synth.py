@@ -19,11 +19,16 @@ from pycocotools.coco import COCO
 from polypindex.synth import (
     HISTOLOGIES,
     MIN_GAP,
+    PALETTES,
+    SYNTH_PRESETS,
     SynthConfig,
     generate,
     plan,
     split_procedures,
+    synth_preset,
 )
+from polypindex.synth.config import seeded_rng
+from polypindex.synth.render import _camera_path
 
 TINY = small_synth(procedures=3, frames=160, size=(96, 80), tracklet_length=(30, 60))
 # sha256 over every file of the TINY dataset (relative path, NUL, bytes; sorted by path),
@@ -282,8 +287,83 @@ def test_lookalikes_copy_another_procedures_polyp() -> None:
         ({"jpeg_quality": 0}, "jpeg_quality"),
         ({"seed": -1}, "seed"),
         ({"workers": 0}, "workers"),
+        ({"palette": "neon"}, "palette"),
+        ({"camera_speed": 0.0}, "camera_speed"),
     ],
 )
 def test_invalid_config_is_explained(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SynthConfig(**kwargs)
+
+
+# --- generator variations (the "shifted" generalisation set) ---------------------------
+
+
+def test_default_report_leaves_out_the_later_variation_fields(tiny: Dataset) -> None:
+    """Keeps a default dataset byte-identical (TINY_SHA256) after palette/camera_speed."""
+    _, report = tiny
+    assert "palette" not in report["config"] and "camera_speed" not in report["config"]
+    assert synth_preset("default") == SynthConfig()
+    shifted = dataclasses.replace(TINY, palette="shifted", camera_speed=2.0)
+    assert shifted.report_dict()["palette"] == "shifted"
+    assert shifted.report_dict()["camera_speed"] == 2.0
+
+
+def test_shifted_preset() -> None:
+    config = synth_preset("shifted", n_procedures=4)
+    expected = SYNTH_PRESETS["shifted"]
+    assert config.n_procedures == 4 and config.seed == expected["seed"] != SynthConfig().seed
+    assert (config.palette, config.camera_speed) == ("shifted", 2.0)
+    assert config.interleave > SynthConfig().interleave
+    assert config.polyps_per_procedure[0] > SynthConfig().polyps_per_procedure[0]
+    assert len(split_procedures(synth_preset("shifted"))["test"]) >= 6
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        synth_preset("nope")
+
+
+def test_palette_sets_the_polyp_colours() -> None:
+    """Each base colour lies near its palette entry (histology tint ≤ 10, shift sd 2)."""
+    for name in ("default", "shifted"):
+        config = SynthConfig(n_procedures=6, seed=3, palette=name, lookalike_fraction=0.0)
+        colours = np.array([p.look.color for proc in plan(config) for p in proc])
+        palette = PALETTES[name]
+        nearest = np.abs(colours[:, None, :] - palette[None]).max(axis=2).min(axis=1)
+        assert nearest.max() < 20, name
+    assert not set(map(tuple, PALETTES["shifted"])) & set(map(tuple, PALETTES["default"]))
+
+
+def test_camera_speed_scales_the_pan_and_keeps_speed_1_exact() -> None:
+    default = _camera_path(seeded_rng(0, 1), 1200, 320)
+    assert np.array_equal(_camera_path(seeded_rng(0, 1), 1200, 320, 1.0), default)
+    fast = _camera_path(seeded_rng(0, 1), 1200, 320, 2.0)
+    ratio = np.abs(np.diff(fast)).mean() / np.abs(np.diff(default)).mean()
+    assert 1.6 < ratio < 2.4
+
+
+def test_variations_change_the_bytes_deterministically(tiny: Dataset, tmp_path: Path) -> None:
+    root, _ = tiny
+    shifted = dataclasses.replace(TINY, palette="shifted", camera_speed=2.0)
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate(a, shifted, progress=False)
+    generate(b, shifted, progress=False)
+    assert _tree_sha256(a) == _tree_sha256(b)
+    assert _digest(a) != _digest(root)
+    # the planned timeline (which polyp is visited when) depends on neither
+    assert [[s.runs for s in proc] for proc in plan(shifted)] == [
+        [s.runs for s in proc] for proc in plan(TINY)
+    ]
+
+
+def test_cli_preset_with_overrides(tmp_path: Path) -> None:
+    """``polypindex synth --preset shifted``: the preset's settings; options override them."""
+    from typer.testing import CliRunner
+
+    from polypindex.cli import app
+
+    args = ["synth", "--out", str(tmp_path), "--preset", "shifted", "--procedures", "3"]
+    args += ["--frames", "160", "--width", "96", "--height", "80", "--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "synth_report.json").read_text())["config"]
+    assert (config["palette"], config["camera_speed"], config["seed"]) == ("shifted", 2.0, 101)
+    assert config["n_procedures"] == 3 and config["interleave"] == 0.5

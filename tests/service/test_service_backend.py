@@ -1,4 +1,4 @@
-"""``service.backend.search``: filtering widens the search until enough results are found."""
+"""``service.backend.search``: a filter (FAISS id selector) still returns k of the allowed ids."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_filter_to_the_worst_ranked_ids_still_returns_k(
     index, vectors = index_and_vectors
     query = vectors[0]
     ranking = _exhaustive(vectors, query, set(range(1, N + 1)))
-    allowed = set(ranking[-40:])  # the ids least like the query: found only by widening
+    allowed = set(ranking[-40:])  # the ids least like the query: never in a plain top-k
     exclude = {ranking[-1]}
     hits = search(index, query, k, exclude, allowed)
     expected = _exhaustive(vectors, query, allowed - exclude)[:k]

@@ -230,7 +230,9 @@ def test_missing_probe_is_503_naming_it(world: World, tmp_path: Path) -> None:
         r = c.post("/predict", json={"tracklet": {"tracklet_id": 1}})
         _error(r, 503, "probe_not_installed", "histology", "polypindex probe train histology")
         r = c.post("/search", json={"query": {"tracklet_id": 1}, "predicted_histology": "adenoma"})
-        _error(r, 503, "probe_not_installed", "histology", str(tmp_path / "probes"))
+        # names the file, never the server path (issue 11)
+        _error(r, 503, "probe_not_installed", "histology", "histology.npz")
+        assert str(tmp_path / "probes") not in r.text
 
 
 def test_probe_of_another_encoder_is_not_loaded(world: World, tmp_path: Path) -> None:

@@ -108,6 +108,10 @@ def test_frame_embedding_concurrency_is_bounded(setup: Setup) -> None:
 def test_healthz_ok(client: TestClient, setup: Setup) -> None:
     body = client.get("/healthz").json()
     missing = body.pop("missing_probes")
+    assert body.pop("auth") == "open"  # no API key, loopback host (tests/service/test_auth.py)
+    assert "127.0.0.1" in body.pop("auth_reason")
+    assert body.pop("index_state") == "ready"  # read from the upkeep thread, never synced here
+    assert body.pop("encoder_runtime") is None  # this stand-in encoder has no describe()
     assert body == {
         "status": "ok",  # probes are optional: none installed is not "degraded"
         "encoder_version": VERSION,
@@ -131,6 +135,22 @@ def test_healthz_degraded_without_model_file(setup: Setup) -> None:
     assert any(
         "polypindex demo" in reason and "encoder.onnx" in reason for reason in body["reasons"]
     )
+
+
+def test_healthz_names_a_clashing_install(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment with two ONNX Runtimes is degraded, and says which (docs/gpu.md)."""
+    from polypindex.model import install
+    from polypindex.service import resources
+
+    versions = {"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1", "faiss-cpu": "1.15.1"}
+    monkeypatch.setattr(
+        resources, "install_problems", lambda: install.install_problems(versions.get)
+    )
+    with started(setup.settings, MeanColourEncoder()) as c:
+        body = c.get("/healthz").json()
+    assert body["status"] == "degraded"
+    (reason,) = body["reasons"]
+    assert "2 ONNX Runtime distributions" in reason and "onnxruntime-gpu 1.31.1" in reason
 
 
 def test_healthz_degraded_with_an_empty_index(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from helpers.synth import small_synth
 pytest.importorskip("polypindex.model.encoder")
 pytest.importorskip("polypindex.model.evaluation")
 
+from polypindex.model.calibration import Calibration
 from polypindex.model.encoder import load_encoder_checkpoint
 from polypindex.model.errors import ConfigError
 from polypindex.training.train import (
@@ -127,6 +128,9 @@ def test_one_epoch_fit_end_to_end(
     assert loaded.encoder_config == config.encoder
     assert loaded.preprocess == config.preprocess
     assert 0.0 < loaded.extra["reid_threshold"] < 1.0
+    # the calibrated same-polyp probability, fitted on the validation pairs (docs/grouping.md)
+    calibration = Calibration.from_dict(loaded.extra["reid_calibration"])
+    assert calibration.metrics["n_pairs"] > 0 and 0.0 <= calibration.threshold <= 1.0
     assert loaded.extra["config_name"] == "test_tiny"
     assert loaded.extra["best_epoch"] == result.best_epoch in (-1, 0)
     x = torch.zeros(2, 3, 3, 32, 32)
