@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 
 from polypindex.benchmarks.env import environment, write_result
+from polypindex.benchmarks.serving import free_port, wait_until_healthy
 from polypindex.benchmarks.stand_in import StandInEncoder
 
 BOUND_MB = 64.0  # growth over the idle server that still counts as "refused before decoding"
@@ -85,12 +85,6 @@ def small_png() -> bytes:
     return bytes(data.tobytes())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Sampler:
     """Samples a process's RSS every ``interval`` seconds in a thread."""
 
@@ -128,7 +122,7 @@ def reid_body(image: bytes) -> dict[str, Any]:
 
 def measure(bomb: bytes, max_pixels: int, concurrent: int, home: Path) -> dict[str, Any]:
     """Start a server with this pixel limit, send one bomb then ``concurrent`` at once."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "POLYPINDEX_HOME": str(home),
@@ -141,16 +135,7 @@ def measure(bomb: bytes, max_pixels: int, concurrent: int, home: Path) -> dict[s
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.2)
+            wait_until_healthy(client, server, 120)
             warm = client.post("/reid", json=reid_body(small_png()))
             assert warm.status_code == 200, warm.text
             import psutil

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from polypindex.benchmarks.env import environment, write_result
+from polypindex.benchmarks.serving import free_port
 from polypindex.model.errors import InvalidInputError
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
@@ -44,12 +44,6 @@ def find_chromium() -> str | None:
         if found:
             return found
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,9 @@ import httpx
 import numpy as np
 
 from polypindex.benchmarks.env import environment, write_result
+from polypindex.benchmarks.serving import free_port, wait_until_healthy
 from polypindex.indexer.store import Store
 from polypindex.model.layout import Layout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -54,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         raise SystemExit(
             f"no indexed tracklets under {lay.home}; run `polypindex demo --no-serve` first"
         )
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -73,17 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    err = server.stderr.read().decode() if server.stderr else ""
-                    raise SystemExit(f"server did not become healthy: {err[-2000:]}")
-                time.sleep(0.2)
+            wait_until_healthy(client, server, 60)
             rng = np.random.default_rng(args.seed)
             queries = rng.choice(ids, size=args.requests + 20)
             latencies = []

@@ -28,7 +28,6 @@ import asyncio
 import base64
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -45,17 +44,12 @@ import numpy as np
 
 from polypindex.benchmarks.env import environment, write_result
 from polypindex.benchmarks.search_world import DIM_ENV, VERSION, build_world
+from polypindex.benchmarks.serving import free_port, wait_until_healthy
 from polypindex.indexer.generations import generation_dir
 from polypindex.indexer.hits import hit_records
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import IndexPolicy, VectorIndex
 from polypindex.model.layout import Layout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mb(pid: int) -> float:
@@ -81,7 +75,7 @@ def _children(pid: int) -> list[int]:
 @contextmanager
 def serving(home: Path, dim: int, workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A benchmark server over ``home`` on a free port; yields its base URL and process."""
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -100,19 +94,15 @@ def serving(home: Path, dim: int, workers: int) -> Iterator[tuple[str, subproces
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
         with httpx.Client(base_url=base, timeout=10) as client:
-            while True:
-                try:
-                    health = client.get("/healthz").json()
-                    if health.get("index_state") == "ready" and health.get("index_size"):
-                        break
-                except (httpx.TransportError, ValueError):
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    err = server.stderr.read().decode() if server.stderr else ""
-                    raise SystemExit(f"server did not become healthy: {err[-3000:]}")
-                time.sleep(0.2)
+            wait_until_healthy(
+                client,
+                server,
+                600,
+                lambda health: (
+                    health.get("index_state") == "ready" and bool(health.get("index_size"))
+                ),
+            )
         yield base, server
     finally:
         server.terminate()

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from polypindex.indexer.sources import ProcedureSource
 from polypindex.indexer.store import TrackletRow
 from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.model.embedding import EMBED_CHUNK, CropStream, selected_frames
+from polypindex.model.embedding import EMBED_CHUNK, CropStream, SequenceEncoder, selected_frames
 from polypindex.model.errors import EncoderMismatchError, InvalidInputError, PolypIndexError
 from polypindex.model.files import atomic_write
 from polypindex.model.preprocess import normalize
@@ -30,27 +30,8 @@ from polypindex.model.preprocess import normalize
 THUMBNAIL_DIR = "thumbnails"
 
 
-class Embedder(Protocol):
-    """What the pipeline needs from an encoder (``model.runtime.OnnxEncoder`` has it)."""
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def preprocess(self) -> PreprocessConfig: ...
-
-    @property
-    def fragment(self) -> FragmentConfig: ...
-
-    @property
-    def reid_threshold(self) -> float: ...
-
-    def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
-        """``seqs[i]``: float32 ``(s_i, 3, H, W)`` → float32 ``(N, D)``, L2-normalised."""
-        ...
+# What the pipeline needs from an encoder: the one protocol of the embedding path.
+Embedder = SequenceEncoder
 
 
 def summarize_boxes(

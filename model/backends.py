@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.embedding import SequenceEncoder
 from polypindex.model.errors import ConfigError
 from polypindex.model.openvino_runtime import OpenVinoEncoder, openvino_available
 from polypindex.model.runtime import CUDA, TENSORRT, EncoderBase, OnnxEncoder
@@ -31,27 +31,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-class EncoderRuntime(Protocol):
+class EncoderRuntime(SequenceEncoder, Protocol):
     """What the indexer, the service and the probes use of an encoder (both runtimes)."""
 
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def preprocess(self) -> PreprocessConfig: ...
-
-    @property
-    def fragment(self) -> FragmentConfig: ...
-
-    @property
-    def reid_threshold(self) -> float: ...
-
     def embed(self, frames: np.ndarray) -> np.ndarray: ...
-
-    def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray: ...
 
     def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray: ...
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -55,6 +56,34 @@ EMBED_CHUNK = 32
 FrameReader = Callable[[list[int]], Iterable[tuple[int, np.ndarray]]]
 """``frame ids (sorted) → (frame id, RGB uint8 image)`` in increasing order, each once
 (``ProcedureSource.frames`` has this shape)."""
+
+
+class SequenceEncoder(Protocol):
+    """What the embedding path needs of an encoder: its settings and ``embed_sequences``.
+
+    ``model.runtime.OnnxEncoder`` and ``model.openvino_runtime.OpenVinoEncoder`` have it
+    (their full interface is :class:`polypindex.model.backends.EncoderRuntime`); the
+    indexer takes any object with it (``indexer.embed.Embedder``), stand-ins included.
+    """
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def preprocess(self) -> PreprocessConfig: ...
+
+    @property
+    def fragment(self) -> FragmentConfig: ...
+
+    @property
+    def reid_threshold(self) -> float: ...
+
+    def embed_sequences(self, seqs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """``seqs[i]``: float32 ``(s_i, 3, H, W)`` → float32 ``(N, D)``, L2-normalised."""
+        ...
 
 
 def tracklet_fragments(n_frames: int, fragment: FragmentConfig) -> list[np.ndarray]:
