@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements-dev.lock
 PIN    := $(if $(filter dev,$(EXTRAS)),-c $(LOCK),)
 
-.PHONY: serve test lint venv demo clean lock screenshots
+.PHONY: serve test test-runtimes lint venv demo clean lock screenshots
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -35,6 +35,13 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(MAKE) lint
 	$(BIN)/python -m pytest
+	$(MAKE) test-runtimes
+
+# The runtime-dependent tests again under each runtime/precision and as each CPU kind
+# (faked flags), so a failure that depends on the machine shows up on any CI machine
+# (tests/runtime_matrix.sh, docs/runtimes.md#one-identity-per-model).
+test-runtimes: $(STAMP)
+	PYTHON=$(BIN)/python bash tests/runtime_matrix.sh
 
 # The viewer's screenshots in docs/img/ (and its browser timings), on the demo home
 # (`make serve` builds it; HOME_DIR=... for another); needs the OS Chromium.

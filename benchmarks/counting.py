@@ -221,9 +221,10 @@ def _encoder_rows(
     path: Path, fit: _Split, test: _Split, cache_dir: Path, progress: bool
 ) -> dict[str, Any]:
     from polypindex.benchmarks.protocols import embed_tracklets_onnx
-    from polypindex.model.runtime import OnnxEncoder
+    from polypindex.model.backends import layout_encoder
+    from polypindex.model.layout import Layout
 
-    encoder = OnnxEncoder(path)
+    encoder = layout_encoder(Layout(), path)
     fit_emb = embed_tracklets_onnx(encoder, fit.tracklets, cache_dir, progress=progress)
     test_emb = embed_tracklets_onnx(encoder, test.tracklets, cache_dir, progress=progress)
     cosines, same = calibration_pairs(fit_emb, [t.identity_id for t in fit.tracklets])

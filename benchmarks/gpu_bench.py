@@ -94,7 +94,8 @@ def bench_encoder(
     import onnxruntime as ort
     import torch
 
-    from polypindex.model.runtime import CPU, CUDA, TENSORRT, OnnxEncoder
+    from polypindex.model.backends import load_encoder
+    from polypindex.model.runtime import CPU, CUDA, TENSORRT
 
     status = gpu_status()
     available = ort.get_available_providers()
@@ -107,7 +108,7 @@ def bench_encoder(
         tmp = Path(name)
         model, onnx_path = _export(tmp, backbone, im_size)
         if CUDA in available and status["gpu"]:
-            cuda = OnnxEncoder(onnx_path, providers=[CUDA, CPU])
+            cuda = load_encoder(onnx_path, providers=[CUDA, CPU])
             calls["onnxruntime-cuda-fp32"] = lambda: cuda.embed(x)
             try:
                 import onnx
@@ -115,7 +116,8 @@ def bench_encoder(
 
                 half = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
                 onnx.save_model(half, str(tmp / "e16.onnx"))
-                cuda16 = OnnxEncoder(tmp / "e16.onnx", providers=[CUDA, CPU])
+                # an FP16 copy of the weights: timed as it is (no FP32 fallback), parity recorded
+                cuda16 = load_encoder(tmp / "e16.onnx", providers=[CUDA, CPU], min_cosine=0.0)
                 calls["onnxruntime-cuda-fp16"] = lambda: cuda16.embed(x)
             except Exception as exc:  # conversion tools differ between ORT versions
                 skipped["onnxruntime-cuda-fp16"] = f"{type(exc).__name__}: {exc}"
@@ -123,11 +125,11 @@ def bench_encoder(
             skipped["onnxruntime-cuda-fp32"] = skipped["onnxruntime-cuda-fp16"] = (
                 f"no CUDA provider usable (providers {available}, gpu {status['gpu']})"
             )
-            cpu = OnnxEncoder(onnx_path, providers=[CPU])
+            cpu = load_encoder(onnx_path, providers=[CPU])
             calls["onnxruntime-cpu-fp32"] = lambda: cpu.embed(x)
         if TENSORRT in available and status["gpu"]:
             try:
-                trt = OnnxEncoder(onnx_path, precision="fp16", engine_cache=tmp / "trt")
+                trt = load_encoder(onnx_path, "onnxruntime", "fp16", engine_cache=tmp / "trt")
                 trt.embed(x)  # builds the engine (minutes), not timed
                 calls["tensorrt-fp16"] = lambda: trt.embed(x)
             except Exception as exc:

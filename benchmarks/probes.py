@@ -31,13 +31,14 @@ from tqdm import tqdm
 
 from polypindex.benchmarks.env import environment
 from polypindex.benchmarks.protocols import HISTOGRAM_CROP
+from polypindex.model.backends import layout_encoder
 from polypindex.model.config import FragmentConfig
 from polypindex.model.embedding import cached_sequences
 from polypindex.model.errors import InvalidInputError
 from polypindex.model.evaluation import color_histogram_embedding, expected_calibration_error
+from polypindex.model.layout import Layout
 from polypindex.model.preprocess import CropCache
 from polypindex.model.probe import CLASSES, check_task, sigmoid, task_label
-from polypindex.model.runtime import OnnxEncoder
 from polypindex.model.tracklets import Tracklet
 from polypindex.training.plots import pyplot, save_reliability_png
 from polypindex.training.probe import (
@@ -230,7 +231,8 @@ def run(
     t_start = time.perf_counter()
 
     sources: list[dict[str, Any]] = []
-    encoders = {name: OnnxEncoder(path) for name, path in models.items()}
+    layout = Layout()
+    encoders = {name: layout_encoder(layout, path) for name, path in models.items()}
     hist_fragment = (
         next(iter(encoders.values())).fragment if encoders else DEFAULT_HISTOGRAM_FRAGMENT
     )

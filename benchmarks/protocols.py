@@ -3,7 +3,8 @@ for one or more
 ONNX encoders plus the reference rows (chance, colour histogram).
 
 Each tracklet is one item, embedded whole with the same functions the product
-uses (``load_coco_split`` → ``CropCache``/``normalize`` → ``OnnxEncoder``).
+uses (``load_coco_split`` → ``CropCache``/``normalize`` → the encoder of
+:func:`model.backends.layout_encoder`, on the runtime the service would use).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from polypindex.benchmarks.env import environment
+from polypindex.model.backends import layout_encoder
 from polypindex.model.coco import load_coco_split
 from polypindex.model.config import (
     WHOLE_TRACKLET,
@@ -35,8 +37,9 @@ from polypindex.model.evaluation import (
     reid_metrics,
     retrieval_metrics,
 )
+from polypindex.model.layout import Layout
 from polypindex.model.preprocess import CropCache, normalize
-from polypindex.model.runtime import OnnxEncoder
+from polypindex.model.runtime import EncoderBase
 from polypindex.model.tracklets import Tracklet
 from polypindex.training.plots import save_curves_png
 
@@ -44,7 +47,7 @@ HISTOGRAM_CROP = PreprocessConfig(im_size=64)
 
 
 def embed_tracklets_onnx(
-    encoder: OnnxEncoder, tracklets: list[Tracklet], cache_dir: Path, progress: bool = True
+    encoder: EncoderBase, tracklets: list[Tracklet], cache_dir: Path, progress: bool = True
 ) -> np.ndarray:
     """Embed each tracklet whole with the encoder's own preprocessing → (N, D)."""
     cache = CropCache(cache_dir, encoder.preprocess)
@@ -142,7 +145,7 @@ def evaluate(
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
     for name, path in models.items():
-        encoder = OnnxEncoder(path)
+        encoder = layout_encoder(Layout(), path)
         t0 = time.perf_counter()
         emb = embed_tracklets_onnx(encoder, tracklets, cache_dir, progress=progress)
         row = _evaluate_embeddings(name, emb, identities, protocols, out, map_rule)

@@ -10,10 +10,19 @@ runs, in FP32 on the CPU and CUDA, FP16 with TensorRT (see
 :func:`model.runtime.select_providers`). The settings are ``POLYPINDEX_RUNTIME`` and
 ``POLYPINDEX_PRECISION`` (:class:`model.layout.Layout`); ``encoder.describe()`` says
 what was chosen. See docs/runtimes.md.
+
+Every runtime serves the model's one encoder version. :func:`load_encoder` (the one way
+every path gets an encoder: indexing, probes, grouping, benchmarks, the service, the
+CLI) checks at load that the chosen runtime reproduces the model's reference embeddings
+(:mod:`model.parity`, min cosine ``min_cosine``); a reduced precision that does not is
+replaced by FP32 on the same runtime, and anything that still does not by ONNX Runtime
+FP32 on the CPU (the reference runtime), with the reason in ``describe()``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,9 +31,12 @@ import numpy as np
 import onnxruntime as ort
 
 from polypindex.model.embedding import SequenceEncoder
-from polypindex.model.errors import ConfigError
+from polypindex.model.errors import ConfigError, ModelLoadError
 from polypindex.model.openvino_runtime import OpenVinoEncoder, openvino_available
-from polypindex.model.runtime import CUDA, TENSORRT, EncoderBase, OnnxEncoder
+from polypindex.model.parity import DEFAULT_MIN_COSINE, parity_cosines, reference_inputs
+from polypindex.model.runtime import CPU, CUDA, TENSORRT, EncoderBase, OnnxEncoder
+
+logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -41,8 +53,19 @@ class EncoderRuntime(SequenceEncoder, Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags (the first ``flags`` line of ``cpuinfo``; empty if unreadable)."""
+CPUINFO = "/proc/cpuinfo"
+# Stands in for this CPU's flags (space-separated) where set: the test matrix runs the
+# suite as an AVX2-only, an AVX-512-BF16 and an AMX machine on any CI CPU (Makefile).
+FAKE_FLAGS_ENV = "POLYPINDEX_CPU_FLAGS"
+
+
+def cpu_flags(cpuinfo: str | Path = CPUINFO) -> set[str]:
+    """The CPU's feature flags (the first ``flags`` line of ``cpuinfo``; empty if
+    unreadable). For this machine's own ``/proc/cpuinfo``, ``POLYPINDEX_CPU_FLAGS``
+    (space-separated flags) replaces them when set: how tests fake another CPU."""
+    fake = os.environ.get(FAKE_FLAGS_ENV)
+    if fake is not None and str(cpuinfo) == CPUINFO:
+        return set(fake.split())
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -102,6 +125,76 @@ def resolve_runtime(
     return runtime, precision
 
 
+def _build(
+    path: str | Path,
+    runtime: str,
+    precision: str,
+    threads: int | None,
+    engine_cache: Path | None,
+    providers: Sequence[str] | None = None,
+) -> EncoderBase:
+    if runtime == "openvino":
+        return OpenVinoEncoder(path, precision=precision, threads=threads)
+    return OnnxEncoder(
+        path,
+        providers=providers,
+        intra_op_threads=threads,
+        precision=precision,
+        engine_cache=engine_cache,
+    )
+
+
+def _is_reference_runtime(encoder: EncoderBase) -> bool:
+    """ONNX Runtime, FP32, on the CPU provider alone: what computed the reference."""
+    return (
+        isinstance(encoder, OnnxEncoder)
+        and encoder.runtime_precision == "fp32"
+        and encoder.providers == [CPU]
+    )
+
+
+def reference_embeddings(encoder: EncoderBase) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(inputs, reference embeddings, where they come from)`` for ``encoder``'s model.
+
+    The stored reference (``"metadata"``) when the model has one and the fixed inputs
+    are still the same bytes; else the reference runtime's embeddings of the inputs,
+    computed now (``"computed"``: a model exported before references existed).
+    """
+    stored = encoder.reference
+    if stored is not None:
+        inputs = stored.inputs()
+        if stored.inputs_match(inputs) and stored.embeddings.shape[1] == encoder.dim:
+            return inputs, stored.embeddings, "metadata"
+        logger.warning(
+            "%s: the stored reference inputs cannot be reproduced here; computing the "
+            "reference on ONNX Runtime FP32 (CPU)",
+            encoder.path,
+        )
+    inputs = reference_inputs(encoder.preprocess.im_size)
+    reference = OnnxEncoder(encoder.path, providers=[CPU])
+    return inputs, reference.run_raw(inputs), "computed"
+
+
+def check_parity(encoder: EncoderBase, min_cosine: float = DEFAULT_MIN_COSINE) -> dict[str, Any]:
+    """Embed the fixed reference inputs with ``encoder`` and compare with the model's
+    reference embeddings; the result is also stored as ``encoder.parity``.
+
+    Returns:
+        ``{"min_cosine", "threshold", "passed", "reference", "inputs"}``.
+    """
+    inputs, expected, source = reference_embeddings(encoder)
+    cosines = parity_cosines(encoder.run_raw(inputs), expected)
+    worst = float(cosines.min())
+    encoder.parity = {
+        "min_cosine": round(worst, 6),
+        "threshold": float(min_cosine),
+        "passed": bool(worst >= min_cosine),
+        "reference": source,
+        "inputs": len(inputs),
+    }
+    return encoder.parity
+
+
 def load_encoder(
     path: str | Path,
     runtime: str = "auto",
@@ -109,8 +202,12 @@ def load_encoder(
     *,
     threads: int | None = None,
     engine_cache: Path | None = None,
+    min_cosine: float = DEFAULT_MIN_COSINE,
+    providers: Sequence[str] | None = None,
+    flags: set[str] | None = None,
 ) -> EncoderBase:
-    """The exported encoder at ``path`` on the runtime and precision asked for.
+    """The exported encoder at ``path`` on the runtime and precision asked for, checked
+    against the model's reference embeddings (module docstring).
 
     Args:
         path: the ``.onnx`` file.
@@ -119,17 +216,49 @@ def load_encoder(
             (ONNX Runtime + TensorRT). An INT8 model stays INT8 whatever is chosen.
         threads: intra-op threads (``None``: the runtime's default).
         engine_cache: TensorRT engine cache folder.
+        min_cosine: the parity check's minimum cosine (the layout's ``parity_min_cosine``).
+        providers: ONNX Runtime providers to use instead of the automatic choice (the
+            GPU benchmark compares them); implies ``runtime="onnxruntime"``.
+        flags: the CPU flags to decide ``auto`` with (tests fake a CPU); default
+            ``/proc/cpuinfo``.
 
     Raises:
-        ModelLoadError: the file cannot be loaded (or OpenVINO is not installed).
+        ModelLoadError: the file cannot be loaded (or OpenVINO is not installed), or
+            not even the reference runtime reproduces the model's reference embeddings
+            (the file was changed after export).
         ConfigError: see :func:`resolve_runtime`.
     """
-    runtime, precision = resolve_runtime(runtime, precision)
-    if runtime == "openvino":
-        return OpenVinoEncoder(path, precision=precision, threads=threads)
-    return OnnxEncoder(
-        path, intra_op_threads=threads, precision=precision, engine_cache=engine_cache
-    )
+    if providers is not None:
+        runtime = "onnxruntime"
+    runtime, precision = resolve_runtime(runtime, precision, flags=flags)
+    encoder = _build(path, runtime, precision, threads, engine_cache, providers)
+    parity = check_parity(encoder, min_cosine)
+    reasons: list[str] = [encoder.fallback_reason] if encoder.fallback_reason else []
+    if not parity["passed"] and encoder.runtime_precision != "fp32":
+        reasons.append(
+            f"{encoder.runtime} {encoder.runtime_precision} failed the parity check "
+            f"(min cosine {parity['min_cosine']:.6f} < {min_cosine}); running FP32"
+        )
+        encoder = _build(path, runtime, "fp32", threads, engine_cache, None)
+        parity = check_parity(encoder, min_cosine)
+    if not parity["passed"] and not _is_reference_runtime(encoder):
+        reasons.append(
+            f"{encoder.runtime} ({encoder.describe()['provider']}) FP32 failed the parity check "
+            f"(min cosine {parity['min_cosine']:.6f} < {min_cosine}); running ONNX Runtime "
+            f"FP32 on the CPU"
+        )
+        encoder = OnnxEncoder(path, providers=[CPU], intra_op_threads=threads)
+        parity = check_parity(encoder, min_cosine)
+    if not parity["passed"]:
+        raise ModelLoadError(
+            f"{path} does not reproduce its own reference embeddings on ONNX Runtime FP32 "
+            f"(min cosine {parity['min_cosine']:.6f} < {min_cosine}): the file was changed "
+            f"after export; export it again"
+        )
+    if reasons:
+        encoder.fallback_reason = "; ".join(reasons)
+        logger.warning("encoder %s: %s", encoder.version, encoder.fallback_reason)
+    return encoder
 
 
 def layout_encoder(layout: Any, path: str | Path | None = None) -> EncoderBase:
@@ -141,4 +270,5 @@ def layout_encoder(layout: Any, path: str | Path | None = None) -> EncoderBase:
         layout.runtime,
         layout.precision,
         engine_cache=layout.engine_cache,
+        min_cosine=layout.parity_min_cosine,
     )

@@ -105,10 +105,10 @@ def encoder_version(
     (when ``preprocess`` and ``fragment`` are given, as for every new checkpoint) and
     every state-dict tensor.
 
-    This is the FP32 version. Embeddings computed at another precision get
-    ``+bf16`` / ``+fp16`` appended by the runtime and an INT8 export carries ``+int8``
-    (:func:`model.runtime.precision_version`, docs/runtimes.md), so they never share an
-    index generation with FP32's; this string itself is unchanged.
+    This is the model's identity on every runtime and precision (a reduced precision
+    serves it after the parity check of :mod:`model.parity`); only an INT8 export, other
+    weights, carries its own (``+int8``, :func:`model.runtime.int8_version`,
+    docs/runtimes.md).
     """
     architecture = json.dumps(
         dataclasses.replace(config, backbone_weights=None).to_dict(), sort_keys=True

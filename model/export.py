@@ -47,6 +47,7 @@ from polypindex.model.encoder import (
 )
 from polypindex.model.errors import InvalidInputError, ModelLoadError
 from polypindex.model.files import atomic_path
+from polypindex.model.parity import REFERENCE_KEY, make_reference
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +174,37 @@ def calibration_metadata(extra: dict[str, Any]) -> dict[str, str]:
         raise ModelLoadError(f"checkpoint has an invalid {CALIBRATION_KEY}: {exc}") from exc
 
 
+# What the checkpoint's ``extra`` says about how the model was trained, copied into the
+# ONNX metadata (``polypindex.training``) so that ``polypindex info`` can say which
+# numeric precision built it (bf16-mixed and 32-true runs give different models).
+TRAINING_KEYS = (
+    "precision",
+    "channels_last",
+    "config_name",
+    "seed",
+    "loss",
+    "sampler",
+    "epochs_trained",
+    "best_epoch",
+    "best_val_map",
+    "world_size",
+)
+
+
+def training_metadata(extra: dict[str, Any]) -> dict[str, str]:
+    """``{"polypindex.training": JSON}`` of the :data:`TRAINING_KEYS` the checkpoint
+    records (``precision`` is ``"unknown"`` for a checkpoint that does not say)."""
+    info = {k: extra[k] for k in TRAINING_KEYS if k in extra}
+    info.setdefault("precision", "unknown")
+    return {f"{META_PREFIX}training": json.dumps(info, sort_keys=True, default=str)}
+
+
 def build_metadata(loaded: LoadedEncoder, reid_threshold: float) -> dict[str, str]:
     """The ``metadata_props`` written into the ONNX model (all values are strings),
-    with the calibration of :func:`calibration_metadata` when the checkpoint has one."""
+    with the calibration of :func:`calibration_metadata` when the checkpoint has one
+    and the training record of :func:`training_metadata`."""
     return {
+        **training_metadata(loaded.extra),
         **_metadata(
             loaded.encoder_version,
             loaded.preprocess,
@@ -257,6 +285,26 @@ def check_parity(
     return worst
 
 
+def add_reference_embeddings(proto: onnx.ModelProto, path: Path, im_size: int) -> None:
+    """Embed the fixed reference inputs with ONNX Runtime FP32 on the CPU (the reference
+    runtime) from the model saved at ``path``, add them to ``proto``'s metadata
+    (``polypindex.reference_embeddings``, :mod:`model.parity`) and save it there again."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        return np.asarray(out)
+
+    entry = proto.metadata_props.add()
+    entry.key = f"{META_PREFIX}{REFERENCE_KEY}"
+    entry.value = make_reference(run, im_size).to_json()
+    onnx.save_model(proto, str(path))
+
+
 _Prepared = tuple[HMVE | FrameMeanEncoder, dict[str, str], int]
 
 
@@ -291,6 +339,7 @@ def _export(
                 f"ONNX export of {checkpoint}: torch vs ONNX Runtime max |diff| = {diff:.3g} "
                 f"exceeds {PARITY_ATOL:g}"
             )
+        add_reference_embeddings(proto, tmp, im_size)
     report = ExportReport(out, version, diff, _opset(proto), time.perf_counter() - start)
     logger.info("exported %s (%s), parity max |diff| %.2e", out, version, diff)
     return report
@@ -342,7 +391,7 @@ def build_frame_mean_metadata(loaded: LoadedFrameEncoder, reid_threshold: float)
         "pretraining": loaded.extra.get("kind", "unknown"),
         "pretraining_epochs": loaded.extra.get("epoch"),
     }
-    return _metadata(
+    return training_metadata(loaded.extra) | _metadata(
         frame_mean_version(loaded),
         loaded.preprocess,
         loaded.fragment,

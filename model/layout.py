@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from polypindex.model.parity import DEFAULT_MIN_COSINE
+
 DEFAULT_HOME = "var"
 ENV_PREFIX = "POLYPINDEX_"
 
@@ -50,8 +52,12 @@ class Layout(BaseSettings):
             OpenVINO on CPUs with BF16 units when installed, else ONNX Runtime),
             ``onnxruntime`` or ``openvino`` (:func:`polypindex.model.backends.load_encoder`).
         precision: the encoder precision (``POLYPINDEX_PRECISION``): ``auto`` (default),
-            ``fp32``, ``bf16`` (OpenVINO) or ``fp16`` (TensorRT); it is part of the
-            encoder version, so each precision has its own index generation.
+            ``fp32``, ``bf16`` (OpenVINO) or ``fp16`` (TensorRT). It is not part of the
+            encoder version: a reduced precision serves the model's version once it has
+            passed the load-time parity check, else the runtime falls back to FP32.
+        parity_min_cosine: the minimum cosine between a runtime's embeddings of the
+            fixed reference inputs and the model's reference embeddings
+            (``POLYPINDEX_PARITY_MIN_COSINE``, default 0.999; :mod:`model.parity`).
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
@@ -66,6 +72,7 @@ class Layout(BaseSettings):
     probes_dir: Path | None = None
     runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    parity_min_cosine: float = Field(default=DEFAULT_MIN_COSINE, gt=0.0, le=1.0)
 
     @field_validator("home", mode="after")
     @classmethod

@@ -2,10 +2,10 @@
 
 On CPUs with BF16 matrix units (AMX, AVX512-BF16) OpenVINO can run the FP32 graph with
 BF16 inference precision; elsewhere it runs FP32. The precision asked for is set
-explicitly (OpenVINO would otherwise pick BF16 by itself on AMX CPUs, silently changing
-the embeddings) and the precision the compiled model reports is the one recorded in the
-encoder version (:func:`model.runtime.precision_version`), so a BF16 request on a CPU
-without BF16 gives FP32 embeddings under the FP32 version, never a mislabelled one.
+explicitly (OpenVINO would otherwise pick BF16 by itself on AMX CPUs) and the precision
+the compiled model reports is the one ``describe()`` shows: a BF16 request on a CPU
+without BF16 units runs FP32. Either way the encoder version is the model's own; a BF16
+runtime serves it after the load-time parity check of :func:`model.backends.load_encoder`.
 
 OpenVINO is an install extra (``pip install 'polypindex[openvino]'``); this module
 imports it when an encoder is built, so importing the module never needs it.

@@ -42,6 +42,7 @@ import numpy as np
 
 from polypindex.model.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
 from polypindex.model.files import atomic_path
+from polypindex.model.parity import canonical_version
 
 TASKS = ("size", "histology")
 CLASSES: dict[str, tuple[str, str]] = {
@@ -250,7 +251,9 @@ class Probe:
         try:
             self.task = check_task(str(meta["task"]))
             self.head = str(meta["head"])
-            self.encoder_version = str(meta["encoder_version"])
+            # probes trained on a BF16/FP16 runtime by older releases named its
+            # suffixed version; the identity is the model's (model.parity)
+            self.encoder_version = canonical_version(str(meta["encoder_version"]))
             self.temperature = float(meta["temperature"])
             self.dim = int(meta["dim"])
             classes = tuple(str(c) for c in meta["classes"])

@@ -9,8 +9,9 @@ crops — made by the one crop path, :func:`model.embedding.cached_sequences`, w
 model's own crop settings and frame rule — of tracklets of the calibration split.
 
 The INT8 model is its own encoder: its metadata says ``polypindex.precision = "int8"``
-and its version is the FP32 one plus ``+int8`` (:func:`model.runtime.precision_version`),
-so its embeddings get their own index generation. The report gives the cosine between
+and its version is the FP32 one plus ``+int8`` (:func:`model.runtime.int8_version`):
+other weights, another identity, so its embeddings get their own index generation.
+Its reference embeddings (:mod:`model.parity`) are computed again from the INT8 file. The report gives the cosine between
 FP32 and INT8 embeddings of the calibration tracklets. Needs the ``onnx`` package
 (the ``train`` extra), like the export itself; serving the INT8 file does not.
 """
@@ -33,8 +34,9 @@ from polypindex.model.config import TrackletConfig
 from polypindex.model.embedding import cached_sequences, selected_frames
 from polypindex.model.errors import ConfigError, ModelLoadError
 from polypindex.model.files import atomic_path
+from polypindex.model.parity import REFERENCE_KEY, make_reference
 from polypindex.model.preprocess import CropCache, normalize
-from polypindex.model.runtime import META_PREFIX, OnnxEncoder, precision_version
+from polypindex.model.runtime import META_PREFIX, EncoderBase, int8_version
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class QuantizeReport:
 
 
 def calibration_sequences(
-    encoder: OnnxEncoder,
+    encoder: EncoderBase,
     data: str | Path,
     split: str = "train",
     tracklets: int = 16,
@@ -115,6 +117,14 @@ class CropCalibrationReader:
         self._items = iter(self.sequences)
 
 
+def _reference_runtime(path: Path) -> EncoderBase:
+    """ONNX Runtime FP32 on the CPU: what calibrates, and what the reference
+    embeddings of :mod:`model.parity` are computed on."""
+    from polypindex.model.backends import load_encoder
+
+    return load_encoder(path, providers=["CPUExecutionProvider"])
+
+
 def _set_metadata(proto: Any, metadata: dict[str, str]) -> None:
     del proto.metadata_props[:]
     for key, value in metadata.items():
@@ -150,7 +160,7 @@ def quantize_onnx(
         ModelLoadError: ``model`` is not an FP32 encoder, or quantisation fails.
     """
     model = Path(model)
-    fp32 = OnnxEncoder(model, providers=["CPUExecutionProvider"])
+    fp32 = _reference_runtime(model)
     sequences = calibration_sequences(
         fp32, data, split, tracklets, max_frames, crop_cache, tracklet_config
     )
@@ -179,12 +189,12 @@ def quantize_with_sequences(
 
     start = time.perf_counter()
     model, out = Path(model), Path(out)
-    fp32 = OnnxEncoder(model, providers=["CPUExecutionProvider"])
+    fp32 = _reference_runtime(model)
     if fp32.model_precision != "fp32":
         raise ModelLoadError(f"{model} is already {fp32.model_precision}; quantise the FP32 model")
     if not sequences:
         raise ConfigError("no calibration sequences")
-    version = precision_version(fp32.base_version, "int8")
+    version = int8_version(fp32.base_version)
     with tempfile.TemporaryDirectory() as tmp:
         pre, quantized = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         try:
@@ -224,10 +234,15 @@ def quantize_with_sequences(
                 ),
             }
         )
+        metadata.pop(f"{META_PREFIX}{REFERENCE_KEY}", None)  # the FP32 model's
         _set_metadata(proto, metadata)
         with atomic_path(out) as target:
             onnx.save_model(proto, str(target))
-            int8 = OnnxEncoder(target, providers=["CPUExecutionProvider"])
+            int8 = _reference_runtime(target)
+            reference = make_reference(int8.run_raw, int8.preprocess.im_size)
+            _set_metadata(proto, {**metadata, f"{META_PREFIX}{REFERENCE_KEY}": reference.to_json()})
+            onnx.save_model(proto, str(target))
+            int8 = _reference_runtime(target)
             cos = np.asarray(
                 [float(fp32.embed(s[None])[0] @ int8.embed(s[None])[0]) for s in sequences]
             )

@@ -8,10 +8,12 @@ returns L2-normalised float32 embeddings. A runtime only implements ``_run``:
 :class:`model.openvino_runtime.OpenVinoEncoder` (OpenVINO, the fast path on CPUs with
 BF16 matrix units). :func:`model.backends.load_encoder` chooses between them.
 
-The encoder version records the numeric precision (:func:`precision_version`): FP32
-keeps the exported version unchanged, any other precision appends ``+bf16``, ``+fp16``
-(and an INT8 model carries ``+int8`` from its export), so embeddings of different
-precisions never share an index generation.
+The encoder version names the weights and the preprocessing, never the runtime: every
+runtime and precision serves the version written at export, a reduced precision only
+after it has reproduced the model's reference embeddings (:mod:`model.parity`, checked
+by :func:`model.backends.load_encoder`). An INT8 model is other weights and carries its
+own version (``+int8``, :func:`int8_version`). Versions that older releases wrote with a
+runtime suffix (``+bf16``, ``+fp16``) are read as their base (:func:`canonical_version`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from polypindex.model.calibration import CALIBRATION_KEY, Calibration
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.embedding import CropStream, tracklet_fragments
 from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
+from polypindex.model.parity import REFERENCE_KEY, Reference, canonical_version
 from polypindex.model.preprocess import normalize
 
 ONNX_FORMAT = "polypindex-onnx/1"
@@ -54,14 +57,10 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def precision_version(version: str, precision: str) -> str:
-    """The encoder version of embeddings computed at ``precision``: ``version`` itself for
-    FP32 (existing versions stay valid), else ``version + "+" + precision``."""
-    if precision not in RUNTIME_PRECISIONS + MODEL_PRECISIONS:
-        raise ConfigError(
-            f"precision must be one of {RUNTIME_PRECISIONS + MODEL_PRECISIONS}, got {precision!r}"
-        )
-    return version if precision == "fp32" else f"{version}+{precision}"
+def int8_version(version: str) -> str:
+    """The version of an INT8 model quantised from the FP32 model of ``version``: other
+    weights, so another identity (``version + "+int8"``)."""
+    return f"{canonical_version(version)}+int8"
 
 
 def effective_precision(model_precision: str, runtime_precision: str) -> str:
@@ -198,9 +197,9 @@ class EncoderBase:
 
     Attributes:
         path: the model file.
-        version: encoder version (embeddings of different versions never mix); the
-            exported version with the precision appended unless FP32 (:func:`precision_version`).
-        base_version: the version written at export (``+int8`` for a quantised model).
+        version: encoder version (embeddings of different versions never mix): the one
+            written at export (``+int8`` for a quantised model), whatever the runtime.
+        base_version: the same (kept for callers of older releases).
         precision: what the embeddings are computed in (:func:`effective_precision`).
         preprocess: crop settings to apply before :meth:`embed`.
         fragment: which frames of a tracklet are embedded (``fragment_length=-1``).
@@ -208,6 +207,12 @@ class EncoderBase:
         reid_threshold: same-polyp threshold on ``sigmoid(cosine)``.
         reid_calibration: the fitted P(same polyp | cosine) and its threshold
             (``polypindex.reid_calibration``), or ``None`` for a model without one.
+        reference: the model's reference embeddings (:mod:`model.parity`), or ``None``
+            for a model exported before they existed.
+        parity: the load-time parity check (:func:`model.backends.check_parity`), set by
+            the loader; ``None`` until then.
+        fallback_reason: why the runtime or precision asked for is not the one running
+            (``None`` when it is).
         metadata: the raw ``polypindex.*`` metadata.
 
     Raises:
@@ -236,7 +241,7 @@ class EncoderBase:
                 f"ONNX model {self.path} has format {meta[META_PREFIX + 'format']!r}, expected {ONNX_FORMAT!r}"
             )
         try:
-            self.base_version: str = meta[META_PREFIX + "encoder_version"]
+            self.base_version: str = canonical_version(meta[META_PREFIX + "encoder_version"])
             self.preprocess = PreprocessConfig.from_dict(
                 json.loads(meta[META_PREFIX + "preprocess"])
             )
@@ -250,6 +255,10 @@ class EncoderBase:
             calibration = meta.get(META_PREFIX + CALIBRATION_KEY)
             self.reid_calibration: Calibration | None = (
                 None if calibration is None else Calibration.from_json(calibration)
+            )
+            reference = meta.get(META_PREFIX + REFERENCE_KEY)
+            self.reference: Reference | None = (
+                None if reference is None else Reference.from_json(reference)
             )
         except (ValueError, TypeError, ConfigError, InvalidInputError) as exc:
             raise ModelLoadError(
@@ -269,7 +278,9 @@ class EncoderBase:
             )
         self.runtime_precision = runtime_precision
         self.precision = effective_precision(self.model_precision, runtime_precision)
-        self.version: str = precision_version(self.base_version, runtime_precision)
+        self.version: str = self.base_version
+        self.parity: dict[str, Any] | None = None
+        self.fallback_reason: str | None = getattr(self, "fallback_reason", None)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """The raw (not normalised) ``(b, D)`` output for checked float32 input ``x``."""
@@ -277,13 +288,25 @@ class EncoderBase:
 
     def describe(self) -> dict[str, Any]:
         """What runs the encoder: ``runtime``, ``provider`` (the device/provider used),
-        ``precision``, ``encoder_version``; shown by ``/healthz`` and the metrics."""
-        return {
+        ``precision``, ``encoder_version`` (the same for every runtime), the load-time
+        ``parity`` check and, when the runtime fell back, ``fallback_reason``; shown by
+        ``/healthz`` and the metrics."""
+        info: dict[str, Any] = {
             "runtime": self.runtime,
             "provider": "unknown",
             "precision": self.precision,
             "encoder_version": self.version,
         }
+        if self.parity is not None:
+            info["parity"] = self.parity
+        if self.fallback_reason:
+            info["fallback_reason"] = self.fallback_reason
+        return info
+
+    def run_raw(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`embed` without the input checks, for trusted float32 input (the parity
+        check's fixed inputs)."""
+        return l2_normalize(np.asarray(self._run(np.ascontiguousarray(x, np.float32))))
 
     @property
     def expected_shape(self) -> str:
@@ -473,7 +496,4 @@ class OnnxEncoder(EncoderBase):
         return np.asarray(out)
 
     def describe(self) -> dict[str, Any]:
-        info = {**super().describe(), "provider": self.providers[0], "providers": self.providers}
-        if self.fallback_reason:
-            info["fallback_reason"] = self.fallback_reason
-        return info
+        return {**super().describe(), "provider": self.providers[0], "providers": self.providers}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from polypindex.model.layout import Layout
 
@@ -95,8 +96,16 @@ def ensure_model(
     }
     if load_train_config(config).init_frame_encoder:
         overrides["init_frame_encoder"] = str(ensure_frame_pretraining(lay, data, msn_config))
-    _step(f"training the demo encoder ({config} preset) into {out} ...")
-    result = train(load_train_config(config, overrides))
+    from polypindex.training.trainer import numerics
+
+    train_config = load_train_config(config, overrides)
+    precision, _ = numerics(train_config)
+    _step(
+        f"training the demo encoder ({config} preset) into {out}, training precision "
+        f"{precision} (asked {train_config.precision!r}; recorded in the model, "
+        f"`polypindex info`) ..."
+    )
+    result = train(train_config)
     _step("exporting to ONNX and checking parity with torch ...")
     report = export_onnx(result.best_checkpoint, onnx_path)
     _step(f"exported {onnx_path} (max |torch - onnx| = {report.max_abs_diff:.1e})")
@@ -125,6 +134,19 @@ def ensure_probes(lay: Layout, data: Path, model_path: Path) -> None:
         )
 
 
+def describe_runtime(info: dict[str, Any], runtime: str, precision: str) -> str:
+    """One line: the runtime, provider and precision chosen, and the parity check."""
+    parity = info.get("parity") or {}
+    line = (
+        f"encoder {info['encoder_version']} runs on {info['runtime']} ({info['provider']}) "
+        f"in {info['precision']} (asked {runtime}/{precision}; parity min cosine "
+        f"{parity.get('min_cosine')})"
+    )
+    if info.get("fallback_reason"):
+        line += f"; fell back: {info['fallback_reason']}"
+    return line
+
+
 def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
     """Index every split of the dataset (skips procedures already indexed), with the
     installed probes' predictions; fills in predictions missing from earlier runs."""
@@ -133,6 +155,7 @@ def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
     from polypindex.model.backends import layout_encoder
 
     encoder = layout_encoder(lay, model_path)  # the runtime the service will use
+    _step(describe_runtime(encoder.describe(), lay.runtime, lay.precision))
     probes = installed_probes(model_path.parent / "probes", encoder.version)
     store = Store(lay.database_url)
     for split in DEMO_SPLITS:

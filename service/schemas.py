@@ -402,7 +402,10 @@ class HealthResponse(BaseModel):
         default=None,
         description="What runs the encoder: runtime (onnxruntime / openvino), provider "
         "(ONNX Runtime execution provider or OpenVINO device), precision (fp32, bf16, fp16, "
-        "int8); see docs/runtimes.md. Null when no model is loaded.",
+        "int8), the load-time parity check against the model's reference embeddings, and "
+        "fallback_reason when the runtime or precision asked for is not the one running; "
+        "the encoder version is the same on every runtime. See docs/runtimes.md. Null when "
+        "no model is loaded.",
     )
     index_size: int | None = Field(description="Vectors in the loaded index (null if not loaded).")
     index_state: str | None = Field(

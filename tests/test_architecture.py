@@ -253,3 +253,20 @@ def test_one_atomic_write() -> None:
                     f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}"
                 )
     assert not offenders, f"write through polypindex.model.files instead: {offenders}"
+
+
+def test_one_way_to_get_an_encoder() -> None:
+    """Every product path loads the encoder through ``model.backends.load_encoder`` (the
+    runtime choice and the parity check); only the loader builds a runtime class."""
+    runtimes = {"OnnxEncoder", "OpenVinoEncoder"}
+    allowed = {ROOT / "model" / "backends.py"}
+    offenders = []
+    for path in (p for layer in (*LAYERS, CLI) for p in _layer_files(layer)):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in runtimes:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}(...)")
+    assert not offenders, f"load through polypindex.model.backends.load_encoder: {offenders}"

@@ -15,9 +15,10 @@ from helpers.synth import small_synth
 
 from polypindex.indexer.pipeline import index_dataset, installed_probes
 from polypindex.indexer.store import Store
+from polypindex.model.backends import layout_encoder
 from polypindex.model.evaluation import average_precision, chance_retrieval_map
 from polypindex.model.export import export_onnx
-from polypindex.model.runtime import OnnxEncoder
+from polypindex.model.layout import Layout
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 from polypindex.synth import generate
@@ -47,7 +48,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         train_probe_on_encoder(
             task, data, onnx_path, cache_dir=root / "probe_cache", progress=False
         )
-    encoder = OnnxEncoder(onnx_path)
+    encoder = layout_encoder(Layout(), onnx_path)
     probes = installed_probes(root / "model" / "probes", encoder.version)
     assert sorted(p.task for p in probes) == ["histology", "size"]
     db_url = f"sqlite:///{root / 'index' / 'polypindex.db'}"
@@ -78,7 +79,7 @@ def client(built: dict[str, Path]) -> TestClient:
 def test_health_reports_the_index(client: TestClient, built: dict[str, Path]) -> None:
     body = client.get("/healthz").json()
     assert body["status"] == "ok"
-    assert body["encoder_version"] == OnnxEncoder(built["onnx"]).version
+    assert body["encoder_version"] == layout_encoder(Layout(), built["onnx"]).version
     assert body["index_size"] > 10
     assert set(body["probes"]) == {"size", "histology"} and body["missing_probes"] == {}
 

@@ -15,6 +15,7 @@ from polypindex.cli import (
     data,
     group,
     import_checkpoint,
+    info,
     keys,
     probe,
     serve,
@@ -61,6 +62,7 @@ def _root(
 for module in (data, train, serve):
     module.register(app)
 import_checkpoint.register(app)
+info.register(app)
 bench_app = typer.Typer(
     help="Offline evaluation (retrieval mAP, re-ID AUROC; docs/method.md) and speed benchmarks.",
     no_args_is_help=True,

@@ -1,6 +1,6 @@
 """The encoder runtimes behind one interface: ONNX Runtime and OpenVINO on the same file,
-the automatic choice (faked CPUs and GPU builds), provider order and precision in the
-encoder version. The tiny hand-built graph of ``helpers.onnx_graphs`` has a closed form."""
+the automatic choice (faked CPUs and GPU builds), provider order, and one encoder version
+whatever the runtime or precision. The tiny hand-built graph of ``helpers.onnx_graphs`` has a closed form."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.errors import ConfigError, ModelLoadError
 from polypindex.model.layout import Layout
 from polypindex.model.openvino_runtime import openvino_available
+from polypindex.model.parity import canonical_version
 from polypindex.model.runtime import (
     CPU,
     CUDA,
     TENSORRT,
     OnnxEncoder,
-    precision_version,
+    int8_version,
     select_providers,
 )
 
@@ -58,16 +59,18 @@ def _reference(x: np.ndarray) -> np.ndarray:
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
-# --- precision in the version ---------------------------------------------------------
+# --- one version per model --------------------------------------------------------------
 
 
-def test_fp32_version_unchanged_and_other_precisions_marked() -> None:
-    assert precision_version(VERSION, "fp32") == VERSION
-    assert precision_version(VERSION, "bf16") == VERSION + "+bf16"
-    assert precision_version(VERSION, "int8") == VERSION + "+int8"
-    assert len({precision_version(VERSION, p) for p in ("fp32", "bf16", "fp16", "int8")}) == 4
-    with pytest.raises(ConfigError):
-        precision_version(VERSION, "fp8")
+def test_runtime_precision_is_not_part_of_the_version() -> None:
+    """Legacy runtime suffixes map onto their base; INT8 (other weights) keeps its own."""
+    assert canonical_version(VERSION) == VERSION
+    assert canonical_version(VERSION + "+bf16") == VERSION
+    assert canonical_version(VERSION + "+fp16") == VERSION
+    assert canonical_version(VERSION + "+int8+bf16") == VERSION + "+int8"
+    assert canonical_version("+bf16") == "+bf16"  # nothing left to keep: not a suffix
+    assert int8_version(VERSION) == VERSION + "+int8"
+    assert int8_version(VERSION + "+bf16") == VERSION + "+int8"
 
 
 def test_onnxruntime_encoder_describes_itself(model_path: Path) -> None:
@@ -118,7 +121,8 @@ def test_onnx_encoder_passes_the_faked_gpu_order_and_records_fp16(
     model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a faked TensorRT build the session is asked for TRT(FP16) → CUDA → CPU; the
-    providers the session reports decide the version (+fp16 only if TRT really runs)."""
+    providers the session reports decide the precision shown (FP16 only if TRT really
+    runs); the version is the model's either way."""
     seen: dict[str, Any] = {}
 
     class FakeSession:
@@ -146,7 +150,7 @@ def test_onnx_encoder_passes_the_faked_gpu_order_and_records_fp16(
     assert [p if isinstance(p, str) else p[0] for p in seen["providers"]] == [TENSORRT, CUDA, CPU]
     assert (tmp_path / "engines").is_dir()
     assert enc.describe()["provider"] == TENSORRT
-    assert enc.precision == "fp16" and enc.version == VERSION + "+fp16"
+    assert enc.precision == "fp16" and enc.version == VERSION
 
 
 def test_gpu_providers_failing_fall_back_to_the_cpu(
@@ -254,16 +258,15 @@ def test_openvino_matches_onnxruntime(model_path: Path) -> None:
 
 
 @needs_openvino
-def test_openvino_bf16_version_follows_what_the_cpu_runs(model_path: Path) -> None:
-    """BF16 asked for: the version gets +bf16 exactly when the compiled model reports BF16
-    (on a CPU without BF16 units OpenVINO runs FP32, and the version stays FP32's)."""
+def test_openvino_bf16_serves_the_models_version(model_path: Path) -> None:
+    """BF16 asked for: the precision shown is what the compiled model reports (FP32 on a
+    CPU without BF16 units); the version is the model's on every CPU, after parity."""
     enc = load_encoder(model_path, "openvino", "bf16", threads=1)
     info = enc.describe()
     assert info["requested_precision"] == "bf16"
-    if info["precision"] == "bf16":
-        assert enc.version == VERSION + "+bf16"
-    else:
-        assert info["precision"] == "fp32" and enc.version == VERSION
+    assert info["precision"] in ("bf16", "fp32")
+    assert enc.version == info["encoder_version"] == VERSION
+    assert info["parity"]["passed"] and info["parity"]["min_cosine"] >= 0.999
     cos = np.sum(enc.embed(_frames()) * _reference(_frames()), axis=1)
     assert np.all(cos > 0.999)
 

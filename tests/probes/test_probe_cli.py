@@ -13,8 +13,9 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from typer.testing import CliRunner
 
 from polypindex.cli import app
+from polypindex.model.backends import layout_encoder
+from polypindex.model.layout import Layout
 from polypindex.model.probe import load_probe, task_label
-from polypindex.model.runtime import OnnxEncoder
 
 runner = CliRunner()
 
@@ -146,7 +147,7 @@ def test_probe_train_cli_writes_a_loadable_probe(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # progress bars go to stderr
-    probe = load_probe(out, encoder_version=OnnxEncoder(tiny_encoder).version)
+    probe = load_probe(out, encoder_version=layout_encoder(Layout(), tiny_encoder).version)
     assert probe.head == "mlp" and summary["version"] == probe.version
     assert summary["excluded_unknown_label"]["polyps"] == 1  # the polyp without a size
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from polypindex.model.backends import layout_encoder
 from polypindex.model.config import FragmentConfig
 from polypindex.model.errors import ConfigError, EncoderMismatchError, InvalidInputError
+from polypindex.model.layout import Layout
 from polypindex.model.probe import Probe, load_probe, probe_path
 from polypindex.model.runtime import OnnxEncoder
 from polypindex.training.probe import (
@@ -173,7 +175,7 @@ def test_train_on_tiny_encoder_end_to_end(
         crop_cache_dir=tmp_path / "crops",
         progress=False,
     )
-    encoder = OnnxEncoder(tiny_encoder)
+    encoder = layout_encoder(Layout(), tiny_encoder)
     # default location: next to the encoder
     assert path == probe_path(tiny_encoder.parent / "probes", "histology")
     probe = load_probe(path, encoder_version=encoder.version)
@@ -208,7 +210,7 @@ def test_embedding_cache_is_written_once_and_reused(
     tiny_probe_data: tuple[Path, dict[str, str]], tiny_encoder: Path, tmp_path: Path
 ) -> None:
     data, _ = tiny_probe_data
-    encoder = OnnxEncoder(tiny_encoder)
+    encoder = layout_encoder(Layout(), tiny_encoder)
     first = encoder_fragment_features(
         encoder, data, "test", tmp_path, tmp_path / "crops", progress=False
     )

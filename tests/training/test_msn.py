@@ -234,9 +234,12 @@ def test_frame_mean_export_parity_and_contract(
             "encoder_config",
             "embedding_dim",
             "reid_threshold",
+            "training",
+            "reference_embeddings",
         )
     }
     assert json.loads(meta["polypindex.encoder_config"])["kind"] == "frame_mean"
+    assert "precision" in json.loads(meta["polypindex.training"])
     onnx_encoder = OnnxEncoder(out)
     loaded = load_frame_encoder_checkpoint(msn_run)
     assert onnx_encoder.dim == 64 and onnx_encoder.preprocess == PRE
