@@ -21,10 +21,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from polypindex.model.parity import DEFAULT_MIN_COSINE
-
 DEFAULT_HOME = "var"
 ENV_PREFIX = "POLYPINDEX_"
+# The load-time parity check's minimum cosine (model.parity; POLYPINDEX_PARITY_MIN_COSINE).
+DEFAULT_PARITY_MIN_COSINE = 0.999
 
 
 def under_home(*parts: str) -> Any:
@@ -72,7 +72,7 @@ class Layout(BaseSettings):
     probes_dir: Path | None = None
     runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    parity_min_cosine: float = Field(default=DEFAULT_MIN_COSINE, gt=0.0, le=1.0)
+    parity_min_cosine: float = Field(default=DEFAULT_PARITY_MIN_COSINE, gt=0.0, le=1.0)
 
     @field_validator("home", mode="after")
     @classmethod

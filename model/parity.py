@@ -31,26 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from polypindex.model.errors import InvalidInputError
+from polypindex.model.layout import DEFAULT_PARITY_MIN_COSINE
 
 REFERENCE_KEY = "reference_embeddings"
-DEFAULT_MIN_COSINE = 0.999
+DEFAULT_MIN_COSINE = DEFAULT_PARITY_MIN_COSINE
 REFERENCE_SEED = 20
 REFERENCE_SEQUENCES = 4
 REFERENCE_LENGTH = 2
-
-
-# Suffixes that releases before the one-identity rule appended to the version of
-# embeddings computed at a reduced runtime precision (read as their base version).
-LEGACY_RUNTIME_SUFFIXES = ("+bf16", "+fp16")
-
-
-def canonical_version(version: str) -> str:
-    """``version`` without a legacy runtime-precision suffix (``"v+bf16"`` → ``"v"``,
-    ``"v+int8+bf16"`` → ``"v+int8"``); other versions unchanged."""
-    for suffix in LEGACY_RUNTIME_SUFFIXES:
-        if version.endswith(suffix) and len(version) > len(suffix):
-            return version[: -len(suffix)]
-    return version
 
 
 def reference_inputs(

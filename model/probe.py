@@ -42,7 +42,7 @@ import numpy as np
 
 from polypindex.model.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
 from polypindex.model.files import atomic_path
-from polypindex.model.parity import canonical_version
+from polypindex.model.versions import canonical_version
 
 TASKS = ("size", "histology")
 CLASSES: dict[str, tuple[str, str]] = {

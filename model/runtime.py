@@ -32,8 +32,9 @@ from polypindex.model.calibration import CALIBRATION_KEY, Calibration
 from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.embedding import CropStream, tracklet_fragments
 from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
-from polypindex.model.parity import REFERENCE_KEY, Reference, canonical_version
+from polypindex.model.parity import REFERENCE_KEY, Reference
 from polypindex.model.preprocess import normalize
+from polypindex.model.versions import canonical_version
 
 ONNX_FORMAT = "polypindex-onnx/1"
 META_PREFIX = "polypindex."

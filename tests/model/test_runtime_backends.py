@@ -23,7 +23,6 @@ from polypindex.model.config import FragmentConfig, PreprocessConfig
 from polypindex.model.errors import ConfigError, ModelLoadError
 from polypindex.model.layout import Layout
 from polypindex.model.openvino_runtime import openvino_available
-from polypindex.model.parity import canonical_version
 from polypindex.model.runtime import (
     CPU,
     CUDA,
@@ -32,6 +31,7 @@ from polypindex.model.runtime import (
     int8_version,
     select_providers,
 )
+from polypindex.model.versions import canonical_version
 
 IM, DIM = 16, 4
 VERSION = "hmve-fake-0123456789ab"
