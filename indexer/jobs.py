@@ -18,6 +18,8 @@ What ``POST /procedures`` and ``GET /jobs/{id}`` need, without HTTP:
 - Confinement: the request's paths at submission, and again with every file the
   job will read (COCO images, frame files) when it starts, before anything is
   read or written, must lie inside the data roots, symlinks followed.
+- Sources are stored relative to their data root (or the home):
+  :mod:`indexer.locations`, so a moved home still reads them.
 - Jobs survive a restart: :meth:`JobRunner.start` puts back to ``queued`` the
   jobs a dead process left ``running``; indexing is idempotent, so re-running
   one only finishes what was not committed.
@@ -42,6 +44,7 @@ from sqlalchemy import Select, select, update
 
 from polypindex.indexer.faults import display_path, public_message, storage_fault
 from polypindex.indexer.generations import IndexSink
+from polypindex.indexer.locations import Anchors
 from polypindex.indexer.pipeline import Embedder, Progress, index_sources
 from polypindex.indexer.sources import (
     ProcedureSource,
@@ -222,6 +225,8 @@ class JobRunner:
         poll_s: how often the idle worker looks for queued jobs.
         sink: where jobs put the vectors they commit (the service's serving index,
             ``service.upkeep.ServingSink``); default: each job opens the index generation.
+        home: the home; with the data roots, what stored sources are relative to
+            (:mod:`indexer.locations`).
     """
 
     def __init__(
@@ -235,6 +240,7 @@ class JobRunner:
         poll_s: float = 0.5,
         probes: Sequence[Probe] = (),
         sink: IndexSink | None = None,
+        home: str | Path | None = None,
     ) -> None:
         self.store = store
         self.probes = tuple(probes)
@@ -244,6 +250,7 @@ class JobRunner:
         self.policy = policy
         self.poll_s = poll_s
         self.sink = sink
+        self.anchors = Anchors(Path(home) if home is not None else None, tuple(self.data_roots))
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -355,6 +362,7 @@ class JobRunner:
                 policy=self.policy,
                 probes=self.probes,
                 sink=self.sink,
+                anchors=self.anchors,
             )
         except Exception as exc:
             error = self.describe(exc)

@@ -45,6 +45,7 @@ from polypindex.indexer.generations import (
     open_or_rebuild,
 )
 from polypindex.indexer.grouping import group_procedure, reid_calibration
+from polypindex.indexer.locations import Anchors, store_source
 from polypindex.indexer.predictions import check_probes, installed_probes, predict, predict_stored
 from polypindex.indexer.prefetch import Prefetch, ProcedureFeeder, procedure_frames
 from polypindex.indexer.progress import IndexReport, Progress
@@ -88,6 +89,7 @@ class IndexOptions(TypedDict, total=False):
     probes: Sequence[Probe]
     prefetch: int
     progress_every_s: float
+    anchors: Anchors | None
 
 
 def commit_procedure(
@@ -98,11 +100,16 @@ def commit_procedure(
     encoder: Embedder,
     probes: Sequence[Probe] = (),
     calibration: Any = None,
+    anchors: Anchors | None = None,
 ) -> list[int]:
     """Write one embedded procedure: the probes' predictions added to its rows, its rows
     in one store transaction (replacing an older version of it: idempotent), then its
-    vectors in the index, then its polyp entities. Returns the new tracklet ids."""
+    vectors in the index, then its polyp entities. Returns the new tracklet ids.
+
+    With ``anchors``, the source is stored relative to its data root or the home
+    (:func:`indexer.locations.store_source`); without, as the source gives it."""
     uid = procedure.uid
+    source = procedure.source if anchors is None else store_source(procedure.source, anchors)
     if probes:
         result.rows[:] = [
             replace(row, predictions=predict(probes, row.embedding)) for row in result.rows
@@ -110,7 +117,7 @@ def commit_procedure(
     old_ids = store.tracklet_ids_for_procedure(uid)
     # 1) the source of truth, in one transaction ...
     new_ids = store.replace_procedure(
-        uid, procedure.dataset_id, procedure.source, encoder.version, result.rows
+        uid, procedure.dataset_id, source, encoder.version, result.rows
     )
     # 2) ... then the derived index (a crash here is repaired by the catch-up on open).
     index.remove(old_ids)
@@ -141,6 +148,7 @@ def index_sources(
     prefetch: int = 2,
     progress_every_s: float = 1.0,
     sink: IndexSink | None = None,
+    anchors: Anchors | None = None,
 ) -> IndexReport:
     """Index a batch of procedures into the store and the index generation of ``encoder``.
 
@@ -175,6 +183,8 @@ def index_sources(
         progress_every_s: least seconds between two in-procedure progress reports.
         sink: where the vectors go (default: the generation opened here under
             ``index_dir``; the service passes its serving index).
+        anchors: the home and data roots the stored sources are made relative to
+            (:mod:`indexer.locations`; default: stored as the sources give them).
 
     Returns:
         The :class:`IndexReport`.
@@ -296,7 +306,7 @@ def index_sources(
             uid = procedure.uid
             result = embedder.finish(chunk.decoded, out_dir if thumbnails else None)
             new_ids = commit_procedure(
-                procedure, result, store, index, encoder, probes, calibration
+                procedure, result, store, index, encoder, probes, calibration, anchors
             )
             dirty = True
             indexed.append(uid)
@@ -349,7 +359,7 @@ def index_dataset(
         procedure_uids: only these procedures (UIDs as in :func:`procedure_uid`).
         tracklet_config: how annotations are cut into tracklets (default docs/method.md#tracklets).
         options: ``batch_size``, ``thumbnails``, ``on_progress``, ``snapshot_every_s``,
-            ``policy``, ``probes`` as for :func:`index_sources`.
+            ``policy``, ``probes``, ``anchors`` as for :func:`index_sources`.
 
     Raises:
         InvalidAnnotationError: the annotation file or a record is malformed.

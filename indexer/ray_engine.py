@@ -31,6 +31,7 @@ import numpy as np
 from polypindex.indexer.embed import Embedder, ProcedureEmbedder, procedure_chunks
 from polypindex.indexer.generations import open_or_rebuild
 from polypindex.indexer.grouping import reid_calibration
+from polypindex.indexer.locations import Anchors
 from polypindex.indexer.pipeline import IndexReport, commit_procedure
 from polypindex.indexer.sources import ProcedureSource
 from polypindex.indexer.store import Store
@@ -131,6 +132,7 @@ def index_with_ray(
     actors: int = 1,
     num_gpus: float | None = None,
     init: bool = True,
+    anchors: Anchors | None = None,
 ) -> IndexReport:
     """Index ``procedures`` with Ray Data (module docstring).
 
@@ -145,6 +147,8 @@ def index_with_ray(
         actors: embedding actors; num_gpus: GPUs per actor (default: 1 when the cluster
             has GPUs, else 0).
         init: call ``ray.init(address)`` unless Ray is already initialised.
+        anchors: the home and data roots the stored sources are made relative to
+            (as for :func:`indexer.pipeline.index_sources`).
 
     Raises:
         ConfigError: Ray is not installed.
@@ -208,7 +212,7 @@ def index_with_ray(
             del pending[position]
             result = embedder.finish(int(row["decoded"]), out_dir if thumbnails else None)
             new_ids = commit_procedure(
-                procedure, result, store, index, encoder, probes, calibration
+                procedure, result, store, index, encoder, probes, calibration, anchors
             )
             indexed.append(procedure.uid)
             n_tracklets += len(new_ids)

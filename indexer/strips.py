@@ -9,6 +9,10 @@ an image source inside the configured data roots:
 - a frames folder (``frames:FOLDER detections:CSV``): the image files; the boxes are
   interpolated between the tracklet's stored first and last boxes.
 
+A stored path relative to a data root or the home (``root:`` / ``home:``,
+:mod:`indexer.locations`) is resolved against the roots and the home configured here, and
+the result must still lie inside the data roots.
+
 A procedure indexed from a video, or whose files moved, were deleted or lie outside
 the data roots, has no strip: :class:`FramesUnavailableError` (409), with a message
 that names no server path.
@@ -17,7 +21,6 @@ that names no server path.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from polypindex.indexer.locations import parse_source, resolve
 from polypindex.indexer.sources import check_in_roots, frame_files
 from polypindex.indexer.store import ProcedureRecord, TrackletRecord
 from polypindex.model.errors import ConflictError, InvalidInputError
@@ -34,7 +38,6 @@ from polypindex.model.preprocess import read_image
 
 BOX_COLOUR_BGR = (60, 220, 60)
 _GAP = 4
-_FRAMES_SOURCE = re.compile(r"^frames:(?P<folder>.+) detections:(?P<csv>.+)$")
 
 
 class FramesUnavailableError(ConflictError):
@@ -109,29 +112,40 @@ def _frame_ids(record: TrackletRecord) -> list[int]:
 
 
 def strip_frames(
-    record: TrackletRecord, procedure: ProcedureRecord, data_roots: Sequence[Path], n: int
+    record: TrackletRecord,
+    procedure: ProcedureRecord,
+    data_roots: Sequence[Path],
+    n: int,
+    home: Path | None = None,
 ) -> StripFrames:
     """Which files and boxes make ``record``'s strip of at most ``n`` frames.
+
+    Args:
+        record: the tracklet.
+        procedure: its procedure (whose stored source is read again).
+        data_roots: the configured data roots (confinement, and ``root:`` sources).
+        n: most frames.
+        home: the home (``home:`` sources).
 
     Raises:
         FramesUnavailableError: the frames cannot be read again (see the module doc).
     """
     frames = pick_frames(_frame_ids(record), n)
-    source = procedure.source
+    parts = parse_source(procedure.source)
+    if parts is None:
+        raise _unavailable(record, "its source is not an image source the viewer can read")
+    if parts.kind == "video":
+        raise _unavailable(record, "it was indexed from a video (strips read image files)")
     try:
-        if source.startswith("video:"):
-            raise _unavailable(record, "it was indexed from a video (strips read image files)")
-        match = _FRAMES_SOURCE.match(source)
-        if match:
-            folder = check_in_roots(match["folder"], data_roots)
-            files = frame_files(folder)
+        where = check_in_roots(resolve(parts.input, home, data_roots), data_roots)
+        if parts.kind == "frames":
+            files = frame_files(where)
             missing = [f for f in frames if f not in files]
             if missing:
                 raise _unavailable(record, f"frame {missing[0]} is no longer in its folder")
             paths = [check_in_roots(files[f], data_roots) for f in frames]
             return StripFrames(paths, interpolated_boxes(record, frames), exact=False)
-        if source.endswith(".json"):
-            return _coco_frames(record, check_in_roots(source, data_roots), frames, data_roots)
+        return _coco_frames(record, where, frames, data_roots)
     except (InvalidInputError, OSError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, FramesUnavailableError):
             raise
@@ -139,7 +153,6 @@ def strip_frames(
             record,
             "its source files are not readable here (moved, deleted or outside the data roots)",
         ) from exc
-    raise _unavailable(record, "its source is not an image source the viewer can read")
 
 
 def _coco_frames(
@@ -169,13 +182,15 @@ def tracklet_strip(
     data_roots: Sequence[Path],
     n: int,
     height: int,
+    home: Path | None = None,
 ) -> tuple[bytes, bool]:
-    """``(JPEG bytes, exact boxes?)`` of ``record``'s strip of at most ``n`` frames.
+    """``(JPEG bytes, exact boxes?)`` of ``record``'s strip of at most ``n`` frames (the
+    arguments as for :func:`strip_frames`).
 
     Raises:
         FramesUnavailableError: the frames cannot be read again (see the module doc).
     """
-    frames = strip_frames(record, procedure, data_roots, n)
+    frames = strip_frames(record, procedure, data_roots, n, home)
     try:
         return render_strip(frames, height), frames.exact
     except InvalidInputError as exc:  # an image file gone or undecodable since indexing

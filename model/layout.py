@@ -27,11 +27,13 @@ ENV_PREFIX = "POLYPINDEX_"
 DEFAULT_PARITY_MIN_COSINE = 0.999
 
 
-def under_home(*parts: str) -> Any:
-    """A default factory: a path under the (already validated) ``home``."""
+def under_home(*parts: str, as_list: bool = False) -> Any:
+    """A default factory: a path under the (already validated) ``home`` (in a list of one
+    with ``as_list``)."""
 
-    def factory(data: dict[str, Any]) -> Path:
-        return Path(data["home"]).joinpath(*parts)
+    def factory(data: dict[str, Any]) -> Path | list[Path]:
+        path = Path(data["home"]).joinpath(*parts)
+        return [path] if as_list else path
 
     return factory
 
@@ -58,6 +60,12 @@ class Layout(BaseSettings):
         parity_min_cosine: the minimum cosine between a runtime's embeddings of the
             fixed reference inputs and the model's reference embeddings
             (``POLYPINDEX_PARITY_MIN_COSINE``, default 0.999; :mod:`model.parity`).
+        data_roots: folders that indexing inputs lie in (default ``[<home>/data]``;
+            ``POLYPINDEX_DATA_ROOTS`` as a JSON list, e.g. ``'["/data/coco", "/data/videos"]'``).
+            The service confines ``POST /procedures`` inputs to them (an empty list refuses
+            every input); every indexing path stores a source relative to the root holding
+            it, or to the home, so a moved home or root still finds it
+            (docs/store.md#sources-and-a-movable-home).
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
@@ -73,6 +81,7 @@ class Layout(BaseSettings):
     runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     parity_min_cosine: float = Field(default=DEFAULT_PARITY_MIN_COSINE, gt=0.0, le=1.0)
+    data_roots: list[Path] = Field(default_factory=under_home("data", as_list=True))
 
     @field_validator("home", mode="after")
     @classmethod

@@ -150,6 +150,7 @@ def describe_runtime(info: dict[str, Any], runtime: str, precision: str) -> str:
 def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
     """Index every split of the dataset (skips procedures already indexed), with the
     installed probes' predictions; fills in predictions missing from earlier runs."""
+    from polypindex.indexer.locations import anchors_for
     from polypindex.indexer.pipeline import index_dataset, installed_probes, predict_stored
     from polypindex.indexer.store import Store
     from polypindex.model.backends import layout_encoder
@@ -160,7 +161,9 @@ def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
     store = Store(lay.database_url)
     for split in DEMO_SPLITS:
         _step(f"indexing split {split!r} ...")
-        index_dataset(data, split, store, lay.index_dir, encoder, probes=probes)
+        index_dataset(
+            data, split, store, lay.index_dir, encoder, probes=probes, anchors=anchors_for(lay)
+        )
     stored = store.count_tracklets(encoder.version)
     predicted = store.count_predictions(encoder.version)
     if probes and any(predicted.get(p.task, 0) < stored for p in probes):

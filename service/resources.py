@@ -140,6 +140,7 @@ def start_job_runner(res: Resources, settings: Settings) -> None:
             settings.data_roots,
             probes=list(res.probes.values()),
             sink=ServingSink(res.upkeep) if res.upkeep is not None else None,
+            home=settings.home,
         )
         recovered = runner.recover()
         if recovered:

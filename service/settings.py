@@ -10,7 +10,6 @@ set on its own (``POLYPINDEX_MODEL_PATH``, ``POLYPINDEX_DATABASE_URL``,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -36,9 +35,6 @@ class Settings(Layout):
             procedures indexed or deleted by another process (and then syncs the index
             with it, off the request path); ``0``: every pass (about 20 ms). Jobs run by
             this service reach its index at once, whatever this is.
-        data_roots: folders that ``POST /procedures`` inputs must lie in (default
-            ``[<home>/data]``; ``POLYPINDEX_DATA_ROOTS`` as a JSON list, e.g.
-            ``'["/data/coco", "/data/videos"]'``); an empty list refuses every input.
         run_jobs: run indexing jobs in this process (a background worker thread);
             ``False``: ``POST /procedures`` and ``/jobs`` answer 503.
         auth: ``"keys"``: every endpoint but ``/healthz`` and ``/metrics`` needs an API key
@@ -61,7 +57,6 @@ class Settings(Layout):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_concurrent_embeddings: int = Field(default=2, ge=1)
     index_refresh_seconds: float = Field(default=10.0, ge=0)
-    data_roots: list[Path] = Field(default_factory=lambda data: [Path(data["home"]) / "data"])
     run_jobs: bool = True
     # Access (docs/deploy.md#keys-and-scopes; service/auth.py).
     auth: Literal["auto", "keys", "open"] = "auto"

@@ -129,11 +129,16 @@ class IndexRun(Locations, PolicyOptions):
 
     def run_batch(self, sources: Any, lay: Layout, encoder: Any, **options: Any) -> Any:
         """Index ``sources`` with the chosen engine; returns the IndexReport."""
+        from polypindex.indexer.locations import anchors_for
         from polypindex.indexer.pipeline import index_sources
 
         if self.engine not in ("local", "ray"):
             raise PolypIndexError(f"--engine must be local or ray, got {self.engine!r}")
-        options.update(force=self.force, probes=_installed_probes(lay, encoder.version))
+        options.update(
+            force=self.force,
+            probes=_installed_probes(lay, encoder.version),
+            anchors=anchors_for(lay),
+        )
         if self.engine == "local":
             return index_sources(sources, _open_store(lay), lay.index_dir, encoder, **options)
         import functools
@@ -153,6 +158,7 @@ class IndexRun(Locations, PolicyOptions):
             force=self.force,
             probes=options["probes"],
             actors=self.ray_actors,
+            anchors=options["anchors"],
         )
 
 

@@ -251,7 +251,9 @@ def get_strip(
     etag = _etag(f"strip:{record.id}:{frames}:{height}:{procedure.created_at.isoformat()}")
 
     def make() -> tuple[bytes, dict[str, str]]:
-        data, exact = strips.tracklet_strip(record, procedure, settings.data_roots, frames, height)
+        data, exact = strips.tracklet_strip(
+            record, procedure, settings.data_roots, frames, height, settings.home
+        )
         return data, {"X-Boxes": "annotated" if exact else "interpolated"}
 
     return _jpeg(request, make, etag)

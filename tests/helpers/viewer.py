@@ -21,6 +21,7 @@ from helpers.indexing import (
     write_video,
 )
 from polypindex.benchmarks.screenshots import serving
+from polypindex.indexer.locations import anchors_for
 from polypindex.indexer.pipeline import index_dataset, index_sources
 from polypindex.indexer.sources import frames_source, video_source
 from polypindex.indexer.store import Store
@@ -49,8 +50,10 @@ class ViewerWorld:
         return self.ids[key]
 
 
-def build_world(home: Path) -> ViewerWorld:
-    """Index ``ds:001`` / ``ds:002`` (COCO), ``frames-proc`` and ``video-proc`` under ``home``."""
+def build_world(home: Path, *, anchors: bool = True) -> ViewerWorld:
+    """Index ``ds:001`` / ``ds:002`` (COCO), ``frames-proc`` and ``video-proc`` under ``home``
+    (sources stored relative to the data root; absolute as before that form existed
+    without ``anchors``)."""
     settings = Settings(home=home, index_refresh_seconds=0)
     data = home / "data"
     coco = write_coco(data / "coco", p1_labels=True)
@@ -67,7 +70,12 @@ def build_world(home: Path) -> ViewerWorld:
         probe.save(probe_path(settings.probes_folder, probe.task))
     store = Store(settings.database_url)
     try:
-        common = {"progress": False, "probes": probes, "snapshot_every_s": 0.0}
+        common = {
+            "progress": False,
+            "probes": probes,
+            "snapshot_every_s": 0.0,
+            "anchors": anchors_for(settings) if anchors else None,
+        }
         index_dataset(coco, "test", store, settings.index_dir, encoder, TRACKLETS, **common)  # type: ignore[arg-type]
         sources = [
             frames_source(data / "frames", data / "dets.csv", uid="frames-proc", config=TRACKLETS),
