@@ -39,6 +39,8 @@ from typing import Any
 import torch
 
 from polypindex.benchmarks.env import environment
+from polypindex.model.config import parse_overrides
+from polypindex.model.errors import ConfigError
 from polypindex.training.datamodule import FragmentDataModule
 from polypindex.training.module import HmveModule
 from polypindex.training.precision import (
@@ -49,7 +51,6 @@ from polypindex.training.precision import (
     to_channels_last,
 )
 from polypindex.training.train import TrainConfig, load_train_config, make_datamodule, make_module
-from polypindex.training.trainer import add_run_arguments, run_overrides
 
 PARTS = ("forward_backbone", "forward_rest", "backward", "optimizer")
 DEFAULT_PRECISIONS = ("32-true", "bf16-mixed")
@@ -247,7 +248,10 @@ def run(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="training preset or YAML path")
-    add_run_arguments(parser, out=False)
+    parser.add_argument("--data", help="dataset folder (overrides data_root)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (JSON)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -261,7 +265,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("var/bench/train_throughput.json"))
     args = parser.parse_args(argv)
-    config = load_train_config(args.config, run_overrides(parser, args))
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.data:
+        overrides["data_root"] = args.data
+    config = load_train_config(args.config, overrides)
     result = run(
         config, args.steps, args.warmup, args.threads, args.precisions or DEFAULT_PRECISIONS
     )

@@ -14,7 +14,7 @@ fragments (of any length, and whole-tracklet evaluation items) only use those.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,11 @@ from polypindex.model.errors import ConfigError
 from polypindex.model.preprocess import CropCache, normalize
 from polypindex.model.tracklets import Tracklet, fragment_indices
 from polypindex.training.samplers import (
+    SAMPLERS,
     BagSampler,
     FragmentIndex,
+    SamplerSettings,
     check_sampler,
-    make_sampler,
 )
 
 
@@ -270,7 +271,8 @@ class FragmentDataModule(L.LightningDataModule):
         cache_dir: folder of the crop cache.
         preprocess, tracklet, fragment: the data-path settings.
         sampler: a registered sampler (:data:`training.samplers.SAMPLERS`).
-        n_views, batch_size, max_epochs, t_min, t_max, seed, t_schedule: sampler settings.
+        bags: its settings (``n_views``, ``batch_size``, ``seed``, the temperature
+            schedule); the validation bags use ``seed + 1`` and skip small videos.
         eval_batch_size: tracklets per evaluation forward pass.
         num_workers: DataLoader worker processes.
         train_split, val_split: split names.
@@ -285,22 +287,15 @@ class FragmentDataModule(L.LightningDataModule):
         tracklet: TrackletConfig,
         fragment: FragmentConfig,
         sampler: str = "temporal_temperature",
-        n_views: int = 5,
-        batch_size: int = 60,
-        max_epochs: int = 50,
-        t_min: float = 0.3,
-        t_max: float = 12.0,
-        seed: int = 0,
+        bags: SamplerSettings = SamplerSettings(),
         eval_batch_size: int = 32,
         num_workers: int = 0,
         train_split: str = "train",
         val_split: str = "val",
         max_val_loss_batches: int | None = None,
-        t_schedule: str = "last_epoch",
     ) -> None:
         super().__init__()
         check_sampler(sampler)
-        self.t_schedule = t_schedule
         if fragment.fragment_length == WHOLE_TRACKLET:
             raise ConfigError(
                 "training needs fixed-length fragments: set fragment.fragment_length > 0 (e.g. 8)"
@@ -311,12 +306,7 @@ class FragmentDataModule(L.LightningDataModule):
         self.tracklet_config = tracklet
         self.fragment = fragment
         self.sampler_kind = sampler
-        self.n_views = n_views
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.t_min = t_min
-        self.t_max = t_max
-        self.seed = seed
+        self.bags = bags
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.train_split = train_split
@@ -352,32 +342,13 @@ class FragmentDataModule(L.LightningDataModule):
                 f"no training fragment: every tracklet is shorter than stride × fragment_length "
                 f"= {self.fragment.stride * self.fragment.fragment_length} frames; lower them"
             )
-        self.train_sampler = make_sampler(
-            self.sampler_kind,
-            self.train_fragments.index,
-            self.n_views,
-            self.batch_size,
-            self.max_epochs,
-            self.t_min,
-            self.t_max,
-            self.seed,
-            t_schedule=self.t_schedule,
-        )
+        build = SAMPLERS[self.sampler_kind]
+        self.train_sampler = build(self.train_fragments.index, self.bags)
         self.val_fragments = build_fragments(self.val_tracklets, self.fragment)
+        val_bags = replace(self.bags, seed=self.bags.seed + 1, small_videos="skip")
         self.val_sampler: BagSampler | None
         try:
-            self.val_sampler = make_sampler(
-                self.sampler_kind,
-                self.val_fragments.index,
-                self.n_views,
-                self.batch_size,
-                self.max_epochs,
-                self.t_min,
-                self.t_max,
-                self.seed + 1,
-                small_videos="skip",
-                t_schedule=self.t_schedule,
-            )
+            self.val_sampler = build(self.val_fragments.index, val_bags)
         except ConfigError:
             self.val_sampler = None  # too few validation fragments for bags: no val loss
         whole = whole_tracklet(self.fragment)

@@ -47,6 +47,24 @@ def _pair_masks(
     return sim, valid, positive
 
 
+def _pair_log_softmax(
+    embeddings: Tensor, labels: Tensor, temperature: float, ignore_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Each anchor's log-softmax of ``cos / τ`` over its candidates, and the positive pairs."""
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    sim, valid, positive = _pair_masks(embeddings, labels, ignore_mask)
+    logits = (sim / temperature).masked_fill(~valid, torch.finfo(sim.dtype).min)
+    return logits - torch.logsumexp(logits, dim=1, keepdim=True), positive
+
+
+def _mean_over_anchors(per_anchor: Tensor, has_pos: Tensor, embeddings: Tensor) -> Tensor:
+    """Mean over the anchors with a positive; without one, 0 (in the graph of ``embeddings``)."""
+    if not bool(has_pos.any()):
+        return embeddings.sum() * 0.0
+    return per_anchor[has_pos].mean()
+
+
 def mil_nce(
     embeddings: Tensor,
     bag_labels: Tensor,
@@ -85,9 +103,7 @@ def mil_nce(
     per_anchor = torch.where(has_pos, all_lse - pos_lse, torch.zeros_like(pos_lse))
     if reduction == "none":
         return per_anchor
-    if not bool(has_pos.any()):
-        return embeddings.sum() * 0.0
-    return per_anchor[has_pos].mean()
+    return _mean_over_anchors(per_anchor, has_pos, embeddings)
 
 
 def multi_positive_contrastive(
@@ -111,17 +127,10 @@ def multi_positive_contrastive(
     Returns:
         Scalar: the mean over anchors with at least one positive (0 if none).
     """
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
-    sim, valid, positive = _pair_masks(embeddings, labels, ignore_mask)
-    logits = (sim / temperature).masked_fill(~valid, torch.finfo(sim.dtype).min)
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    log_prob, positive = _pair_log_softmax(embeddings, labels, temperature, ignore_mask)
     n_pos = positive.sum(dim=1)
-    has_pos = n_pos > 0
-    if not bool(has_pos.any()):
-        return embeddings.sum() * 0.0
     pos_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
-    return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
+    return _mean_over_anchors(-pos_log_prob / n_pos.clamp_min(1), n_pos > 0, embeddings)
 
 
 def temporal_soft_targets(
@@ -181,21 +190,14 @@ def soft_multi_positive_contrastive(
     Returns:
         Scalar: the mean over anchors with at least one positive (0 if none).
     """
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
-    sim, valid, positive = _pair_masks(embeddings, labels, ignore_mask)
+    log_prob, positive = _pair_log_softmax(embeddings, labels, temperature, ignore_mask)
     if times.shape != labels.shape:
         raise InvalidInputError(
             f"times must be {tuple(labels.shape)} like labels, got {tuple(times.shape)}"
         )
     weights = temporal_soft_targets(positive, times, sigma, groups)
-    logits = (sim / temperature).masked_fill(~valid, torch.finfo(sim.dtype).min)
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    has_pos = positive.any(dim=1)
-    if not bool(has_pos.any()):
-        return embeddings.sum() * 0.0
     per_anchor = -torch.where(positive, weights * log_prob, torch.zeros_like(log_prob)).sum(dim=1)
-    return per_anchor[has_pos].mean()
+    return _mean_over_anchors(per_anchor, positive.any(dim=1), embeddings)
 
 
 class MilNceLoss(nn.Module):
@@ -365,7 +367,8 @@ def msn_loss(
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The loss settings of a training run (the ``TrainConfig`` fields of the same meaning).
+    """``TrainConfig.loss_params`` (``--set loss_params.soft_sigma=0.1``): the one place the
+    loss settings are declared and validated; each registered loss reads those it needs.
 
     Attributes:
         temperature: τ of the contrastive losses.

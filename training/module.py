@@ -4,6 +4,7 @@ registry :data:`training.losses.LOSSES` (MIL-NCE, the supervised multi-positive 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import lightning as L
@@ -47,16 +48,14 @@ class HmveModule(L.LightningModule):
         loss: a name in :data:`training.losses.LOSSES`: ``"mil_nce"`` (three-term, bag
             labels), ``"multi_positive"`` (fragment level, labels = bag labels; identity
             codes with identity bags) or ``"soft_multi_positive"`` (its distance-aware
-            version: targets over bag members ∝ exp(−Δt / ``soft_sigma``); needs
+            version: targets over bag members ∝ exp(−Δt / σ); needs
             :meth:`set_fragment_times`), or any loss registered with
             :func:`training.losses.register_loss`.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         d_proj: projector output size.
-        loss_temperature: τ of the contrastive losses.
-        fragment_weight, frame_across_weight, frame_within_weight,
-        ignore_same_fragment_pairs: :class:`training.losses.MilNceLoss` settings.
-        soft_sigma: σ of ``soft_multi_positive`` in normalised video time.
+        loss_params: the loss settings (τ, MIL-NCE term weights, σ of the soft loss;
+            default :class:`training.losses.LossSettings`'s).
 
     Batches: training ``(frames [B, s, 3, H, W], labels [B], fragment ids [B])``;
     validation loader 0 ``(frames [b, s, 3, H, W], tracklet idx [b], identity code [b])``
@@ -73,17 +72,11 @@ class HmveModule(L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         d_proj: int = 128,
-        loss_temperature: float = 0.07,
-        fragment_weight: float = 1.0,
-        frame_across_weight: float = 1.0,
-        frame_within_weight: float = 1.0,
-        ignore_same_fragment_pairs: bool = True,
-        soft_sigma: float = 0.05,
+        loss_params: LossSettings | None = None,
     ) -> None:
         super().__init__()
         self.loss_spec = get_loss(loss)
-        weights = (fragment_weight, frame_across_weight, frame_within_weight)
-        settings = LossSettings(loss_temperature, *weights, ignore_same_fragment_pairs, soft_sigma)
+        self.loss_params = loss_params or LossSettings()
         if lr <= 0 or weight_decay < 0:
             raise ConfigError(
                 f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}"
@@ -95,8 +88,7 @@ class HmveModule(L.LightningModule):
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "d_proj": d_proj,
-                "loss_temperature": loss_temperature,
-                "soft_sigma": soft_sigma,
+                "loss_params": dataclasses.asdict(self.loss_params),
             }
         )
         self.encoder_config = encoder_config
@@ -105,9 +97,7 @@ class HmveModule(L.LightningModule):
         self.loss_kind = loss
         self.lr = lr
         self.weight_decay = weight_decay
-        self.loss_temperature = loss_temperature
-        self.loss_fn = self.loss_spec.build(settings)
-        self.soft_sigma = soft_sigma
+        self.loss_fn = self.loss_spec.build(self.loss_params)
         # per-fragment (time, video code) of the train / val fragments, for the soft loss
         self._fragment_times: dict[str, tuple[Tensor, Tensor]] = {}
         self.last_eval: dict[str, float] = {}

@@ -24,10 +24,7 @@ state, for ``resume=True``), CSV logs (``out_dir/logs``) and TensorBoard logs
 
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,14 +52,7 @@ from polypindex.training.augment import augment, mask_patches, random_keep_indic
 from polypindex.training.datamodule import load_crops
 from polypindex.training.losses import msn_loss
 from polypindex.training.msn_config import MsnConfig, load_msn_config
-from polypindex.training.trainer import (
-    LAST_CHECKPOINT,
-    LastCheckpoint,
-    add_run_arguments,
-    log_train_step,
-    make_trainer,
-    run_overrides,
-)
+from polypindex.training.trainer import LastCheckpoint, log_train_step, make_trainer, start_run
 
 __all__ = [
     "MSN_CHECKPOINT",
@@ -314,12 +304,7 @@ def pretrain_frames(
     Raises:
         ConfigError: too few frames for a batch, or ``resume`` without ``last.ckpt``.
     """
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    last = out / LAST_CHECKPOINT
-    if resume and not last.is_file():
-        raise ConfigError(f"cannot resume: no {last}; run without --resume to start from scratch")
-    L.seed_everything(config.seed, workers=True, verbose=False)
+    out, last = start_run(config, resume)
     dataset = load_frames(config)
     loader = DataLoader(
         dataset,
@@ -347,19 +332,3 @@ def pretrain_frames(
         save_msn_checkpoint(checkpoint, module, epochs_done)
     loaded_epoch = load_frame_encoder_checkpoint(checkpoint).extra.get("epoch", epochs_done)
     return MsnResult(checkpoint, int(loaded_epoch), len(dataset), module.epoch_train_loss)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m polypindex.training.msn msn_test_tiny --data DIR --out DIR --set epochs=2``."""
-    parser = argparse.ArgumentParser(description="MSN pretraining of the frame encoder.")
-    parser.add_argument("config", help="MSN preset (msn_resnet18, msn_vit_tiny, ...) or YAML path")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
-    add_run_arguments(parser)
-    args = parser.parse_args(argv)
-    overrides = run_overrides(parser, args)
-    result = pretrain_frames(load_msn_config(args.config, overrides), resume=args.resume)
-    print(json.dumps({k: str(v) for k, v in dataclasses.asdict(result).items()}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

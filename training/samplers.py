@@ -408,8 +408,8 @@ class SamplerSettings:
     """The sampler settings of a run (the ``TrainConfig`` fields of the same name);
     each sampler reads those it needs."""
 
-    n_views: int
-    batch_size: int
+    n_views: int = 5
+    batch_size: int = 60
     seed: int = 0
     max_epochs: int = 50
     t_min: float = 0.3

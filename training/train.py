@@ -18,7 +18,6 @@ the Lightning assembly shared with MSN pretraining is :mod:`training.trainer`.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -41,6 +40,7 @@ from polypindex.model.evaluation import best_f1_threshold, pair_scores
 from polypindex.training.datamodule import FragmentDataModule, embed_crops
 from polypindex.training.module import HmveModule
 from polypindex.training.msn_init import load_msn_into_hmve
+from polypindex.training.samplers import SamplerSettings
 from polypindex.training.train_config import (
     MONITORS,
     TrainConfig,
@@ -50,9 +50,8 @@ from polypindex.training.train_config import (
 from polypindex.training.trainer import (
     LAST_CHECKPOINT,
     LastCheckpoint,
-    add_run_arguments,
     make_trainer,
-    run_overrides,
+    start_run,
     uses_channels_last,
 )
 
@@ -199,12 +198,7 @@ def reid_threshold(embeddings: np.ndarray, identities: Sequence[Any]) -> tuple[f
 
 
 def _check_resumable(checkpoint: Path, config: TrainConfig) -> None:
-    """Raise a ConfigError unless ``checkpoint`` exists and holds this run's architecture."""
-    if not checkpoint.is_file():
-        raise ConfigError(
-            f"cannot resume: no {checkpoint} (it is written after every finished epoch); "
-            f"run without --resume to start from scratch"
-        )
+    """Raise a ConfigError unless ``checkpoint`` holds this run's architecture."""
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -226,18 +220,20 @@ def make_datamodule(config: TrainConfig) -> FragmentDataModule:
         tracklet=config.tracklet,
         fragment=config.fragment,
         sampler=config.sampler,
-        n_views=config.n_views,
-        batch_size=config.batch_size,
-        max_epochs=config.epochs,
-        t_min=config.t_min,
-        t_max=config.t_max,
-        seed=config.seed,
+        bags=SamplerSettings(
+            n_views=config.n_views,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            max_epochs=config.epochs,
+            t_min=config.t_min,
+            t_max=config.t_max,
+            t_schedule=config.t_schedule,
+        ),
         eval_batch_size=config.eval_batch_size,
         num_workers=config.num_workers,
         train_split=config.train_split,
         val_split=config.val_split,
         max_val_loss_batches=config.max_val_loss_batches,
-        t_schedule=config.t_schedule,
     )
     datamodule.setup("fit")
     return datamodule
@@ -251,12 +247,7 @@ def make_module(config: TrainConfig) -> HmveModule:
         lr=config.lr,
         weight_decay=config.weight_decay,
         d_proj=config.d_proj,
-        loss_temperature=config.loss_temperature,
-        fragment_weight=config.fragment_weight,
-        frame_across_weight=config.frame_across_weight,
-        frame_within_weight=config.frame_within_weight,
-        ignore_same_fragment_pairs=config.ignore_same_fragment_pairs,
-        soft_sigma=config.soft_sigma,
+        loss_params=config.loss_params,
     )
 
 
@@ -282,12 +273,9 @@ def train(
         ConfigError: invalid data for the settings (too few fragments, ...), or
             ``resume`` without a compatible ``last.ckpt``.
     """
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    last_checkpoint = out / LAST_CHECKPOINT
+    out, last_checkpoint = start_run(config, resume)
     if resume:
         _check_resumable(last_checkpoint, config)
-    L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = make_datamodule(config)
     if config.monitor == "val_map" and len(set(datamodule.val_identities)) == len(
         datamodule.val_identities
@@ -416,32 +404,3 @@ def _result(
         reid_threshold=threshold,
         reid_f1=f1,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m polypindex.training.train demo --data var/data/synth --out var/train/demo --set epochs=3``."""
-    parser = argparse.ArgumentParser(description="Train the HMVE tracklet encoder.")
-    parser.add_argument("config", help=f"preset ({', '.join(available_configs())}) or YAML path")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from OUT/last.ckpt (same config)"
-    )
-    add_run_arguments(parser)
-    args = parser.parse_args(argv)
-    overrides = run_overrides(parser, args)
-    result = train(load_train_config(args.config, overrides), resume=args.resume)
-    print(
-        json.dumps(
-            {
-                "best_checkpoint": str(result.best_checkpoint),
-                "best_epoch": result.best_epoch,
-                "initial_val_map": result.initial_val_map,
-                "best_val_map": result.best_val_map,
-                "seconds_per_epoch": result.seconds_per_epoch,
-            },
-            indent=2,
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()

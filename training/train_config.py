@@ -11,17 +11,29 @@ from typing import Any
 from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
 from polypindex.model.encoder import EncoderConfig
 from polypindex.model.errors import ConfigError
-from polypindex.training.losses import LOSSES, loss_names
+from polypindex.training.losses import LOSSES, LossSettings, loss_names
 from polypindex.training.precision import CHANNELS_LAST_CHOICES
 from polypindex.training.presets import (
     available_presets,
     config_from_dict,
     config_to_dict,
-    load_preset,
+    merge_overrides,
+    read_preset,
 )
 from polypindex.training.samplers import SAMPLERS, T_SCHEDULES, sampler_names
 
 MONITORS = {"val_map": "max", "val_loss": "min"}
+
+# The loss settings were once top-level fields; configs and checkpoints
+# (``extra["train_config"]``) that still have them flat are read into ``loss_params``.
+FLAT_LOSS_KEYS = {
+    "loss_temperature": "temperature",
+    "fragment_weight": "fragment_weight",
+    "frame_across_weight": "frame_across_weight",
+    "frame_within_weight": "frame_within_weight",
+    "ignore_same_fragment_pairs": "ignore_same_fragment_pairs",
+    "soft_sigma": "soft_sigma",
+}
 
 
 @dataclass(frozen=True)
@@ -41,8 +53,11 @@ class TrainConfig:
         sampler: ``temporal_temperature`` | ``knn`` | ``identity`` (or another name in
             :data:`training.samplers.SAMPLERS`).
         loss: ``mil_nce`` | ``multi_positive`` | ``soft_multi_positive`` (targets over bag
-            members weighted by exp(−Δt / ``soft_sigma``)), or another name in
+            members weighted by exp(−Δt / ``loss_params.soft_sigma``)), or another name in
             :data:`training.losses.LOSSES`.
+        loss_params: the loss settings, :class:`training.losses.LossSettings` (τ, the
+            MIL-NCE term weights, ``soft_sigma``); the flat keys of :data:`FLAT_LOSS_KEYS`
+            (``loss_temperature``, ``soft_sigma``, ...) are accepted as aliases.
         n_views: bag size (anchor + n_views − 1).
         batch_size: fragments per batch, a multiple of ``n_views``.
         lr, weight_decay: AdamW settings.
@@ -68,13 +83,9 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         eval_batch_size: tracklets per evaluation forward pass.
         d_proj: projector output size.
-        loss_temperature: τ of the contrastive losses.
-        fragment_weight, frame_across_weight, frame_within_weight,
-        ignore_same_fragment_pairs: MIL-NCE term settings.
         train_split, val_split: split names.
         max_val_loss_batches: cap on validation bag batches for the val loss
             (``None`` = all; the same fixed batches every epoch).
-        soft_sigma: σ of ``soft_multi_positive``, in normalised video time (a video spans 1).
         init_frame_encoder: an MSN checkpoint (``polypindex pretrain-frames``) whose
             backbone initialises the HMVE frame encoder; its backbone must equal
             ``encoder.backbone``.
@@ -90,6 +101,7 @@ class TrainConfig:
     fragment: FragmentConfig = field(default_factory=FragmentConfig)
     sampler: str = "temporal_temperature"
     loss: str = "mil_nce"
+    loss_params: LossSettings = field(default_factory=LossSettings)
     n_views: int = 5
     batch_size: int = 60
     lr: float = 1e-5
@@ -108,18 +120,12 @@ class TrainConfig:
     num_workers: int = 0
     eval_batch_size: int = 32
     d_proj: int = 128
-    loss_temperature: float = 0.07
-    fragment_weight: float = 1.0
-    frame_across_weight: float = 1.0
-    frame_within_weight: float = 1.0
-    ignore_same_fragment_pairs: bool = True
     train_split: str = "train"
     val_split: str = "val"
     max_val_loss_batches: int | None = None
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    soft_sigma: float = 0.05
     init_frame_encoder: str | None = None
 
     def __post_init__(self) -> None:
@@ -181,8 +187,6 @@ class TrainConfig:
             raise ConfigError(
                 f"channels_last must be auto, true or false, got {self.channels_last!r}"
             )
-        if not self.soft_sigma > 0:
-            raise ConfigError(f"soft_sigma must be > 0, got {self.soft_sigma}")
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -193,7 +197,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        return config_from_dict(cls, data)
+        """From plain data (:meth:`to_dict`'s, or an older flat one: :data:`FLAT_LOSS_KEYS`)."""
+        return config_from_dict(cls, nest_loss_keys(data))
+
+
+def nest_loss_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the flat loss keys of :data:`FLAT_LOSS_KEYS` moved into
+    ``loss_params`` (where they win over the same nested key)."""
+    flat = {f"loss_params.{FLAT_LOSS_KEYS[k]}": v for k, v in data.items() if k in FLAT_LOSS_KEYS}
+    if not flat:
+        return dict(data)
+    rest = {k: v for k, v in data.items() if k not in FLAT_LOSS_KEYS}
+    return merge_overrides(merge_overrides({}, rest), flat)
 
 
 def available_configs() -> list[str]:
@@ -214,4 +229,5 @@ def load_train_config(
     Raises:
         ConfigError: unknown preset, unreadable YAML, or an invalid/unknown field.
     """
-    return load_preset(TrainConfig, name_or_path, overrides, what="training")
+    data = nest_loss_keys(read_preset(name_or_path, "training"))
+    return TrainConfig.from_dict(merge_overrides(data, nest_loss_keys(overrides or {})))

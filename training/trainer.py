@@ -1,11 +1,12 @@
 """Lightning pieces shared by the training runs (the HMVE run of :mod:`training.train`
 and the MSN pretraining of :mod:`training.msn`): the trainer assembly (with the machine's
-precision and memory format, :mod:`training.precision`), the per-epoch ``last.ckpt``,
-the per-step loss logging and the ``--data/--out/--set`` command line."""
+precision and memory format, :mod:`training.precision`), the start of a run (its output
+folder, ``last.ckpt`` and seeds), the per-epoch ``last.ckpt`` and the per-step loss
+logging. Their command line is ``polypindex train`` / ``pretrain-frames``
+(:mod:`polypindex.cli.train`)."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
-from polypindex.model.config import parse_overrides
 from polypindex.model.errors import ConfigError
 from polypindex.model.files import atomic_path
 from polypindex.training.precision import (
@@ -30,6 +30,27 @@ if TYPE_CHECKING:
     from polypindex.training.train_config import TrainConfig
 
 LAST_CHECKPOINT = "last.ckpt"
+
+
+def start_run(config: TrainConfig | MsnConfig, resume: bool) -> tuple[Path, Path]:
+    """Create the run's ``out_dir`` and seed everything (Python, numpy, torch, workers).
+
+    Returns:
+        ``(out_dir, out_dir / last.ckpt)``.
+
+    Raises:
+        ConfigError: ``resume`` without a ``last.ckpt``.
+    """
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last = out / LAST_CHECKPOINT
+    if resume and not last.is_file():
+        raise ConfigError(
+            f"cannot resume: no {last} (it is written after every finished epoch); "
+            f"run without --resume to start from scratch"
+        )
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    return out, last
 
 
 def make_trainer(
@@ -121,31 +142,3 @@ def log_train_step(
             batch_size=batch_size,
             sync_dist=True,
         )
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, out: bool = True) -> None:
-    """The ``--data``, ``--out`` (when ``out``) and repeatable ``--set KEY=VALUE`` options."""
-    parser.add_argument("--data", help="dataset folder (overrides data_root)")
-    if out:
-        parser.add_argument("--out", dest="out_dir", help="output folder (overrides out_dir)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field (JSON value)",
-    )
-
-
-def run_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
-    """The config overrides of :func:`add_run_arguments`'s options (a bad ``--set`` is a
-    usage error of ``parser``)."""
-    try:
-        overrides = parse_overrides(args.set)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if args.data:
-        overrides["data_root"] = args.data
-    if getattr(args, "out_dir", None):
-        overrides["out_dir"] = args.out_dir
-    return overrides

@@ -3,7 +3,9 @@ training-side commands. Each parses its options and calls one library function; 
 is imported inside the commands only.
 
 The two training commands share their options: both are made by one factory from a
-small table (help texts, default config, the library call).
+small table (help texts, default config, the library call, whose docstring is the
+command's help). ``--data`` and ``--out`` default to the config's ``data_root`` and
+``out_dir``.
 """
 
 # No ``from __future__ import annotations``: the factories' option help texts are
@@ -20,26 +22,32 @@ from polypindex.cli.options import ResumeOpt, SetOpt
 from polypindex.model.errors import PolypIndexError
 
 
-def _config(load: Any, config: str, set_: list[str] | None, data: Path, out: Path) -> Any:
-    """A named/YAML config with the ``--set`` overrides and the data and output folders."""
+def _overrides(set_: list[str] | None, data: Path | None, out: Path | None) -> dict[str, Any]:
+    """The ``--set`` overrides, then ``--data`` and ``--out`` (when given) as the config's
+    ``data_root`` and ``out_dir``."""
     from polypindex.model.config import parse_overrides
 
     overrides = parse_overrides(set_ or [])
-    overrides.update(data_root=str(data), out_dir=str(out))
-    return load(config, overrides)
+    if data is not None:
+        overrides["data_root"] = str(data)
+    if out is not None:
+        overrides["out_dir"] = str(out)
+    return overrides
 
 
-def _train(config: str, set_: list[str] | None, data: Path, out: Path, resume: bool) -> str:
+def _train(config: str, overrides: dict[str, Any], resume: bool) -> str:
+    """Train the tracklet encoder (self-supervised by default) and keep the best checkpoint."""
     from polypindex.training.train import load_train_config, train
 
-    result = train(_config(load_train_config, config, set_, data, out), resume=resume)
+    result = train(load_train_config(config, overrides), resume=resume)
     return f"best checkpoint: {result.best_checkpoint}"
 
 
-def _pretrain(config: str, set_: list[str] | None, data: Path, out: Path, resume: bool) -> str:
+def _pretrain(config: str, overrides: dict[str, Any], resume: bool) -> str:
+    """Pretrain the frame encoder with Masked Siamese Networks on unlabelled frame crops."""
     from polypindex.training.msn import load_msn_config, pretrain_frames
 
-    result = pretrain_frames(_config(load_msn_config, config, set_, data, out), resume=resume)
+    result = pretrain_frames(load_msn_config(config, overrides), resume=resume)
     return (
         f"frame encoder: {result.checkpoint} ({result.epochs_trained} epochs, "
         f"{result.n_frames} frames, final loss {result.final_loss:.4f})"
@@ -50,27 +58,24 @@ def _pretrain(config: str, set_: list[str] | None, data: Path, out: Path, resume
 class _Trainer:
     """One training command: its help texts and the run (returns the line to print)."""
 
-    doc: str
     data_help: str
     out_help: str
     config_help: str
     default_config: str
-    run: Callable[[str, list[str] | None, Path, Path, bool], str]
+    run: Callable[[str, dict[str, Any], bool], str]  # (config, overrides, resume)
 
 
 TRAINERS = {
     "train": _Trainer(
-        doc="Train the tracklet encoder (self-supervised by default) and keep the best checkpoint.",
-        data_help="Dataset folder with train/val splits.",
-        out_help="Output folder for encoder.pt, history.json, logs.",
+        data_help="Dataset folder with train/val splits",
+        out_help="Output folder for encoder.pt, history.json, logs",
         config_help="Named config in training/configs (demo, paper, supervised...) or a YAML path.",
         default_config="demo",
         run=_train,
     ),
     "pretrain-frames": _Trainer(
-        doc="Pretrain the frame encoder with Masked Siamese Networks on unlabelled frame crops.",
-        data_help="Dataset folder (its frames and boxes are used).",
-        out_help="Output folder for msn.pt, last.ckpt and logs.",
+        data_help="Dataset folder, of which only the frames and boxes are read",
+        out_help="Output folder for msn.pt, last.ckpt and logs",
         config_help="MSN config in training/configs (msn_resnet18, msn_vit_tiny...) or YAML.",
         default_config="msn_resnet18",
         run=_pretrain,
@@ -78,17 +83,21 @@ TRAINERS = {
 }
 
 
+_DATA_DEFAULT = " (default: the config's data_root)."
+_OUT_DEFAULT = " (default: the config's out_dir)."
+
+
 def _training_command(spec: _Trainer) -> Callable[..., None]:
     def command(
-        data: Annotated[Path, typer.Option(help=spec.data_help)],
-        out: Annotated[Path, typer.Option(help=spec.out_help)],
+        data: Annotated[Path | None, typer.Option(help=f"{spec.data_help}{_DATA_DEFAULT}")] = None,
+        out: Annotated[Path | None, typer.Option(help=f"{spec.out_help}{_OUT_DEFAULT}")] = None,
         config: Annotated[str, typer.Option(help=spec.config_help)] = spec.default_config,
         set_: SetOpt = None,
         resume: ResumeOpt = False,
     ) -> None:
-        typer.echo(spec.run(config, set_, data, out, resume))
+        typer.echo(spec.run(config, _overrides(set_, data, out), resume))
 
-    command.__doc__ = spec.doc
+    command.__doc__ = spec.run.__doc__
     return command
 
 

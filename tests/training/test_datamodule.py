@@ -21,6 +21,7 @@ from polypindex.training.datamodule import (
     embed_crops,
     embed_tracklets_torch,
 )
+from polypindex.training.samplers import SamplerSettings
 
 PREPROCESS = PreprocessConfig(im_size=32)
 TRACKLET = TrackletConfig(min_tracklet_length=8)
@@ -42,9 +43,7 @@ def datamodule(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         PREPROCESS,
         TRACKLET,
         FRAGMENT,
-        n_views=3,
-        batch_size=6,
-        max_epochs=2,
+        bags=SamplerSettings(n_views=3, batch_size=6, max_epochs=2),
         eval_batch_size=4,
     )
     dm.setup("fit")
@@ -174,8 +173,7 @@ def test_configuration_errors(tiny_dataset: Path, tmp_path: Path) -> None:
         PREPROCESS,
         TrackletConfig(min_tracklet_length=500),
         FRAGMENT,
-        n_views=3,
-        batch_size=6,
+        bags=SamplerSettings(n_views=3, batch_size=6),
     )
     with pytest.raises(ConfigError, match="min_tracklet_length"):
         dm.setup("fit")

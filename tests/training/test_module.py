@@ -9,7 +9,7 @@ pytest.importorskip("polypindex.model.evaluation")
 
 from polypindex.model.encoder import EncoderConfig
 from polypindex.model.errors import ConfigError
-from polypindex.training.losses import mil_nce
+from polypindex.training.losses import LossSettings, mil_nce
 from polypindex.training.module import HmveModule, duplicate_fragment_mask
 
 TINY = EncoderConfig(
@@ -49,7 +49,8 @@ def test_forward_and_loss(loss: str) -> None:
 
 def test_duplicates_are_ignored_in_the_fragment_term() -> None:
     torch.manual_seed(0)
-    module = HmveModule(TINY, frame_across_weight=0.0, frame_within_weight=0.0, d_proj=16).eval()
+    fragment_term_only = LossSettings(frame_across_weight=0.0, frame_within_weight=0.0)
+    module = HmveModule(TINY, d_proj=16, loss_params=fragment_term_only).eval()
     frames = torch.randn(4, 2, 3, 32, 32)
     frames[3] = frames[0]  # fragment 0 drawn again into the other bag
     labels, ids = torch.tensor([0, 0, 1, 1]), torch.tensor([10, 11, 12, 10])

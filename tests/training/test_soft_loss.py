@@ -11,6 +11,7 @@ import torch
 from polypindex.model.encoder import EncoderConfig
 from polypindex.model.errors import ConfigError, InvalidInputError
 from polypindex.training.losses import (
+    LossSettings,
     multi_positive_contrastive,
     soft_multi_positive_contrastive,
     temporal_soft_targets,
@@ -115,7 +116,8 @@ def test_module_uses_fragment_times() -> None:
     config = EncoderConfig(
         backbone="tiny", tiny_width=8, d_model=32, n_layers=1, n_heads=4, dim_feedforward=32
     )
-    module = HmveModule(config, loss="soft_multi_positive", d_proj=16, soft_sigma=0.1)
+    params = LossSettings(soft_sigma=0.1)
+    module = HmveModule(config, loss="soft_multi_positive", d_proj=16, loss_params=params)
     frames = torch.randn(4, 2, 3, 32, 32)
     labels, ids = torch.tensor([0, 0, 1, 1]), torch.tensor([3, 1, 0, 2])
     with pytest.raises(ConfigError, match="set_fragment_times"):
@@ -134,7 +136,7 @@ def test_module_uses_fragment_times() -> None:
             labels,
             torch.tensor([0.9, 0.2, 0.0, 0.5]),
             0.1,
-            module.loss_temperature,
+            module.loss_params.temperature,
             groups=torch.tensor([1, 0, 0, 1]),
         )
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)

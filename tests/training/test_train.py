@@ -48,7 +48,7 @@ def test_paper_preset_matches_spec() -> None:
     c = load_train_config("paper")
     assert (c.batch_size, c.n_views, c.lr, c.weight_decay, c.epochs) == (60, 5, 1e-5, 1e-4, 50)
     assert (c.t_min, c.t_max, c.fragment.stride, c.fragment.fragment_length) == (0.3, 12.0, 4, 8)
-    assert c.encoder.d_model == 256 and c.d_proj == 128 and c.loss_temperature == 0.07
+    assert c.encoder.d_model == 256 and c.d_proj == 128 and c.loss_params.temperature == 0.07
 
 
 def test_overrides_flat_dotted_and_nested() -> None:

@@ -88,8 +88,8 @@ def test_resume_errors(disc_data: Path, tmp_path: Path) -> None:
 def test_ddp_two_cpu_processes(disc_data: Path, tmp_path: Path) -> None:
     """strategy ddp, 2 CPU processes (gloo): one epoch, rank 0 writes the checkpoints."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "polypindex.training.train", "test_tiny", "--data", str(disc_data)]
-    cmd += ["--out", str(out), "--set", f"cache_dir={tmp_path / 'crops'}"]
+    cmd = [sys.executable, "-m", "polypindex.cli", "train", "--config", "test_tiny"]
+    cmd += ["--data", str(disc_data), "--out", str(out), "--set", f"cache_dir={tmp_path / 'crops'}"]
     cmd += ["--set", "strategy=ddp", "--set", "devices=2", "--set", "accelerator=cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
