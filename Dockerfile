@@ -15,11 +15,8 @@
 # The project's files, copied once and shared by both targets.
 FROM scratch AS source
 COPY pyproject.toml Makefile README.md requirements-dev.lock /app/
-COPY model /app/model
-COPY training /app/training
-COPY indexer /app/indexer
-COPY service /app/service
-COPY benchmarks /app/benchmarks
+# The package folder holds every file (the top-level model/, training/, ... are links into
+# it, for browsing: docs/architecture.md#layout).
 COPY polypindex /app/polypindex
 
 # --- GPU target -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from polypindex.model.layout import Layout
+from polypindex.model.core.layout import Layout
 
 log = logging.getLogger("polypindex.demo")
 
@@ -50,8 +50,9 @@ DEMO_TRAIN_CONFIG = "demo_model"
 def ensure_frame_pretraining(lay: Layout, data: Path, config: str | Path = DEMO_MSN_CONFIG) -> Path:
     """MSN-pretrain the demo's frame encoder unless a finished ``msn.pt`` is there
     (an unfinished run with its ``last.ckpt`` is resumed); return ``msn.pt``."""
-    from polypindex.model.encoder import load_frame_encoder_checkpoint
-    from polypindex.training.msn import MSN_CHECKPOINT, load_msn_config, pretrain_frames
+    from polypindex.model.nets.encoder import load_frame_encoder_checkpoint
+    from polypindex.training.msn import MSN_CHECKPOINT, pretrain_frames
+    from polypindex.training.msn_config import load_msn_config
     from polypindex.training.trainer import LAST_CHECKPOINT
 
     out = lay.demo_model_dir / "msn"
@@ -86,8 +87,9 @@ def ensure_model(
     if onnx_path.is_file():
         _step(f"model present: {onnx_path}")
         return onnx_path
-    from polypindex.model.export import export_onnx
-    from polypindex.training.train import load_train_config, train
+    from polypindex.model.nets.export import export_onnx
+    from polypindex.training.train import train
+    from polypindex.training.train_config import load_train_config
 
     overrides: dict[str, str] = {
         "data_root": str(data),
@@ -114,7 +116,7 @@ def ensure_model(
 
 def ensure_probes(lay: Layout, data: Path, model_path: Path) -> None:
     """Train the size and histology probes on the demo encoder unless they exist."""
-    from polypindex.model.probe import TASKS, probe_path
+    from polypindex.model.scoring.probe import TASKS, probe_path
 
     for task in TASKS:
         path = probe_path(model_path.parent / "probes", task)
@@ -151,9 +153,10 @@ def ensure_index(lay: Layout, data: Path, model_path: Path) -> None:
     """Index every split of the dataset (skips procedures already indexed), with the
     installed probes' predictions; fills in predictions missing from earlier runs."""
     from polypindex.indexer.locations import anchors_for
-    from polypindex.indexer.pipeline import index_dataset, installed_probes, predict_stored
+    from polypindex.indexer.pipeline import index_dataset
+    from polypindex.indexer.predictions import installed_probes, predict_stored
     from polypindex.indexer.store import Store
-    from polypindex.model.backends import layout_encoder
+    from polypindex.model.runtime.loader import layout_encoder
 
     encoder = layout_encoder(lay, model_path)  # the runtime the service will use
     _step(describe_runtime(encoder.describe(), lay.runtime, lay.precision))

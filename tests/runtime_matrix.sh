@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runtime-dependent tests under every runtime/precision setting and as every CPU kind
 # seen on our machines, whatever CPU runs this (`make test` calls it after the full suite).
-# POLYPINDEX_CPU_FLAGS stands in for /proc/cpuinfo's flags (polypindex.model.backends).
+# POLYPINDEX_CPU_FLAGS stands in for /proc/cpuinfo's flags (polypindex.model.runtime.loader).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The layers, each a top-level folder installed as ``polypindex.<layer>``; the CLI is
-# everything else under polypindex/ (its own modules, not the linked folders).
+PACKAGE = ROOT / "polypindex"
+# The layers, each a folder of the package (``polypindex/<layer>``, with a link of the same
+# name at the top level); the CLI is everything else under polypindex/.
 LAYERS = ("model", "training", "indexer", "service", "benchmarks")
 CLI = "cli"
 TORCH = {"torch", "torchvision", "lightning"}
@@ -34,43 +35,30 @@ FORBIDDEN_THIRD_PARTY = {
     "indexer": TORCH | PLOTS,
     "service": TORCH | PLOTS,
 }
-# serving-path modules of model/ that must stay torch-free
-TORCH_FREE_MODEL_MODULES = (
-    "config",
-    "embedding",
-    "errors",
-    "files",
-    "layout",
-    "metrics",
-    "reid",
-    "tracklets",
-    "preprocess",
-    "coco",
-    "runtime",
-    "backends",
-    "openvino_runtime",
-    "quantize",
-    "evaluation",
-    "probe",
-)
+# model/'s subpackages, lowest first: each may import only those before it (docs/architecture.md)
+MODEL_SUBPACKAGES = ("core", "data", "scoring", "runtime", "nets")
+# the serving path's part of model/: torch-free (nets/ holds the torch models and export)
+TORCH_FREE_MODEL_SUBPACKAGES = ("core", "data", "scoring", "runtime")
+TORCH_FREE_MODEL_MODULES = ("nets/quantize",)
+MAX_LINES = 500
 
 
 def _layer_files(layer: str) -> Iterator[Path]:
     if layer == CLI:
-        for path in (ROOT / "polypindex").rglob("*.py"):
-            rel = path.relative_to(ROOT / "polypindex").parts
-            if rel[0] not in LAYERS:
+        for path in PACKAGE.rglob("*.py"):
+            if path.relative_to(PACKAGE).parts[0] not in LAYERS:
                 yield path
     else:
-        yield from (ROOT / layer).rglob("*.py")
+        yield from (PACKAGE / layer).rglob("*.py")
+
+
+def _all_files() -> list[Path]:
+    return [p for layer in (*LAYERS, CLI) for p in _layer_files(layer)]
 
 
 def _module_name(path: Path) -> str:
-    """The dotted name a file is imported as (``polypindex.model.encoder``)."""
-    rel = path.relative_to(ROOT)
-    parts = list(rel.with_suffix("").parts)
-    if parts[0] != "polypindex":
-        parts.insert(0, "polypindex")
+    """The dotted name a file is imported as (``polypindex.model.nets.encoder``)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -167,7 +155,7 @@ def test_tests_import_through_the_namespace() -> None:
 
 
 def _module_graph() -> dict[str, set[str]]:
-    files = [p for layer in (*LAYERS, CLI) for p in _layer_files(layer)]
+    files = _all_files()
     modules = {_module_name(p): p for p in files}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
@@ -188,7 +176,7 @@ def _module_graph() -> dict[str, set[str]]:
 
 def test_no_import_circles() -> None:
     graph = _module_graph()
-    assert "polypindex.model.encoder" in graph  # the graph covers the linked layers
+    assert "polypindex.model.nets.encoder" in graph  # the graph covers the linked layers
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles: list[list[str]] = []
@@ -210,11 +198,43 @@ def test_no_import_circles() -> None:
     assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("module", TORCH_FREE_MODEL_MODULES)
-def test_serving_modules_of_model_are_torch_free(module: str) -> None:
-    path = ROOT / "model" / f"{module}.py"
-    if not path.exists():
-        pytest.skip(f"model/{module}.py not present")
+@pytest.mark.parametrize("sub", MODEL_SUBPACKAGES)
+def test_model_subpackage_directions(sub: str) -> None:
+    """model/'s subpackages import only the ones below them (core < data < scoring <
+    runtime < nets) and never the package's other layers."""
+    allowed = set(MODEL_SUBPACKAGES[: MODEL_SUBPACKAGES.index(sub) + 1])
+    offenders = {}
+    for path in (PACKAGE / "model" / sub).rglob("*.py"):
+        bad = sorted(
+            m
+            for m in _imported_modules(path)
+            if m.startswith("polypindex.model.")
+            and m.split(".")[2] in MODEL_SUBPACKAGES
+            and m.split(".")[2] not in allowed
+        )
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = bad
+    assert not offenders, f"model/{sub}/ imports a higher subpackage: {offenders}"
+
+
+def test_model_has_only_its_subpackages() -> None:
+    modules = {p.name for p in (PACKAGE / "model").glob("*.py")}
+    assert modules == {"__init__.py"}, f"model/ modules outside a subpackage: {modules}"
+    subs = {p.name for p in (PACKAGE / "model").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert subs == set(MODEL_SUBPACKAGES)
+
+
+def _torch_free_model_files() -> list[Path]:
+    files = [
+        p for sub in TORCH_FREE_MODEL_SUBPACKAGES for p in (PACKAGE / "model" / sub).rglob("*.py")
+    ]
+    return files + [PACKAGE / "model" / f"{m}.py" for m in TORCH_FREE_MODEL_MODULES]
+
+
+@pytest.mark.parametrize(
+    "path", _torch_free_model_files(), ids=lambda p: str(p.relative_to(PACKAGE))
+)
+def test_serving_modules_of_model_are_torch_free(path: Path) -> None:
     tops = {m.split(".")[0] for m in _imported_modules(path)}
     assert not tops & (TORCH | {"sklearn"})
 
@@ -222,7 +242,7 @@ def test_serving_modules_of_model_are_torch_free(module: str) -> None:
 def test_service_app_imports_without_torch() -> None:
     code = (
         "import sys, polypindex.service.app, polypindex.indexer.pipeline, "
-        "polypindex.model.runtime; print('torch' in sys.modules)"
+        "polypindex.model.runtime.onnx; print('torch' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
@@ -230,18 +250,97 @@ def test_service_app_imports_without_torch() -> None:
     assert out.stdout.strip() == "False", "the serving path imported torch"
 
 
-def test_layers_are_linked_into_the_namespace() -> None:
+def test_one_real_path_per_file() -> None:
+    """The package holds every file (no link inside it); each top-level layer folder is a
+    link to its package folder, for browsing only (docs/architecture.md#layout)."""
+    links = [p for p in PACKAGE.rglob("*") if p.is_symlink()]
+    assert not links, f"links inside the package: {links}"
     for layer in LAYERS:
-        link = ROOT / "polypindex" / layer
-        assert link.is_symlink() and link.resolve() == (ROOT / layer).resolve(), link
+        real, link = PACKAGE / layer, ROOT / layer
+        assert real.is_dir() and not real.is_symlink(), real
+        assert link.is_symlink() and link.resolve() == real.resolve(), link
+        assert Path(link.readlink()) == Path("polypindex") / layer  # relative: a clone moves
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    """Names a module binds at its top level (definitions and assignments, in ``if`` and
+    ``try`` blocks too), not the names it imports."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
+def _public_list(tree: ast.Module) -> list[str]:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    return []
+
+
+def test_every_name_has_one_import_path() -> None:
+    """``from polypindex.X import name`` names the module that defines ``name`` (or a
+    package whose ``__init__`` lists it in ``__all__``): nothing is re-exported."""
+    modules = {_module_name(p): p for p in _all_files()}
+    trees = {name: ast.parse(p.read_text(), filename=str(p)) for name, p in modules.items()}
+    defined = {name: _defined_names(t) for name, t in trees.items()}
+    offenders = []
+    sources = [*modules.values(), *(ROOT / "tests").rglob("*.py")]
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                continue
+            if node.module not in modules:
+                continue
+            public = (
+                _public_list(trees[node.module])
+                if modules[node.module].name == "__init__.py"
+                else []
+            )
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in modules or alias.name in public:
+                    continue
+                if alias.name not in defined[node.module]:
+                    offenders.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} {alias.name} from {node.module}"
+                    )
+    assert not offenders, f"imported from a module that does not define it: {offenders}"
+
+
+def test_public_lists_outside_packages_hold_own_names() -> None:
+    """A module's ``__all__`` (outside ``__init__.py``) lists only what it defines."""
+    offenders = {}
+    for path in _all_files():
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        foreign = sorted(set(_public_list(tree)) - _defined_names(tree))
+        if foreign:
+            offenders[str(path.relative_to(ROOT))] = foreign
+    assert not offenders, f"re-exported in __all__: {offenders}"
+
+
+def test_no_file_over_the_line_limit() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in [*_all_files(), *(ROOT / "tests").rglob("*.py")]
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"files over {MAX_LINES} lines: {long}"
 
 
 def test_one_atomic_write() -> None:
-    """Temp file + rename is written once (``model/files.py``); everything else calls it."""
+    """Temp file + rename is written once (``model/core/files.py``); everything else calls it."""
     banned = {("os", "replace"), ("os", "rename"), ("tempfile", "mkstemp"), ("shutil", "move")}
     offenders = []
-    for path in (p for layer in (*LAYERS, CLI) for p in _layer_files(layer)):
-        if path == ROOT / "model" / "files.py":
+    for path in _all_files():
+        if path == PACKAGE / "model" / "core" / "files.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if (
@@ -252,16 +351,16 @@ def test_one_atomic_write() -> None:
                 offenders.append(
                     f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}"
                 )
-    assert not offenders, f"write through polypindex.model.files instead: {offenders}"
+    assert not offenders, f"write through polypindex.model.core.files instead: {offenders}"
 
 
 def test_one_way_to_get_an_encoder() -> None:
-    """Every product path loads the encoder through ``model.backends.load_encoder`` (the
+    """Every product path loads the encoder through ``model.runtime.loader.load_encoder`` (the
     runtime choice and the parity check); only the loader builds a runtime class."""
     runtimes = {"OnnxEncoder", "OpenVinoEncoder"}
-    allowed = {ROOT / "model" / "backends.py"}
+    allowed = {PACKAGE / "model" / "runtime" / "loader.py"}
     offenders = []
-    for path in (p for layer in (*LAYERS, CLI) for p in _layer_files(layer)):
+    for path in _all_files():
         if path in allowed:
             continue
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -269,4 +368,4 @@ def test_one_way_to_get_an_encoder() -> None:
                 name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
                 if name in runtimes:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}(...)")
-    assert not offenders, f"load through polypindex.model.backends.load_encoder: {offenders}"
+    assert not offenders, f"load through polypindex.model.runtime.loader.load_encoder: {offenders}"

@@ -13,17 +13,20 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers.synth import small_synth
 
-from polypindex.indexer.pipeline import index_dataset, installed_probes
+from polypindex.indexer.pipeline import index_dataset
+from polypindex.indexer.predictions import installed_probes
 from polypindex.indexer.store import Store
-from polypindex.model.backends import layout_encoder
-from polypindex.model.evaluation import average_precision, chance_retrieval_map
-from polypindex.model.export import export_onnx
-from polypindex.model.layout import Layout
+from polypindex.model.core.layout import Layout
+from polypindex.model.nets.export import export_onnx
+from polypindex.model.runtime.loader import layout_encoder
+from polypindex.model.scoring.evaluation import chance_retrieval_map
+from polypindex.model.scoring.metrics import average_precision
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 from polypindex.synth import generate
 from polypindex.training.probe import train_probe_on_encoder
-from polypindex.training.train import load_train_config, train
+from polypindex.training.train import train
+from polypindex.training.train_config import load_train_config
 
 SPLITS = ("train", "val", "test")
 
@@ -113,7 +116,7 @@ def test_query_by_frames_matches_query_by_id(client: TestClient, built: dict[str
     tid = store.tracklet_ids_for_procedure(proc.uid)[0]
     record = store.get_tracklet(tid)
     # rebuild the tracklet's frames + boxes from the dataset it was indexed from
-    from polypindex.model.coco import load_coco_split
+    from polypindex.model.data.coco import load_coco_split
 
     tracklet = next(
         t

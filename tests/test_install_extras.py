@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polypindex.model.install import (
+from polypindex.model.runtime.install import (
     FAISS_DISTRIBUTIONS,
     ONNX_RUNTIME_DISTRIBUTIONS,
     install_problems,

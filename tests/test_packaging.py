@@ -51,7 +51,7 @@ def test_one_top_level_package(wheel_names: list[str]) -> None:
 @pytest.mark.parametrize(
     "member",
     [
-        "polypindex/model/encoder.py",
+        "polypindex/model/nets/encoder.py",
         "polypindex/training/configs/demo.yaml",
         "polypindex/indexer/migrations/env.py",
         "polypindex/indexer/migrations/script.py.mako",
@@ -79,7 +79,7 @@ def test_the_unpacked_wheel_imports_on_its_own(wheel: Path, tmp_path: Path) -> N
         zf.extractall(site)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import polypindex.service.app, polypindex.cli, polypindex.model.encoder as e;"
+        "import polypindex.service.app, polypindex.cli, polypindex.model.nets.encoder as e;"
         "from polypindex.indexer.migrate import MIGRATIONS_DIR as m;"
         "from polypindex.training.presets import available_presets as a;"
         "print(e.__file__); print(m); print(sorted(a()))"

@@ -1,6 +1,6 @@
 """One model, one identity, on every runtime and CPU (docs/runtimes.md#one-identity-per-model).
 
-A tiny real HMVE (convolutions and attention, exported by ``model.export``) is served by
+A tiny real HMVE (convolutions and attention, exported by ``model.nets.export``) is served by
 ONNX Runtime FP32, OpenVINO FP32 and OpenVINO BF16 under one encoder version; a store
 indexed (with probes and polyp entities) on one runtime serves on another with the same
 answers; a reduced precision that fails the parity check falls back to FP32 and says
@@ -28,18 +28,21 @@ from typer.testing import CliRunner
 
 from polypindex.cli import app
 from polypindex.indexer.grouping import group_stored, reid_calibration
-from polypindex.indexer.pipeline import index_dataset, installed_probes
+from polypindex.indexer.pipeline import index_dataset
+from polypindex.indexer.predictions import installed_probes
 from polypindex.indexer.store import Store
-from polypindex.model import backends
-from polypindex.model.backends import check_parity, load_encoder
-from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.model.encoder import HMVE, save_encoder_checkpoint
-from polypindex.model.errors import ModelLoadError
-from polypindex.model.export import export_onnx
-from polypindex.model.openvino_runtime import openvino_available
-from polypindex.model.parity import REFERENCE_KEY, Reference
-from polypindex.model.probe import Probe, load_probe
-from polypindex.model.runtime import META_PREFIX, OnnxEncoder
+from polypindex.model.core.errors import ModelLoadError
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
+from polypindex.model.nets.encoder import save_encoder_checkpoint
+from polypindex.model.nets.export import export_onnx
+from polypindex.model.nets.hmve import HMVE
+from polypindex.model.runtime import loader as backends
+from polypindex.model.runtime.base import META_PREFIX
+from polypindex.model.runtime.loader import check_parity, load_encoder
+from polypindex.model.runtime.onnx import OnnxEncoder
+from polypindex.model.runtime.openvino import openvino_available
+from polypindex.model.runtime.parity import REFERENCE_KEY, Reference
+from polypindex.model.scoring.probe import Probe, load_probe
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 from polypindex.synth import generate

@@ -19,7 +19,7 @@ PROTOCOLS = {
 
 
 class MapRule(StrEnum):
-    """``--map-rule``: the mAP rules of model.evaluation.MAP_RULES."""
+    """``--map-rule``: the mAP rules of model.scoring.evaluation.MAP_RULES."""
 
     ours = "ours"
     reference = "reference"

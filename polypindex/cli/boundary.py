@@ -10,7 +10,7 @@ Ctrl-C                     130     ``interrupted``
 =========================  ======  =================================================
 
 Commands never catch errors themselves: the library raises
-:class:`~polypindex.model.errors.PolypIndexError` (or ``ValueError`` / ``OSError`` for
+:class:`~polypindex.model.core.errors.PolypIndexError` (or ``ValueError`` / ``OSError`` for
 bad values and files) and :class:`BoundaryGroup`, the root command, translates them;
 usage errors are click's own (they are raised before a command runs, exit code 2).
 Anything else is a bug and keeps its traceback.
@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from polypindex.model.errors import PolypIndexError
+from polypindex.model.core.errors import PolypIndexError
 
 # What a command may fail with in normal use: the project's errors, invalid values
 # (``ValueError``, which pydantic's validation errors are too) and unusable files.

@@ -52,7 +52,7 @@ def synth(
     ] = None,
 ) -> None:
     """Generate a synthetic colonoscopy dataset in the COCO-with-video format."""
-    from polypindex.model.errors import ConfigError
+    from polypindex.model.core.errors import ConfigError
     from polypindex.synth import SYNTH_PRESETS, generate, synth_preset
 
     if preset not in SYNTH_PRESETS:

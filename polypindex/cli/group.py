@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from polypindex.cli.options import DatabaseOpt, DataOpt, HomeOpt, ModelOpt, SeedOpt, layout
-from polypindex.model.grouping import DEFAULT_CUT, DEFAULT_METHOD, METHODS
+from polypindex.model.scoring.grouping import DEFAULT_CUT, DEFAULT_METHOD, METHODS
 
 MethodOpt = Annotated[str, typer.Option("--method", help=f"Grouping method: {', '.join(METHODS)}.")]
 CutOpt = Annotated[
@@ -38,8 +38,8 @@ def index_group(
     (with the model's calibrated same-polyp probability when it has one) and store them."""
     from polypindex.indexer.grouping import group_stored, reid_calibration
     from polypindex.indexer.store import Store
-    from polypindex.model.backends import layout_encoder
-    from polypindex.model.errors import InvalidInputError
+    from polypindex.model.core.errors import InvalidInputError
+    from polypindex.model.runtime.loader import layout_encoder
 
     if method not in METHODS:
         raise InvalidInputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")

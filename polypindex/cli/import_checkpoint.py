@@ -28,7 +28,7 @@ def import_checkpoint(
     ] = None,
 ) -> None:
     """Convert a reference-implementation checkpoint into a PolypIndex encoder checkpoint."""
-    from polypindex.model.errors import ConfigError
+    from polypindex.model.core.errors import ConfigError
     from polypindex.training.reference_import import import_reference_checkpoint
 
     if reid_threshold is not None and not 0.0 <= reid_threshold <= 1.0:

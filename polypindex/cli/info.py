@@ -3,7 +3,7 @@
 Reads the ONNX metadata (identity, crop and fragment settings, embedding size, how it
 was trained — the training precision among it —, calibration, reference embeddings),
 then loads it the way the service would (``POLYPINDEX_RUNTIME`` /
-``POLYPINDEX_PRECISION``, :func:`polypindex.model.backends.layout_encoder`) and reports
+``POLYPINDEX_PRECISION``, :func:`polypindex.model.runtime.loader.layout_encoder`) and reports
 the runtime chosen and its parity check (docs/runtimes.md#one-identity-per-model).
 """
 
@@ -20,8 +20,8 @@ from polypindex.cli.options import HomeOpt, layout
 
 def model_info(path: Path, home: Path | None = None) -> dict[str, Any]:
     """The facts ``polypindex info`` prints, as a JSON-ready dict."""
-    from polypindex.model.backends import cpu_flags, layout_encoder
-    from polypindex.model.runtime import META_PREFIX
+    from polypindex.model.runtime.base import META_PREFIX
+    from polypindex.model.runtime.loader import cpu_flags, layout_encoder
 
     lay = layout(home=home, model=path)
     encoder = layout_encoder(lay, path)

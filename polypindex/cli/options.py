@@ -1,7 +1,7 @@
 """The options several commands share, and how the given ones become a :class:`Layout`.
 
 Every location option defaults to ``None`` (not given): :func:`given` drops those, so
-the ``POLYPINDEX_*`` environment (read once, by :class:`polypindex.model.layout.Layout`)
+the ``POLYPINDEX_*`` environment (read once, by :class:`polypindex.model.core.layout.Layout`)
 and the defaults under ``--home`` fill in the rest, and an environment variable is
 never overridden by a command-line default.
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 import typer
 
 if TYPE_CHECKING:
-    from polypindex.model.layout import Layout
+    from polypindex.model.core.layout import Layout
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,7 +101,7 @@ def given(
 
 def layout(**options: Any) -> Layout:
     """The artefact layout for the given location options (see :func:`given`)."""
-    from polypindex.model.layout import Layout
+    from polypindex.model.core.layout import Layout
 
     return Layout(**given(**options))
 

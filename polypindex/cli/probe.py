@@ -95,7 +95,8 @@ def probe_train(
     probe is trained on the 70 % and temperature-scaled on the 30 %. Writes the probe,
     a JSON report and a reliability diagram next to it.
     """
-    from polypindex.training.probe import ProbeTrainConfig, train_probe_on_encoder
+    from polypindex.training.probe import train_probe_on_encoder
+    from polypindex.training.probe_head import ProbeTrainConfig
 
     cache, crops = _caches(home, cache_dir)
     fit, path = train_probe_on_encoder(

@@ -25,13 +25,13 @@ from polypindex.cli.options import (
     layout,
     option_groups,
 )
-from polypindex.model.errors import PolypIndexError
+from polypindex.model.core.errors import PolypIndexError
 
 if TYPE_CHECKING:
     from polypindex.indexer.store import Store
     from polypindex.indexer.vectors import IndexPolicy
-    from polypindex.model.config import TrackletConfig
-    from polypindex.model.layout import Layout
+    from polypindex.model.core.layout import Layout
+    from polypindex.model.data.config import TrackletConfig
 
 ForceOpt = Annotated[bool, typer.Option(help="Re-embed procedures that are already indexed.")]
 DetectionsOpt = Annotated[Path, typer.Option(help="MOT-style CSV: frame,x,y,w,h,score[,track_id].")]
@@ -144,7 +144,7 @@ class IndexRun(Locations, PolicyOptions):
         import functools
 
         from polypindex.indexer.ray_engine import index_with_ray
-        from polypindex.model.backends import load_encoder
+        from polypindex.model.runtime.loader import load_encoder
 
         factory = functools.partial(
             load_encoder, lay.model_path, lay.runtime, lay.precision, engine_cache=lay.engine_cache
@@ -181,7 +181,7 @@ class Detections:
 
     @property
     def config(self) -> TrackletConfig:
-        from polypindex.model.config import TrackletConfig
+        from polypindex.model.data.config import TrackletConfig
 
         linking = ("separation_thresh", "iou_thresh", "min_tracklet_length")
         return TrackletConfig(**{name: getattr(self, name) for name in linking})
@@ -232,7 +232,7 @@ def _echo(data: Any) -> None:
 
 
 def _load_encoder(lay: Layout) -> Any:
-    from polypindex.model.backends import layout_encoder
+    from polypindex.model.runtime.loader import layout_encoder
 
     return layout_encoder(lay)  # POLYPINDEX_RUNTIME / POLYPINDEX_PRECISION (docs/runtimes.md)
 

@@ -19,13 +19,13 @@ from typing import Annotated, Any
 import typer
 
 from polypindex.cli.options import ResumeOpt, SetOpt
-from polypindex.model.errors import PolypIndexError
+from polypindex.model.core.errors import PolypIndexError
 
 
 def _overrides(set_: list[str] | None, data: Path | None, out: Path | None) -> dict[str, Any]:
     """The ``--set`` overrides, then ``--data`` and ``--out`` (when given) as the config's
     ``data_root`` and ``out_dir``."""
-    from polypindex.model.config import parse_overrides
+    from polypindex.model.data.config import parse_overrides
 
     overrides = parse_overrides(set_ or [])
     if data is not None:
@@ -37,7 +37,8 @@ def _overrides(set_: list[str] | None, data: Path | None, out: Path | None) -> d
 
 def _train(config: str, overrides: dict[str, Any], resume: bool) -> str:
     """Train the tracklet encoder (self-supervised by default) and keep the best checkpoint."""
-    from polypindex.training.train import load_train_config, train
+    from polypindex.training.train import train
+    from polypindex.training.train_config import load_train_config
 
     result = train(load_train_config(config, overrides), resume=resume)
     return f"best checkpoint: {result.best_checkpoint}"
@@ -45,7 +46,8 @@ def _train(config: str, overrides: dict[str, Any], resume: bool) -> str:
 
 def _pretrain(config: str, overrides: dict[str, Any], resume: bool) -> str:
     """Pretrain the frame encoder with Masked Siamese Networks on unlabelled frame crops."""
-    from polypindex.training.msn import load_msn_config, pretrain_frames
+    from polypindex.training.msn import pretrain_frames
+    from polypindex.training.msn_config import load_msn_config
 
     result = pretrain_frames(load_msn_config(config, overrides), resume=resume)
     return (
@@ -134,12 +136,12 @@ def export(
     with --quantize int8, write the INT8 model instead."""
     import tempfile
 
-    from polypindex.model.export import export_onnx
+    from polypindex.model.nets.export import export_onnx
 
     if quantize is None:
         _exported(export_onnx(checkpoint, out, reid_threshold=reid_threshold))
         return
-    from polypindex.model.quantize import QUANTIZATIONS, quantize_onnx
+    from polypindex.model.nets.quantize import QUANTIZATIONS, quantize_onnx
 
     if quantize not in QUANTIZATIONS:
         raise PolypIndexError(f"--quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
@@ -165,7 +167,7 @@ def export_frame_mean(
     ] = None,
 ) -> None:
     """Export the frame-mean baseline (per-frame embedding averaged over time) to ONNX."""
-    from polypindex.model.export import export_frame_mean_onnx
+    from polypindex.model.nets.export import export_frame_mean_onnx
 
     _exported(export_frame_mean_onnx(checkpoint, out, reid_threshold=reid_threshold))
 

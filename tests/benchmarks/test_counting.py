@@ -12,7 +12,7 @@ from helpers.onnx_graphs import onnx_metadata, write_mean_colour_encoder
 from helpers.synth import small_synth
 
 from polypindex.benchmarks.counting import adjusted_rand_index, evaluate_labels, run_counting
-from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
 
 
 def test_ari_matches_sklearn() -> None:

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 from helpers.coco import write_coco_json
-from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from polypindex.model.probe import CLASSES, Probe
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.scoring.probe import CLASSES, Probe
 
 TRACKLETS = TrackletConfig(min_tracklet_length=3)
 W, H = 64, 48

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
 
 
 def onnx_metadata(

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from polypindex.indexer.store import TrackletRow
+from polypindex.indexer.tables import TrackletRow
 
 
 def random_row(

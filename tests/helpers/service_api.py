@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 
 from helpers.rows import random_row
 from polypindex.indexer.generations import open_or_rebuild
-from polypindex.indexer.store import Store, TrackletRow
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import TrackletRow
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 

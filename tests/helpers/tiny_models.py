@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from polypindex.model.encoder import EncoderConfig
+from polypindex.model.nets.hmve import EncoderConfig
 
 # A few thousand weights: fast on a CPU, yet the real HMVE code path.
 TINY = EncoderConfig(

@@ -25,8 +25,8 @@ from polypindex.indexer.locations import anchors_for
 from polypindex.indexer.pipeline import index_dataset, index_sources
 from polypindex.indexer.sources import frames_source, video_source
 from polypindex.indexer.store import Store
-from polypindex.model.preprocess import preprocess_frames
-from polypindex.model.probe import probe_path
+from polypindex.model.data.preprocess import preprocess_frames
+from polypindex.model.scoring.probe import probe_path
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 

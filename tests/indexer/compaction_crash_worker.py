@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from polypindex.indexer.generations import open_or_rebuild
-from polypindex.indexer.store import Store, TrackletRow
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import TrackletRow
 from polypindex.indexer.vectors import IndexPolicy
 
 VERSION = "fake-v1"

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from helpers.indexing import TRACKLETS, FakeEncoder
 
-from polypindex.indexer.pipeline import Progress, delete_procedure, index_sources
+from polypindex.indexer.pipeline import delete_procedure, index_sources
+from polypindex.indexer.progress import Progress
 from polypindex.indexer.sources import frames_source
 from polypindex.indexer.store import Store
 

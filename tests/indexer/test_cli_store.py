@@ -22,7 +22,7 @@ from polypindex.indexer.generations import generation_dir
 from polypindex.indexer.migrate import head_revision
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
-from polypindex.model.probe import probe_path
+from polypindex.model.scoring.probe import probe_path
 
 runner = CliRunner()
 

@@ -29,7 +29,7 @@ from sqlalchemy import text
 from polypindex.indexer.generations import generation_dir, open_or_rebuild
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
-from polypindex.model.errors import IndexNotReadyError
+from polypindex.model.core.errors import IndexNotReadyError
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("crash_worker.py")

@@ -18,9 +18,10 @@ from polypindex.indexer.grouping import (
     procedure_polyps,
 )
 from polypindex.indexer.pipeline import delete_procedure, index_dataset
-from polypindex.indexer.store import PredictionRow, Store, TrackletRow
-from polypindex.model.calibration import Calibration
-from polypindex.model.errors import ProcedureNotFoundError
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import PredictionRow, TrackletRow
+from polypindex.model.core.errors import ProcedureNotFoundError
+from polypindex.model.scoring.calibration import Calibration
 
 VERSION = "fake-v1"
 
@@ -158,7 +159,7 @@ def test_cli_index_group_regroups_with_the_model_calibration(tmp_path: Path) -> 
     from typer.testing import CliRunner
 
     from polypindex.cli import app
-    from polypindex.model.config import FragmentConfig, PreprocessConfig
+    from polypindex.model.data.config import FragmentConfig, PreprocessConfig
 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     store = Store(url)

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from polypindex.cli import app
 from polypindex.indexer.generations import describe_generations, generation_dir, open_or_rebuild
-from polypindex.indexer.store import Store, TrackletRow
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import TrackletRow
 from polypindex.indexer.vectors import (
     INDEX_FILE,
     SIDECAR_FILE,

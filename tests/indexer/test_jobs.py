@@ -12,7 +12,7 @@ from helpers.indexing import FakeEncoder, write_csv, write_frames
 from polypindex.indexer.jobs import JobNotFoundError, JobRunner
 from polypindex.indexer.sources import PathNotAllowedError
 from polypindex.indexer.store import Store
-from polypindex.model.errors import InvalidInputError
+from polypindex.model.core.errors import InvalidInputError
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from polypindex.indexer import migrate
-from polypindex.indexer.store import Base, Store
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import Base
 
 TABLES = {
     "procedures",

@@ -11,18 +11,19 @@ import pytest
 from helpers.indexing import TRACKLETS, FakeEncoder, linear_probe, write_coco
 
 import polypindex.indexer.sources as sources
+from polypindex.indexer.embed import Embedder
 from polypindex.indexer.generations import generation_dir
-from polypindex.indexer.pipeline import Embedder, delete_procedure, index_dataset
+from polypindex.indexer.pipeline import delete_procedure, index_dataset
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
-from polypindex.model.config import FragmentConfig
-from polypindex.model.errors import (
+from polypindex.model.core.errors import (
     ConfigError,
     EncoderMismatchError,
     ImageReadError,
     InvalidInputError,
     ProcedureNotFoundError,
 )
+from polypindex.model.data.config import FragmentConfig
 
 
 @pytest.fixture

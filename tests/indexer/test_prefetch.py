@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from helpers.indexing import FakeEncoder
 
-from polypindex.indexer.pipeline import Progress, index_sources
+from polypindex.indexer.pipeline import index_sources
 from polypindex.indexer.prefetch import Prefetch
+from polypindex.indexer.progress import Progress
 from polypindex.indexer.sources import ProcedureSource
 from polypindex.indexer.store import Store
-from polypindex.model.embedding import EMBED_CHUNK
-from polypindex.model.errors import ImageReadError
-from polypindex.model.tracklets import Tracklet
+from polypindex.model.core.errors import ImageReadError
+from polypindex.model.data.embedding import EMBED_CHUNK
+from polypindex.model.data.tracklets import Tracklet
 
 H, W = 48, 64
 

@@ -28,7 +28,7 @@ from polypindex.indexer.sources import (
 )
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
-from polypindex.model.errors import ImageReadError, InvalidInputError
+from polypindex.model.core.errors import ImageReadError, InvalidInputError
 
 N = 12
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from helpers.rows import random_row
 
-from polypindex.indexer.store import PredictionRow, Store, TrackletRow
-from polypindex.model.errors import (
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import PredictionRow, TrackletRow
+from polypindex.model.core.errors import (
     ConflictError,
     InvalidInputError,
     ProcedureNotFoundError,

@@ -22,7 +22,7 @@ from polypindex.indexer.vectors import (
 )
 from polypindex.indexer.vectors.exact import ExactBackend
 from polypindex.indexer.vectors.gpu import GpuSearch
-from polypindex.model.errors import ConfigError, IndexNotReadyError
+from polypindex.model.core.errors import ConfigError, IndexNotReadyError
 
 DIM = 8
 POLICY = IndexPolicy(hnsw_m=8, ivf_nlist=4, ivf_nprobe=4)

@@ -15,7 +15,8 @@ from polypindex.indexer.generations import (
     open_or_rebuild,
     rebuild_generation,
 )
-from polypindex.indexer.store import Store, TrackletRow
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import TrackletRow
 from polypindex.indexer.vectors import (
     INDEX_FILE,
     SIDECAR_FILE,
@@ -23,13 +24,13 @@ from polypindex.indexer.vectors import (
     VectorIndex,
     gpu_available,
 )
-from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.model.errors import (
+from polypindex.model.core.errors import (
     ConfigError,
     EncoderMismatchError,
     IndexNotReadyError,
     InvalidInputError,
 )
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
 
 DIM = 16
 

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from helpers.onnx_graphs import onnx_metadata, write_mean_colour_encoder
 
-from polypindex.model.calibration import (
+from polypindex.model.core.errors import InvalidInputError, ModelLoadError
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
+from polypindex.model.nets.export import META_PREFIX, calibration_metadata
+from polypindex.model.scoring.calibration import (
     CALIBRATION_KEY,
     Calibration,
     calibration_pairs,
@@ -17,11 +20,8 @@ from polypindex.model.calibration import (
     fit_isotonic,
     log_loss,
 )
-from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.model.errors import InvalidInputError, ModelLoadError
-from polypindex.model.export import META_PREFIX, calibration_metadata
-from polypindex.model.metrics import expected_calibration_error
-from polypindex.model.reid import decide, reid_score
+from polypindex.model.scoring.metrics import expected_calibration_error
+from polypindex.model.scoring.reid import decide, reid_score
 
 
 def _pairs(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +124,7 @@ def _model(path: Path, extra: dict[str, str] | None = None) -> Path:
 
 
 def test_metadata_round_trip_through_the_onnx_model(tmp_path: Path) -> None:
-    from polypindex.model.runtime import OnnxEncoder
+    from polypindex.model.runtime.onnx import OnnxEncoder
 
     cal = fit_calibration(*_pairs())
     meta = calibration_metadata({CALIBRATION_KEY: cal.to_dict()})

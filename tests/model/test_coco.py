@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from polypindex.model.coco import load_coco_split
-from polypindex.model.config import TrackletConfig
-from polypindex.model.errors import InvalidAnnotationError
+from polypindex.model.core.errors import InvalidAnnotationError
+from polypindex.model.data.coco import load_coco_split
+from polypindex.model.data.config import TrackletConfig
 
 
 def _dataset(n_frames: int = 6) -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""polypindex.model.config: the one parser of ``--set key=value`` overrides."""
+"""polypindex.model.data.config: the one parser of ``--set key=value`` overrides."""
 
 from __future__ import annotations
 
 import pytest
 
-from polypindex.model.config import parse_overrides
-from polypindex.model.errors import ConfigError
+from polypindex.model.core.errors import ConfigError
+from polypindex.model.data.config import parse_overrides
 
 
 def test_parse_overrides_json_values_and_errors() -> None:

@@ -1,5 +1,5 @@
-"""polypindex.model.embedding: the one frame selection, the one whole-tracklet rule and
-the one streaming crop path; polypindex.model.reid: the one re-ID decision."""
+"""polypindex.model.data.embedding: the one frame selection, the one whole-tracklet rule and
+the one streaming crop path; polypindex.model.scoring.reid: the one re-ID decision."""
 
 from __future__ import annotations
 
@@ -9,17 +9,21 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pytest
 
-from polypindex.model.config import FragmentConfig, PreprocessConfig, check_whole_tracklet
-from polypindex.model.embedding import (
+from polypindex.model.core.errors import ConfigError
+from polypindex.model.data.config import (
+    FragmentConfig,
+    PreprocessConfig,
+    check_whole_tracklet,
+    whole_tracklet,
+)
+from polypindex.model.data.embedding import (
     CropStream,
     embedding_settings,
     selected_frames,
     tracklet_fragments,
-    whole_tracklet,
 )
-from polypindex.model.errors import ConfigError
-from polypindex.model.preprocess import crop_frames
-from polypindex.model.reid import decide, reid_score, same_polyp
+from polypindex.model.data.preprocess import crop_frames
+from polypindex.model.scoring.reid import decide, reid_score, same_polyp
 
 PRE = PreprocessConfig(im_size=8, bbox_scale_factor=2.0)
 

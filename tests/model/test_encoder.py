@@ -10,21 +10,18 @@ import torch
 import torchvision
 from helpers.tiny_models import TINY
 
-from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.model.encoder import (
+from polypindex.model.core.errors import ConfigError, InvalidInputError, ModelLoadError
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
+from polypindex.model.nets.encoder import (
     CHECKPOINT_FORMAT,
-    HMVE,
-    EncoderConfig,
-    build_backbone,
     encoder_version,
     frame_encoder_version,
-    load_backbone_weights,
     load_encoder_checkpoint,
     load_frame_encoder_checkpoint,
     save_encoder_checkpoint,
     save_frame_encoder_checkpoint,
 )
-from polypindex.model.errors import ConfigError, InvalidInputError, ModelLoadError
+from polypindex.model.nets.hmve import HMVE, EncoderConfig, build_backbone, load_backbone_weights
 
 IM = 32
 

@@ -13,18 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polypindex.model.errors import InvalidInputError
-from polypindex.model.evaluation import (
+from polypindex.model.core.errors import InvalidInputError
+from polypindex.model.scoring.evaluation import (
     HISTOGRAM_DIM,
     RetrievalResult,
-    average_precision,
     best_f1_threshold,
-    chance_average_precision,
     chance_retrieval_map,
     color_histogram_embedding,
-    precision_recall_curve,
     reid_metrics,
     retrieval_metrics,
+)
+from polypindex.model.scoring.metrics import (
+    average_precision,
+    chance_average_precision,
+    precision_recall_curve,
     roc_auc,
     roc_curve,
 )
@@ -335,7 +337,9 @@ def test_json_dicts_and_curve_images(tmp_path: Path) -> None:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
 
 
-@pytest.mark.parametrize("module", ["model.evaluation", "model.metrics", "training.plots"])
+@pytest.mark.parametrize(
+    "module", ["model.scoring.evaluation", "model.scoring.metrics", "training.plots"]
+)
 def test_module_imports_without_torch_sklearn_or_matplotlib(module: str) -> None:
     code = (
         f"import sys, {module}; "

@@ -18,16 +18,16 @@ import pytest
 import torch
 from helpers.tiny_models import TINY
 
-from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.model.encoder import (
-    HMVE,
-    EncoderConfig,
+from polypindex.model.core.errors import ModelLoadError
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
+from polypindex.model.data.preprocess import preprocess_frames
+from polypindex.model.data.tracklets import fragment_indices
+from polypindex.model.nets.encoder import (
     LoadedEncoder,
     load_encoder_checkpoint,
     save_encoder_checkpoint,
 )
-from polypindex.model.errors import ModelLoadError
-from polypindex.model.export import (
+from polypindex.model.nets.export import (
     DEFAULT_REID_THRESHOLD,
     ONNX_FORMAT,
     PARITY_ATOL,
@@ -35,9 +35,8 @@ from polypindex.model.export import (
     export_onnx,
     resolve_reid_threshold,
 )
-from polypindex.model.preprocess import preprocess_frames
-from polypindex.model.runtime import OnnxEncoder, read_onnx_metadata
-from polypindex.model.tracklets import fragment_indices
+from polypindex.model.nets.hmve import HMVE, EncoderConfig
+from polypindex.model.runtime.onnx import OnnxEncoder, read_onnx_metadata
 
 PREPROCESS = PreprocessConfig(im_size=32, bbox_scale_factor=3.0)
 FRAGMENT = FragmentConfig(stride=3, fragment_length=4, max_frames=5)
@@ -161,7 +160,7 @@ def test_reid_threshold_resolution(caplog: pytest.LogCaptureFixture) -> None:
 
     assert resolve_reid_threshold(loaded({"reid_threshold": 0.8}), 0.55) == 0.55
     assert resolve_reid_threshold(loaded({"reid_threshold": 0.8})) == 0.8
-    with caplog.at_level(logging.WARNING, logger="polypindex.model.export"):
+    with caplog.at_level(logging.WARNING, logger="polypindex.model.nets.export"):
         assert resolve_reid_threshold(loaded({})) == DEFAULT_REID_THRESHOLD
     assert "reid_threshold" in caplog.text
     with pytest.raises(ModelLoadError, match=r"\[0, 1\]"):

@@ -1,4 +1,4 @@
-"""model.files: the one atomic write (temp file beside the target, rename, cleanup)."""
+"""model.core.files: the one atomic write (temp file beside the target, rename, cleanup)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polypindex.model.files import atomic_path, atomic_write
+from polypindex.model.core.files import atomic_path, atomic_write
 
 
 def test_atomic_write_bytes_text_and_callable(tmp_path: Path) -> None:

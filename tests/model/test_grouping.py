@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polypindex.model.errors import InvalidInputError
-from polypindex.model.grouping import (
+from polypindex.model.core.errors import InvalidInputError
+from polypindex.model.scoring.grouping import (
     METHODS,
     TrackletSpan,
     cannot_link_matrix,

@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 
 from polypindex.benchmarks.protocols import format_table
-from polypindex.model.errors import InvalidInputError
-from polypindex.model.evaluation import (
-    MAP_RULES,
-    average_precision,
-    reference_average_precision,
-    retrieval_metrics,
-)
+from polypindex.model.core.errors import InvalidInputError
+from polypindex.model.scoring.evaluation import MAP_RULES, retrieval_metrics
+from polypindex.model.scoring.metrics import average_precision, reference_average_precision
 
 
 def _negative_positive_set(seed: int, n: int = 24) -> tuple[np.ndarray, list[str]]:

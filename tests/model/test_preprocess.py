@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from polypindex.model.config import PreprocessConfig
-from polypindex.model.errors import ConfigError, ImageReadError, InvalidInputError
-from polypindex.model.preprocess import (
+from polypindex.model.core.errors import ConfigError, ImageReadError, InvalidInputError
+from polypindex.model.data.config import PreprocessConfig
+from polypindex.model.data.preprocess import (
     CropCache,
     crop_frame,
     crop_frames,

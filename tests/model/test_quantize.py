@@ -15,15 +15,20 @@ from helpers.coco import write_coco_json
 from helpers.indexing import write_coco
 from helpers.tiny_models import TINY
 
-from polypindex.model.coco import load_coco_split
-from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from polypindex.model.embedding import cached_sequences, selected_frames
-from polypindex.model.encoder import HMVE, save_encoder_checkpoint
-from polypindex.model.errors import ConfigError, ModelLoadError
-from polypindex.model.export import export_onnx
-from polypindex.model.preprocess import CropCache, normalize
-from polypindex.model.quantize import CropCalibrationReader, calibration_sequences, quantize_onnx
-from polypindex.model.runtime import OnnxEncoder
+from polypindex.model.core.errors import ConfigError, ModelLoadError
+from polypindex.model.data.coco import load_coco_split
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.data.embedding import cached_sequences, selected_frames
+from polypindex.model.data.preprocess import CropCache, normalize
+from polypindex.model.nets.encoder import save_encoder_checkpoint
+from polypindex.model.nets.export import export_onnx
+from polypindex.model.nets.hmve import HMVE
+from polypindex.model.nets.quantize import (
+    CropCalibrationReader,
+    calibration_sequences,
+    quantize_onnx,
+)
+from polypindex.model.runtime.onnx import OnnxEncoder
 
 PREPROCESS = PreprocessConfig(im_size=32)
 FRAGMENT = FragmentConfig(stride=1, fragment_length=-1, max_frames=8)

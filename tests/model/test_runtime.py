@@ -18,12 +18,13 @@ from helpers.onnx_graphs import onnx_metadata, write_mean_colour_encoder
 
 from polypindex.indexer.embed import embed_procedure
 from polypindex.indexer.sources import ProcedureSource
-from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.model.embedding import selected_frames
-from polypindex.model.errors import InvalidInputError, ModelLoadError
-from polypindex.model.preprocess import preprocess_frames
-from polypindex.model.runtime import OnnxEncoder, l2_normalize, read_onnx_metadata
-from polypindex.model.tracklets import Tracklet, fragment_indices
+from polypindex.model.core.errors import InvalidInputError, ModelLoadError
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
+from polypindex.model.data.embedding import selected_frames
+from polypindex.model.data.preprocess import preprocess_frames
+from polypindex.model.data.tracklets import Tracklet, fragment_indices
+from polypindex.model.runtime.base import l2_normalize
+from polypindex.model.runtime.onnx import OnnxEncoder, read_onnx_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 IM = 16
@@ -178,7 +179,7 @@ def test_l2_normalize_keeps_zero_rows() -> None:
 
 
 def test_importing_runtime_does_not_import_torch() -> None:
-    code = "import sys, model.runtime; print('torch' in sys.modules)"
+    code = "import sys, model.runtime.onnx; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )

@@ -11,27 +11,27 @@ import numpy as np
 import pytest
 from helpers.onnx_graphs import onnx_metadata, write_mean_colour_encoder
 
-from polypindex.model import runtime as runtime_module
-from polypindex.model.backends import (
+from polypindex.model.core.errors import ConfigError, ModelLoadError
+from polypindex.model.core.layout import Layout
+from polypindex.model.core.versions import canonical_version
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
+from polypindex.model.runtime import onnx as runtime_module
+from polypindex.model.runtime.base import int8_version
+from polypindex.model.runtime.loader import (
     cpu_flags,
     cpu_has_bf16,
     layout_encoder,
     load_encoder,
     resolve_runtime,
 )
-from polypindex.model.config import FragmentConfig, PreprocessConfig
-from polypindex.model.errors import ConfigError, ModelLoadError
-from polypindex.model.layout import Layout
-from polypindex.model.openvino_runtime import openvino_available
-from polypindex.model.runtime import (
+from polypindex.model.runtime.onnx import (
     CPU,
     CUDA,
     TENSORRT,
     OnnxEncoder,
-    int8_version,
     select_providers,
 )
-from polypindex.model.versions import canonical_version
+from polypindex.model.runtime.openvino import openvino_available
 
 IM, DIM = 16, 4
 VERSION = "hmve-fake-0123456789ab"
@@ -279,7 +279,7 @@ def test_openvino_missing_file(tmp_path: Path) -> None:
 
 @needs_openvino
 def test_openvino_unknown_precision(model_path: Path) -> None:
-    from polypindex.model.openvino_runtime import OpenVinoEncoder
+    from polypindex.model.runtime.openvino import OpenVinoEncoder
 
     with pytest.raises(ConfigError):
         OpenVinoEncoder(model_path, precision="int4")

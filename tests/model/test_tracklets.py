@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polypindex.model.config import FragmentConfig, TrackletConfig
-from polypindex.model.errors import ConfigError, InvalidInputError
-from polypindex.model.tracklets import (
+from polypindex.model.core.errors import ConfigError, InvalidInputError
+from polypindex.model.data.config import FragmentConfig, TrackletConfig
+from polypindex.model.data.tracklets import (
     box_iou,
     box_iou_matrix,
     fragment_indices,

@@ -16,8 +16,9 @@ from torch import nn  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from polypindex.cli import app  # noqa: E402
-from polypindex.model.encoder import HMVE, load_encoder_checkpoint  # noqa: E402
-from polypindex.model.errors import ModelLoadError  # noqa: E402
+from polypindex.model.core.errors import ModelLoadError  # noqa: E402
+from polypindex.model.nets.encoder import load_encoder_checkpoint  # noqa: E402
+from polypindex.model.nets.hmve import HMVE  # noqa: E402
 from polypindex.training.reference_import import import_reference_checkpoint  # noqa: E402
 
 D_MODEL, HEADS, LAYERS, FF = 64, 4, 2, 128
@@ -77,7 +78,7 @@ def _save_ckpt(model: nn.Module, path: Path, **hparams: object) -> Path:
 
 def _directly_renamed(model: _ReferenceShaped) -> HMVE:
     """Our HMVE with the weights renamed by a hand-written table (no importer code)."""
-    from polypindex.model.encoder import EncoderConfig
+    from polypindex.model.nets.hmve import EncoderConfig
 
     table = (("mve.sfe.backbone.", "frame_encoder."), ("mve.feature_norm.", "adapter_norm."),
              ("mve.encoder.", "transformer."), ("mve.", ""))  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 from helpers.onnx_graphs import onnx_metadata, write_mean_colour_encoder
 from helpers.synth import small_synth
 
-from polypindex.model.config import FragmentConfig, PreprocessConfig
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig
 from polypindex.synth import generate
 
 IM = 16

@@ -13,9 +13,9 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from typer.testing import CliRunner
 
 from polypindex.cli import app
-from polypindex.model.backends import layout_encoder
-from polypindex.model.layout import Layout
-from polypindex.model.probe import load_probe, task_label
+from polypindex.model.core.layout import Layout
+from polypindex.model.runtime.loader import layout_encoder
+from polypindex.model.scoring.probe import load_probe, task_label
 
 runner = CliRunner()
 

@@ -12,13 +12,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from polypindex.model.errors import InvalidInputError
-from polypindex.model.evaluation import (
+from polypindex.model.core.errors import InvalidInputError
+from polypindex.model.scoring.metrics import (
     binary_classification_metrics,
     expected_calibration_error,
     reliability_bins,
 )
-from polypindex.training.probe import binary_nll, fit_temperature
+from polypindex.training.probe_head import binary_nll, fit_temperature
 
 
 def _sklearn(y: np.ndarray, p: np.ndarray, s: np.ndarray | None) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""polypindex.model.probe: labels, the vote and its tie rule, the numpy probe, its file and its errors."""
+"""polypindex.model.scoring.probe: labels, the vote and its tie rule, the numpy probe, its file and its errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from polypindex.model.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
-from polypindex.model.probe import (
+from polypindex.model.core.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
+from polypindex.model.scoring.probe import (
     CLASSES,
     MLP_HIDDEN,
     Probe,
@@ -291,7 +291,7 @@ def test_invalid_metadata_raises_model_load_error(
 def test_probe_serves_without_torch(tmp_path: Path) -> None:
     path = _mlp_probe().save(tmp_path / "histology.npz")
     code = (
-        "import sys, numpy as np; from model.probe import load_probe; "
+        "import sys, numpy as np; from model.scoring.probe import load_probe; "
         f"p = load_probe({str(path)!r}, encoder_version={ENCODER!r}); "
         f"pred = p.predict_tracklet(np.ones((3, {D}), dtype=np.float32)); "
         "print(pred.label in p.classes, 'torch' in sys.modules, 'sklearn' in sys.modules)"

@@ -10,22 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from polypindex.model.backends import layout_encoder
-from polypindex.model.config import FragmentConfig
-from polypindex.model.errors import ConfigError, EncoderMismatchError, InvalidInputError
-from polypindex.model.layout import Layout
-from polypindex.model.probe import Probe, load_probe, probe_path
-from polypindex.model.runtime import OnnxEncoder
-from polypindex.training.probe import (
+from polypindex.model.core.errors import ConfigError, EncoderMismatchError, InvalidInputError
+from polypindex.model.core.layout import Layout
+from polypindex.model.data.config import FragmentConfig
+from polypindex.model.runtime.loader import layout_encoder
+from polypindex.model.runtime.onnx import OnnxEncoder
+from polypindex.model.scoring.probe import Probe, load_probe, probe_path
+from polypindex.training.probe import train_probe, train_probe_on_encoder
+from polypindex.training.probe_data import (
     FragmentSet,
-    ProbeTrainConfig,
     encoder_fragment_features,
-    fit_head,
     label_fragments,
     split_polyps,
-    train_probe,
-    train_probe_on_encoder,
 )
+from polypindex.training.probe_head import ProbeTrainConfig, fit_head
 
 
 def _labels(n_pos: int, n_neg: int) -> dict[str, int]:

@@ -33,7 +33,7 @@ from sqlalchemy.exc import OperationalError
 
 from polypindex.indexer.faults import public_message, storage_fault
 from polypindex.indexer.store import Store
-from polypindex.model.errors import ProcedureNotFoundError
+from polypindex.model.core.errors import ProcedureNotFoundError
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers.service_api import DIM, MeanColourEncoder, Setup, assert_error, frame, started
 
-from polypindex.model.image_header import check_pixels, image_size
+from polypindex.model.data.image_header import check_pixels, image_size
 from polypindex.service.limits import BodyLimitMiddleware, max_image_b64_chars
 from polypindex.service.schemas import MAX_EXCLUDED_IDS, MAX_PROCEDURE_UIDS
 
@@ -223,8 +223,8 @@ def test_max_b64_chars_holds_the_base64_of_max_bytes() -> None:
 def test_opencv_pixel_limit_is_an_image_read_error() -> None:
     """Without the service's limit (indexing), OpenCV's own limit (2^30 pixels) was an
     uncaught ``cv2.error``; now an ImageReadError naming the problem."""
-    from polypindex.model.errors import ImageReadError
-    from polypindex.model.preprocess import decode_image
+    from polypindex.model.core.errors import ImageReadError
+    from polypindex.model.data.preprocess import decode_image
 
     with pytest.raises(ImageReadError):
         decode_image(png_header_only(40000, 40000))

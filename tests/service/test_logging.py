@@ -19,7 +19,8 @@ from helpers.service_api import MeanColourEncoder, Setup, frame, png_b64, starte
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from polypindex.indexer.store import JobModel, Store
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import JobModel
 from polypindex.service.observability import JsonFormatter, configure_logging, scrub_pairs
 from polypindex.service.settings import Settings
 

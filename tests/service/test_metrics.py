@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from helpers.service_api import VERSION, MeanColourEncoder, Setup, frame, started
 from prometheus_client.parser import text_string_to_metric_families
 
-from polypindex.indexer.store import JobModel, Store
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import JobModel
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 

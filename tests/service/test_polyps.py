@@ -21,7 +21,7 @@ from helpers.service_api import (
 
 from polypindex.indexer.grouping import group_stored, procedure_polyps
 from polypindex.indexer.store import Store
-from polypindex.model.calibration import Calibration
+from polypindex.model.scoring.calibration import Calibration
 
 CALIBRATION = Calibration("platt", {"a": 8.0, "b": -4.0}, threshold=0.7)
 

@@ -31,7 +31,7 @@ from helpers.service_api import PROCEDURES, unit_rows
 
 from polypindex.indexer.generations import open_or_rebuild
 from polypindex.indexer.store import Store
-from polypindex.model.probe import probe_path
+from polypindex.model.scoring.probe import probe_path
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 

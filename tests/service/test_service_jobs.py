@@ -218,7 +218,7 @@ def test_a_job_left_running_by_a_dead_process_runs_after_a_restart(settings: Set
     from sqlalchemy import update
 
     from polypindex.indexer.jobs import JobRunner
-    from polypindex.indexer.store import JobModel
+    from polypindex.indexer.tables import JobModel
 
     data = write_coco(settings.data_roots[0] / "again")
     store = Store(settings.database_url)

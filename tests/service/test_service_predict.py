@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 from helpers.indexing import linear_probe
 
 from polypindex.indexer.generations import open_or_rebuild
-from polypindex.indexer.pipeline import predict
-from polypindex.indexer.store import Store, TrackletRow
-from polypindex.model.probe import Probe, probe_path
+from polypindex.indexer.predictions import predict
+from polypindex.indexer.store import Store
+from polypindex.indexer.tables import TrackletRow
+from polypindex.model.scoring.probe import Probe, probe_path
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 

@@ -139,7 +139,7 @@ def test_healthz_degraded_without_model_file(setup: Setup) -> None:
 
 def test_healthz_names_a_clashing_install(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     """An environment with two ONNX Runtimes is degraded, and says which (docs/gpu.md)."""
-    from polypindex.model import install
+    from polypindex.model.runtime import install
     from polypindex.service import resources
 
     versions = {"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1", "faiss-cpu": "1.15.1"}

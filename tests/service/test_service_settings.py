@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from polypindex.model.layout import Layout
+from polypindex.model.core.layout import Layout
 from polypindex.service.settings import Settings
 
 

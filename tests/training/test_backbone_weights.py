@@ -12,9 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from polypindex.model.errors import ModelLoadError  # noqa: E402
+from polypindex.model.core.errors import ModelLoadError  # noqa: E402
 from polypindex.training.module import HmveModule  # noqa: E402
-from polypindex.training.train import load_train_config  # noqa: E402
+from polypindex.training.train_config import load_train_config  # noqa: E402
 
 
 def _paper(weights: Path | str, backbone: str = "resnet18") -> HmveModule:

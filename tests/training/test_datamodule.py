@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from polypindex.model.coco import load_coco_split
-from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from polypindex.model.errors import ConfigError
-from polypindex.model.preprocess import CropCache, normalize
-from polypindex.model.tracklets import Tracklet
+from polypindex.model.core.errors import ConfigError
+from polypindex.model.data.coco import load_coco_split
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.data.preprocess import CropCache, normalize
+from polypindex.model.data.tracklets import Tracklet
 from polypindex.training.datamodule import (
     FragmentDataModule,
     LengthGroupSampler,

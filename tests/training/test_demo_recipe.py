@@ -16,8 +16,8 @@ from polypindex.demo import (
     ensure_frame_pretraining,
     ensure_model,
 )
-from polypindex.model.encoder import load_encoder_checkpoint, load_frame_encoder_checkpoint
-from polypindex.model.layout import Layout
+from polypindex.model.core.layout import Layout
+from polypindex.model.nets.encoder import load_encoder_checkpoint, load_frame_encoder_checkpoint
 from polypindex.training.msn_config import load_msn_config
 from polypindex.training.presets import CONFIG_DIR
 from polypindex.training.train_config import load_train_config
@@ -79,7 +79,8 @@ def test_unfinished_frame_pretraining_is_resumed(disc_data: Path, tmp_path: Path
     data["epochs"] = 2
     msn_preset.write_text(yaml.safe_dump(data))
     lay = Layout(home=tmp_path / "home")
-    from polypindex.training.msn import load_msn_config, pretrain_frames
+    from polypindex.training.msn import pretrain_frames
+    from polypindex.training.msn_config import load_msn_config
 
     out = lay.demo_model_dir / "msn"
     first = load_msn_config(

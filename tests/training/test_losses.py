@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.model.core.errors import ConfigError, InvalidInputError
 from polypindex.training.losses import MilNceLoss, mil_nce, multi_positive_contrastive
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("polypindex.model.evaluation")
+pytest.importorskip("polypindex.model.scoring.evaluation")
 
-from polypindex.model.encoder import EncoderConfig
-from polypindex.model.errors import ConfigError
+from polypindex.model.core.errors import ConfigError
+from polypindex.model.nets.hmve import EncoderConfig
 from polypindex.training.losses import LossSettings, mil_nce
 from polypindex.training.module import HmveModule, duplicate_fragment_mask
 

@@ -14,27 +14,26 @@ import torch
 from typer.testing import CliRunner
 
 from polypindex.cli import app
-from polypindex.model.coco import load_coco_split
-from polypindex.model.config import FragmentConfig, PreprocessConfig, TrackletConfig
-from polypindex.model.encoder import (
-    HMVE,
-    EncoderConfig,
-    FrameMeanEncoder,
-    build_backbone,
+from polypindex.model.core.errors import ConfigError, ModelLoadError
+from polypindex.model.data.coco import load_coco_split
+from polypindex.model.data.config import FragmentConfig, PreprocessConfig, TrackletConfig
+from polypindex.model.data.preprocess import preprocess_frames, read_image
+from polypindex.model.nets.encoder import (
     load_encoder_checkpoint,
     load_frame_encoder_checkpoint,
     save_frame_encoder_checkpoint,
 )
-from polypindex.model.errors import ConfigError, ModelLoadError
-from polypindex.model.export import export_frame_mean_onnx
-from polypindex.model.preprocess import preprocess_frames, read_image
-from polypindex.model.runtime import OnnxEncoder, read_onnx_metadata
-from polypindex.model.vit import VIT_PRESETS, VisionTransformer
+from polypindex.model.nets.export import export_frame_mean_onnx
+from polypindex.model.nets.hmve import HMVE, EncoderConfig, FrameMeanEncoder, build_backbone
+from polypindex.model.nets.vit import VIT_PRESETS, VisionTransformer
+from polypindex.model.runtime.onnx import OnnxEncoder, read_onnx_metadata
 from polypindex.training.augment import color_jitter, mask_patches, random_flip, random_keep_indices
 from polypindex.training.losses import msn_loss
-from polypindex.training.msn import MsnModule, ema_momentum, load_msn_config, pretrain_frames
+from polypindex.training.msn import MsnModule, ema_momentum, pretrain_frames
+from polypindex.training.msn_config import load_msn_config
 from polypindex.training.msn_init import load_msn_into_hmve
-from polypindex.training.train import TrainConfig, load_train_config, train
+from polypindex.training.train import train
+from polypindex.training.train_config import TrainConfig, load_train_config
 
 PRE = PreprocessConfig(im_size=32)
 

@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 
 from polypindex.benchmarks.bag_noise import measure
 from polypindex.benchmarks.noise_sweep import main
-from polypindex.model.config import FragmentConfig
+from polypindex.model.data.config import FragmentConfig
 
 
 def test_tiny_sweep(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from polypindex.model.errors import ConfigError
+from polypindex.model.core.errors import ConfigError
 from polypindex.training import plots
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from polypindex.model.encoder import load_encoder_checkpoint
-from polypindex.model.errors import ConfigError
+from polypindex.model.core.errors import ConfigError
+from polypindex.model.nets.encoder import load_encoder_checkpoint
 from polypindex.training import precision as prec
 from polypindex.training.precision import (
     CpuBf16Support,
@@ -24,7 +24,8 @@ from polypindex.training.precision import (
     resolve_channels_last,
     resolve_precision,
 )
-from polypindex.training.train import load_train_config, train
+from polypindex.training.train import train
+from polypindex.training.train_config import load_train_config
 from polypindex.training.trainer import make_trainer, numerics, uses_channels_last
 
 SUPPORTED = cpu_bf16_support(flags={"avx2", "avx512_bf16", "amx_bf16"}, mkldnn_bf16=True)

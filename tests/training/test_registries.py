@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from polypindex.model.encoder import EncoderConfig
-from polypindex.model.errors import ConfigError
+from polypindex.model.core.errors import ConfigError
+from polypindex.model.nets.hmve import EncoderConfig
 from polypindex.training import samplers
 from polypindex.training.losses import LOSSES, LossBatch, LossSettings, register_loss
 from polypindex.training.module import HmveModule

@@ -10,15 +10,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.model.core.errors import ConfigError, InvalidInputError
+from polypindex.training.bag_schedule import cosine_temperature, rank_probabilities
 from polypindex.training.samplers import (
     FragmentIndex,
     IdentityBagSampler,
     KNearestBagSampler,
     TemporalTemperatureBagSampler,
     bag_noise_rate,
-    cosine_temperature,
-    rank_probabilities,
 )
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from polypindex.model.encoder import EncoderConfig
-from polypindex.model.errors import ConfigError, InvalidInputError
+from polypindex.model.core.errors import ConfigError, InvalidInputError
+from polypindex.model.nets.hmve import EncoderConfig
 from polypindex.training.losses import (
     LossSettings,
     multi_positive_contrastive,

@@ -9,14 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from polypindex.model.errors import ConfigError
-from polypindex.training.samplers import (
-    T_SCHEDULES,
-    FragmentIndex,
-    cosine_temperature,
-    make_sampler,
-)
-from polypindex.training.train import load_train_config
+from polypindex.model.core.errors import ConfigError
+from polypindex.training.bag_schedule import T_SCHEDULES, cosine_temperature
+from polypindex.training.samplers import FragmentIndex, make_sampler
+from polypindex.training.train_config import load_train_config
 
 
 def _reference(epoch: int, max_epochs: int, t_min: float, t_max: float) -> float:

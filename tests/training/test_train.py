@@ -11,19 +11,14 @@ import pytest
 import torch
 from helpers.synth import small_synth
 
-pytest.importorskip("polypindex.model.encoder")
-pytest.importorskip("polypindex.model.evaluation")
+pytest.importorskip("polypindex.model.nets.encoder")
+pytest.importorskip("polypindex.model.scoring.evaluation")
 
-from polypindex.model.calibration import Calibration
-from polypindex.model.encoder import load_encoder_checkpoint
-from polypindex.model.errors import ConfigError
-from polypindex.training.train import (
-    TrainConfig,
-    available_configs,
-    load_train_config,
-    reid_threshold,
-    train,
-)
+from polypindex.model.core.errors import ConfigError
+from polypindex.model.nets.encoder import load_encoder_checkpoint
+from polypindex.model.scoring.calibration import Calibration
+from polypindex.training.train import reid_threshold, train
+from polypindex.training.train_config import TrainConfig, available_configs, load_train_config
 
 
 @pytest.mark.parametrize(

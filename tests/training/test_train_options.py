@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from polypindex.model.encoder import load_encoder_checkpoint
-from polypindex.model.errors import ConfigError
+from polypindex.model.core.errors import ConfigError
+from polypindex.model.nets.encoder import load_encoder_checkpoint
 from polypindex.training.samplers import FragmentIndex, KNearestBagSampler
-from polypindex.training.train import LAST_CHECKPOINT, TrainConfig, load_train_config, train
+from polypindex.training.train import train
+from polypindex.training.train_config import TrainConfig, load_train_config
+from polypindex.training.trainer import LAST_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[2]
 

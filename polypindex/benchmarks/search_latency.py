@@ -1,0 +1,100 @@
+"""`/search` latency by tracklet id over real HTTP on loopback.
+
+Starts `polypindex serve` on a free 127.0.0.1 port over an existing index (by
+default the demo's under var/), sends a bounded number of requests, and writes
+p50/p90/p99 with the hardware and versions.
+
+    python benchmarks/search_latency.py --requests 500 --out var/bench/search_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from polypindex.benchmarks.env import environment, write_result
+from polypindex.benchmarks.serving import free_port, wait_until_healthy
+from polypindex.indexer.store import Store
+from polypindex.model.core.layout import Layout
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="artefact folder (default: $POLYPINDEX_HOME or var/)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=500, help="timed requests (after 20 warm-up)"
+    )
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("var/bench/search_latency.json"))
+    args = parser.parse_args(argv)
+
+    lay = Layout(home=args.home) if args.home else Layout()  # else $POLYPINDEX_HOME or var/
+    store = Store(lay.database_url)
+    ids = [i for p in store.list_procedures() for i in store.tracklet_ids_for_procedure(p.uid)]
+    if not ids:
+        raise SystemExit(
+            f"no indexed tracklets under {lay.home}; run `polypindex demo --no-serve` first"
+        )
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "polypindex.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--home",
+            str(lay.home),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            wait_until_healthy(client, server, 60)
+            rng = np.random.default_rng(args.seed)
+            queries = rng.choice(ids, size=args.requests + 20)
+            latencies = []
+            for n, tid in enumerate(queries):
+                t0 = time.perf_counter()
+                r = client.post("/search", json={"query": {"tracklet_id": int(tid)}, "k": args.k})
+                dt = time.perf_counter() - t0
+                if r.status_code != 200:
+                    raise SystemExit(f"search failed: {r.status_code} {r.text}")
+                if n >= 20:
+                    latencies.append(dt * 1000)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lat = np.asarray(latencies)
+    result: dict[str, object] = {
+        "benchmark": "search_latency_by_tracklet_id",
+        "index_size": len(ids),
+        "k": args.k,
+        "requests": len(lat),
+        "latency_ms": {q: float(np.percentile(lat, int(q[1:]))) for q in ("p50", "p90", "p99")},
+        "mean_ms": float(lat.mean()),
+        "environment": environment(),
+    }
+    write_result(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

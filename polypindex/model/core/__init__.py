@@ -1,0 +1,1 @@
+"""Shared utilities: errors, atomic files, the artefact layout, encoder version strings."""

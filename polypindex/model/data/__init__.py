@@ -1,0 +1,1 @@
+"""Data and crops: configs, COCO, tracklets, preprocessing, the embedding path's protocol."""

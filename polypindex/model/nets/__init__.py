@@ -1,0 +1,1 @@
+"""The torch models (HMVE, ViT, the encoder wrapper), ONNX export and INT8 quantisation."""

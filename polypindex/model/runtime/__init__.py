@@ -1,0 +1,1 @@
+"""The serving runtimes (ONNX Runtime, OpenVINO), the one encoder loader, parity."""

@@ -1,0 +1,1 @@
+"""Metrics, evaluation, calibration and decision rules (re-ID, grouping, probes)."""

@@ -1,0 +1,279 @@
+"""What the service loads at start-up and keeps current while it runs.
+
+The lifespan (:mod:`service.app`) calls :func:`load_resources` (the encoder, the
+store, the vector index, the probes; never raises, each failure is a message in
+``problems``) and :func:`start_job_runner`. While serving, the
+:class:`~polypindex.service.upkeep.IndexUpkeep` thread keeps the loaded index equal to
+the store (off the request path; the job runner hands it what it commits), and
+``GET /healthz`` asks :func:`store_ok` / :func:`empty_index_problem` and the upkeep's
+state what is missing and how to build it.
+Request work on the loaded objects (search, embedding of queries, deletes) is in
+:mod:`service.backend`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from sqlalchemy import text
+
+from polypindex.indexer.generations import (
+    generation_dir,
+    load_generation,
+    rebuild_into,
+    sync_with_store,
+)
+from polypindex.indexer.jobs import JobRunner
+from polypindex.indexer.store import Store
+from polypindex.indexer.vectors import VectorIndex
+from polypindex.model.core.errors import PolypIndexError
+from polypindex.model.runtime.install import install_problems
+from polypindex.model.scoring.probe import TASKS, Probe, load_probe, probe_path
+from polypindex.service.settings import Settings
+from polypindex.service.upkeep import IndexUpkeep, ServingSink, fingerprint
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SYNC_REBUILD_MAX",
+    "Encoder",
+    "Resources",
+    "empty_index_problem",
+    "index_size",
+    "load_probes",
+    "load_resources",
+    "start_job_runner",
+    "store_ok",
+]
+
+HOW_TO_BUILD_MODEL = (
+    "build the demo model with `polypindex demo`, or point POLYPINDEX_MODEL_PATH "
+    "(`polypindex serve --model`) at an exported encoder.onnx"
+)
+HOW_TO_BUILD_INDEX = "index procedures with `polypindex index` (or run `polypindex demo`)"
+
+
+def how_to_train_probe(task: str, settings: Settings) -> str:
+    return (
+        f"train it with `polypindex probe train {task} --data DATA --model {settings.model_path}` "
+        f"(it is read from {probe_path(settings.probes_folder, task)}), then restart the service"
+    )
+
+
+class Encoder(Protocol):
+    """What the service needs of an encoder (``model.runtime.onnx.OnnxEncoder`` in production)."""
+
+    version: str
+    dim: int
+    reid_threshold: float
+
+    def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        """RGB uint8 frames + ``(s, 4)`` boxes → float32 ``(D,)``, L2-normalised."""
+        ...
+
+
+SYNC_REBUILD_MAX = 200_000
+"""A snapshot that cannot be used is rebuilt before serving up to this many stored
+vectors (seconds); a larger one is rebuilt in the background while ``/healthz`` says so."""
+
+
+@dataclass
+class Resources:
+    """What the lifespan loaded; ``None`` where loading failed, with the reason in ``problems``."""
+
+    encoder: Encoder | None = None
+    store: Store | None = None
+    index: VectorIndex | None = None
+    upkeep: IndexUpkeep | None = None
+    jobs: JobRunner | None = None
+    probes: dict[str, Probe] = field(default_factory=dict)
+    probe_problems: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    jobs_problem: str = "indexing jobs are not running"
+
+    def close(self) -> None:
+        if self.jobs is not None:
+            self.jobs.stop()  # after the current job; a job cut short is recovered at the next start
+            self.jobs = None
+        if self.upkeep is not None:
+            self.upkeep.stop()  # and a changed index is saved
+            self.upkeep = None
+        if self.store is not None:
+            self.store.close()
+
+
+def start_job_runner(res: Resources, settings: Settings) -> None:
+    """Create, recover and start the indexing job runner in ``res.jobs``; never raises.
+
+    It needs the encoder (one that can embed tracklets for indexing) and the store,
+    and ``settings.run_jobs``; otherwise ``res.jobs`` stays ``None`` and
+    ``res.jobs_problem`` says why (``POST /procedures`` and ``/jobs`` answer 503).
+    Jobs a dead process left ``running`` go back to the queue first.
+    """
+    if not settings.run_jobs:
+        res.jobs_problem = "indexing jobs are disabled in this service (POLYPINDEX_RUN_JOBS=false)"
+        return
+    if res.encoder is None or res.store is None:
+        missing = "; ".join(res.problems[k] for k in ("model", "store") if k in res.problems)
+        res.jobs_problem = f"indexing jobs need the encoder model and the database: {missing}"
+        return
+    if not hasattr(res.encoder, "embed_sequences"):
+        res.jobs_problem = (
+            f"the encoder {res.encoder.version!r} cannot embed tracklets for indexing "
+            "(no embed_sequences); load an exported encoder.onnx"
+        )
+        return
+    try:
+        runner = JobRunner(
+            res.store,
+            settings.index_dir,
+            res.encoder,  # type: ignore[arg-type]  # checked above: has embed_sequences
+            settings.data_roots,
+            probes=list(res.probes.values()),
+            sink=ServingSink(res.upkeep) if res.upkeep is not None else None,
+            home=settings.home,
+        )
+        recovered = runner.recover()
+        if recovered:
+            logger.info(
+                "%d indexing job(s) left running by a dead process are queued again", recovered
+            )
+        runner.start()
+    except Exception as exc:
+        logger.exception("cannot start the indexing job runner")
+        res.jobs_problem = f"indexing jobs not running: {type(exc).__name__}: {exc}"
+        return
+    res.jobs = runner
+
+
+def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resources:
+    """Load the encoder, open the store and the index; never raises.
+
+    Args:
+        settings: where the artefacts are.
+        encoder: an already built encoder to use instead of loading ``settings.model_path``.
+
+    Returns:
+        The loaded objects; each missing one has a message in ``problems``
+        (keys ``"model"``, ``"store"``, ``"index"``) saying what is missing and how to build it.
+    """
+    res = Resources(encoder=encoder)
+    # two ONNX Runtimes or two FAISS builds in one environment: say so (docs/gpu.md)
+    for number, problem in enumerate(install_problems()):
+        res.problems[f"install-{number}"] = problem
+        logger.warning("%s", problem)
+    if res.encoder is None:
+        from polypindex.model.runtime.loader import layout_encoder
+
+        try:
+            res.encoder = layout_encoder(settings)  # runtime + precision: docs/runtimes.md
+        except Exception as exc:  # the app must start anyway; healthz and 503s say why
+            res.problems["model"] = f"encoder model not loaded: {exc}; {HOW_TO_BUILD_MODEL}"
+            if isinstance(exc, PolypIndexError):
+                logger.warning("%s", res.problems["model"])
+            else:
+                logger.exception("%s", res.problems["model"])
+    try:
+        res.store = Store(settings.database_url)
+        res.store.count_tracklets()
+    except Exception as exc:
+        logger.exception("cannot open the database")
+        if res.store is not None:
+            res.store.close()
+            res.store = None
+        res.problems["store"] = (
+            f"database not available: {type(exc).__name__}: {exc}; check POLYPINDEX_DATABASE_URL, "
+            f"then {HOW_TO_BUILD_INDEX}"
+        )
+    if res.encoder is not None:
+        res.probes, res.probe_problems = load_probes(settings, res.encoder.version)
+    if res.encoder is None or res.store is None:
+        res.problems["index"] = (
+            "vector index not loaded: it needs the encoder model and the database"
+        )
+        return res
+    try:
+        res.upkeep = open_serving_index(settings, res.store, res.encoder.version, res.encoder.dim)
+        res.index = res.upkeep.index
+        res.upkeep.start()
+    except Exception as exc:
+        logger.exception("cannot open the vector index")
+        res.problems["index"] = (
+            f"vector index not loaded from {settings.index_dir}: {exc}; rebuild it: {HOW_TO_BUILD_INDEX}"
+        )
+    return res
+
+
+def open_serving_index(settings: Settings, store: Store, version: str, dim: int) -> IndexUpkeep:
+    """The generation of ``version``, caught up with the store, in its upkeep (not started).
+
+    A whole snapshot is loaded and caught up; a missing or broken one is rebuilt from
+    the store and written back before serving when the store holds at most
+    :data:`SYNC_REBUILD_MAX` vectors, else in the background (``/healthz`` says so).
+    """
+    seen = fingerprint(store, version)
+    folder = generation_dir(settings.index_dir, version)
+    index, problem = load_generation(folder, version, dim)
+    if index is not None:
+        sync_with_store(index, store)
+    elif problem is not None and store.count_tracklets(version) > SYNC_REBUILD_MAX:
+        logger.warning("%s: the index is rebuilt from the store in the background", problem)
+    else:
+        index = rebuild_into(folder, store, version, dim, problem)
+    return IndexUpkeep(
+        store,
+        settings.index_dir,
+        version,
+        dim,
+        index,
+        refresh_s=settings.index_refresh_seconds,
+        seen=seen,
+        reason=problem if index is None else None,
+    )
+
+
+def load_probes(
+    settings: Settings, encoder_version: str
+) -> tuple[dict[str, Probe], dict[str, str]]:
+    """The installed probes of this encoder, and for each task without one, why; never raises."""
+    probes: dict[str, Probe] = {}
+    problems: dict[str, str] = {}
+    for task in TASKS:
+        path = probe_path(settings.probes_folder, task)
+        if not path.is_file():
+            problems[task] = f"no {task} probe installed; {how_to_train_probe(task, settings)}"
+            continue
+        try:
+            probes[task] = load_probe(path, encoder_version)
+        except PolypIndexError as exc:
+            problems[task] = f"{task} probe not loaded: {exc}; {how_to_train_probe(task, settings)}"
+            logger.warning("%s", problems[task])
+    return probes, problems
+
+
+# -- health of what is loaded -----------------------------------------------------------
+
+
+def index_size(index: VectorIndex) -> int:
+    return len(index)
+
+
+def store_ok(store: Store) -> bool:
+    """Whether the database answers a query now."""
+    try:
+        with store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        logger.exception("the database does not answer")
+        return False
+    return True
+
+
+def empty_index_problem(index: VectorIndex, encoder: Encoder) -> str | None:
+    if len(index) == 0:
+        return f"the index holds no tracklets of encoder {encoder.version!r}; {HOW_TO_BUILD_INDEX}"
+    return None
