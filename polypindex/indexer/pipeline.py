@@ -46,7 +46,7 @@ from polypindex.indexer.grouping import group_procedure, reid_calibration
 from polypindex.indexer.locations import Anchors, store_source
 from polypindex.indexer.predictions import check_probes, predict
 from polypindex.indexer.prefetch import Prefetch, ProcedureFeeder, procedure_frames
-from polypindex.indexer.progress import IndexReport, Progress
+from polypindex.indexer.progress import IndexReport, Progress, RunTally
 from polypindex.indexer.sources import ProcedureSource, coco_sources
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import IndexPolicy
@@ -177,7 +177,7 @@ def index_sources(
     Returns:
         The :class:`IndexReport`.
     """
-    started = time.perf_counter()
+    tally = RunTally()
     check_whole_tracklet(encoder.fragment)
     check_probes(probes, encoder.version)
     if prefetch < 0:
@@ -205,12 +205,9 @@ def index_sources(
         )
     )
     calibration = reid_calibration(encoder)
-    indexed: list[str] = []
-    skipped = n_tracklets = n_frames = n_images = 0
     dirty = False
     last_save = time.monotonic()
     last_report = 0.0
-    skipped_frames = 0
     bar = tqdm(
         total=totals[1] if totals else None,
         unit="frame",
@@ -224,13 +221,13 @@ def index_sources(
         if not force_ and now - last_report < progress_every_s:
             return
         last_report = now
-        tracklets, frames = n_tracklets + extra_tracklets, n_frames + extra_frames
-        elapsed = max(now - started, 1e-9)
+        tracklets, frames = tally.tracklets + extra_tracklets, tally.frames + extra_frames
+        elapsed = max(now - tally.started, 1e-9)
         eta = None
         if totals is not None and frames > 0:
-            eta = elapsed / frames * max(totals[1] - frames - skipped_frames, 0)
+            eta = elapsed / frames * max(totals[1] - frames - tally.skipped_frames, 0)
         state = Progress(
-            procedures_done=len(indexed) + skipped,
+            procedures_done=tally.procedures_done,
             procedures_total=total,
             current_uid=uid,
             tracklets=tracklets,
@@ -251,10 +248,8 @@ def index_sources(
             on_progress(state)
 
     def count_skip(p: ProcedureSource) -> None:
-        nonlocal skipped, skipped_frames
-        skipped += 1
         frames = procedure_frames(p, encoder.fragment)
-        skipped_frames += frames
+        tally.skipped(frames=frames)
         bar.update(frames)
         report(p.uid, 0, 0, True)
 
@@ -297,10 +292,7 @@ def index_sources(
                 procedure, result, store, index, encoder, probes, calibration, anchors
             )
             dirty = True
-            indexed.append(uid)
-            n_tracklets += len(new_ids)
-            n_frames += result.frames
-            n_images += result.images_decoded
+            tally.add(uid, len(new_ids), result.frames, result.images_decoded)
             if time.monotonic() - last_save >= snapshot_every_s:
                 index.save()
                 dirty, last_save = False, time.monotonic()
@@ -312,17 +304,7 @@ def index_sources(
         bar.close()
         if dirty:
             index.save()
-    result_report = IndexReport(
-        procedures_indexed=len(indexed),
-        procedures_skipped=skipped,
-        tracklets=n_tracklets,
-        frames=n_frames,
-        images_decoded=n_images,
-        seconds=time.perf_counter() - started,
-        index_size=len(index),
-        encoder_version=encoder.version,
-        indexed_uids=tuple(indexed),
-    )
+    result_report = tally.report(len(index), encoder.version)
     logger.info("%s", result_report)
     return result_report
 

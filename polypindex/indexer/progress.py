@@ -1,8 +1,10 @@
-"""What an indexing run reports: :class:`IndexReport` at the end, :class:`Progress` on the way
-(re-exported by :mod:`indexer.pipeline`)."""
+"""What an indexing run reports: :class:`IndexReport` at the end, :class:`Progress` on the way,
+and :class:`RunTally`, the counts both engines (:mod:`indexer.pipeline`,
+:mod:`indexer.ray_engine`) keep while they run."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -87,3 +89,50 @@ class Progress:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class RunTally:
+    """What an indexing run has done so far; :meth:`report` makes its :class:`IndexReport`.
+
+    The clock starts when the tally is made.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.indexed_uids: list[str] = []
+        self.procedures_skipped = 0
+        self.skipped_frames = 0
+        self.tracklets = 0
+        self.frames = 0
+        self.images_decoded = 0
+
+    @property
+    def procedures_done(self) -> int:
+        """Procedures indexed or skipped so far."""
+        return len(self.indexed_uids) + self.procedures_skipped
+
+    def add(self, uid: str, tracklets: int, frames: int, images_decoded: int) -> None:
+        """One procedure written: ``tracklets`` rows from ``frames`` embedded frames."""
+        self.indexed_uids.append(uid)
+        self.tracklets += tracklets
+        self.frames += frames
+        self.images_decoded += images_decoded
+
+    def skipped(self, procedures: int = 1, frames: int = 0) -> None:
+        """``procedures`` left alone (already stored), ``frames`` frames they would have fed."""
+        self.procedures_skipped += procedures
+        self.skipped_frames += frames
+
+    def report(self, index_size: int, encoder_version: str) -> IndexReport:
+        """The run's report, timed up to now."""
+        return IndexReport(
+            procedures_indexed=len(self.indexed_uids),
+            procedures_skipped=self.procedures_skipped,
+            tracklets=self.tracklets,
+            frames=self.frames,
+            images_decoded=self.images_decoded,
+            seconds=time.perf_counter() - self.started,
+            index_size=index_size,
+            encoder_version=encoder_version,
+            indexed_uids=tuple(self.indexed_uids),
+        )

@@ -21,7 +21,6 @@ Ray is an install extra (``pip install 'polypindex[ray]'``). See docs/runtimes.m
 from __future__ import annotations
 
 import pickle
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from polypindex.indexer.generations import open_or_rebuild
 from polypindex.indexer.grouping import reid_calibration
 from polypindex.indexer.locations import Anchors
 from polypindex.indexer.pipeline import commit_procedure
-from polypindex.indexer.progress import IndexReport
+from polypindex.indexer.progress import IndexReport, RunTally
 from polypindex.indexer.sources import ProcedureSource
 from polypindex.indexer.store import Store
 from polypindex.model.core.errors import ConfigError
@@ -159,13 +158,13 @@ def index_with_ray(
     import ray
     import ray.data
 
-    started = time.perf_counter()
+    tally = RunTally()
     if init and not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     encoder = encoder_factory()
     check_whole_tracklet(encoder.fragment)
     todo = [p for p in procedures if force or not store.has_procedure(p.uid, encoder.version)]
-    skipped = len(procedures) - len(todo)
+    tally.skipped(len(procedures) - len(todo))
     out_dir = Path(index_dir)
     index = open_or_rebuild(
         out_dir,
@@ -178,8 +177,6 @@ def index_with_ray(
     )
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    indexed: list[str] = []
-    n_tracklets = n_frames = n_images = 0
     if todo:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # commits in input order
@@ -215,19 +212,6 @@ def index_with_ray(
             new_ids = commit_procedure(
                 procedure, result, store, index, encoder, probes, calibration, anchors
             )
-            indexed.append(procedure.uid)
-            n_tracklets += len(new_ids)
-            n_frames += result.frames
-            n_images += result.images_decoded
+            tally.add(procedure.uid, len(new_ids), result.frames, result.images_decoded)
         index.save()
-    return IndexReport(
-        procedures_indexed=len(indexed),
-        procedures_skipped=skipped,
-        tracklets=n_tracklets,
-        frames=n_frames,
-        images_decoded=n_images,
-        seconds=time.perf_counter() - started,
-        index_size=len(index),
-        encoder_version=encoder.version,
-        indexed_uids=tuple(indexed),
-    )
+    return tally.report(len(index), encoder.version)
