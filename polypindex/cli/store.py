@@ -249,17 +249,6 @@ def _open_store(lay: Layout) -> Store:
     return Store(lay.database_url)
 
 
-def _schema_engine(lay: Layout) -> Any:
-    """An engine on the database (its SQLite folder created), for the migration commands."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    url = lay.database_url
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return create_engine(url, poolclass=NullPool)
-
-
 # -- db ---------------------------------------------------------------------------------
 
 
@@ -270,30 +259,20 @@ def db_upgrade(
     home: HomeOpt = None,
 ) -> None:
     """Migrate the database schema to the newest revision (or --revision)."""
-    from polypindex.indexer.migrate import upgrade
+    from polypindex.indexer.store_schema import upgrade_database
 
-    engine = _schema_engine(layout(home=home, database_url=database_url))
-    try:
-        before, after = upgrade(engine, revision)
-    finally:
-        engine.dispose()
+    lay = layout(home=home, database_url=database_url)
+    before, after = upgrade_database(lay.database_url, revision)
     typer.echo(f"database schema: {before or '(empty)'} -> {after}")
 
 
 @db_app.command("current")
 def db_current(database_url: DatabaseOpt = None, home: HomeOpt = None) -> None:
     """Show the database's schema revision and the one this code needs."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    from polypindex.indexer.migrate import schema_state
+    from polypindex.indexer.store_schema import database_revisions
 
     lay = layout(home=home, database_url=database_url)
-    engine = create_engine(lay.database_url, poolclass=NullPool)
-    try:
-        current, head = schema_state(engine)
-    finally:
-        engine.dispose()
+    current, head = database_revisions(lay.database_url)
     _echo({"current": current, "head": head, "up_to_date": current == head})
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-
 from polypindex.indexer.store import Store
+from polypindex.indexer.store_access import add_audit_row, audit_rows
 from polypindex.indexer.tables import AuditModel
 
 _MAX_ACTOR, _MAX_ACTION, _MAX_TARGET, _MAX_REQUEST_ID = 64, 255, 512, 128
@@ -70,15 +69,12 @@ def record(
         status=int(status),
         request_id=_clip(request_id, _MAX_REQUEST_ID),
     )
-    with store.sessions.begin() as session:
-        session.add(row)
+    add_audit_row(store, row)
 
 
 def recent(store: Store, limit: int = 50) -> list[AuditEntry]:
     """The newest ``limit`` rows, newest first."""
-    query = select(AuditModel).order_by(AuditModel.id.desc()).limit(max(0, limit))
-    with store.sessions() as session:
-        return [
-            AuditEntry(int(m.id), m.at, m.actor, m.action, m.target, int(m.status), m.request_id)
-            for m in session.scalars(query)
-        ]
+    return [
+        AuditEntry(int(m.id), m.at, m.actor, m.action, m.target, int(m.status), m.request_id)
+        for m in audit_rows(store, limit)
+    ]

@@ -5,7 +5,7 @@ tracklets with :func:`model.scoring.grouping.group` and keep the result in
 Computed at indexing time (:func:`group_procedure`, called by the pipeline right
 after a procedure's transaction), recomputed by ``polypindex index group``
 (:func:`group_stored`), read by ``GET /procedures/{uid}/polyps``
-(:func:`procedure_polyps`) and ``/search`` (:func:`entity_ids`).
+(:func:`procedure_polyps`) and ``/search`` (:func:`indexer.store_entities.entity_ids`).
 
 The same-polyp probability is the model's calibrated one when the encoder carries a
 calibration (:mod:`model.scoring.calibration`), else ``sigmoid(cosine)``; the rows say which.
@@ -20,10 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
 
 from polypindex.indexer.store import Store
-from polypindex.indexer.tables import EntityModel, PredictionRow, TrackletModel, TrackletRecord
+from polypindex.indexer.store_entities import (
+    procedure_entity_rows,
+    procedure_tracklet_ids,
+    replace_entities,
+)
+from polypindex.indexer.tables import PredictionRow, TrackletRecord
 from polypindex.model.scoring.calibration import Calibration
 from polypindex.model.scoring.grouping import DEFAULT_CUT, DEFAULT_METHOD, TrackletSpan, group
 from polypindex.model.scoring.reid import same_polyp_probability
@@ -34,7 +38,6 @@ __all__ = [
     "Entity",
     "GroupingReport",
     "default_cut",
-    "entity_ids",
     "group_procedure",
     "group_records",
     "group_stored",
@@ -104,14 +107,7 @@ def _procedure_records(
     store: Store, uid: str, encoder_version: str | None
 ) -> tuple[int, str, list[TrackletRecord]]:
     procedure = store.get_procedure(uid, encoder_version)  # ProcedureNotFoundError
-    with store.sessions() as session:
-        ids = list(
-            session.scalars(
-                select(TrackletModel.id)
-                .where(TrackletModel.procedure_id == procedure.id)
-                .order_by(TrackletModel.id)
-            )
-        )
+    ids = procedure_tracklet_ids(store, procedure.id)
     found = store.get_tracklets(ids)
     return procedure.id, procedure.encoder_version, [found[int(i)] for i in ids if int(i) in found]
 
@@ -148,20 +144,15 @@ def group_procedure(
     cut = default_cut(calibration, reid_threshold) if cut is None else float(cut)
     procedure_id, version, records = _procedure_records(store, uid, encoder_version)
     labels = group_records(records, calibration, method, cut)
-    with store.sessions.begin() as session:
-        session.execute(delete(EntityModel).where(EntityModel.procedure_id == procedure_id))
-        session.add_all(
-            EntityModel(
-                tracklet_id=tid,
-                procedure_id=procedure_id,
-                encoder_version=version,
-                entity=entity,
-                method=method,
-                cut=float(cut),
-                calibrated=calibration is not None,
-            )
-            for tid, entity in sorted(labels.items())
-        )
+    replace_entities(
+        store,
+        procedure_id,
+        version,
+        labels,
+        method=method,
+        cut=float(cut),
+        calibrated=calibration is not None,
+    )
     return GroupingReport(
         uid,
         version,
@@ -189,22 +180,6 @@ def group_stored(
         group_procedure(store, uid, encoder_version, calibration, method, cut, reid_threshold)
         for uid in wanted
     ]
-
-
-def entity_ids(store: Store, tracklet_ids: Iterable[int]) -> dict[int, int]:
-    """``{tracklet id: entity number}`` for the given tracklets that have been grouped."""
-    wanted = sorted({int(i) for i in tracklet_ids})
-    out: dict[int, int] = {}
-    with store.sessions() as session:
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            for tid, entity in session.execute(
-                select(EntityModel.tracklet_id, EntityModel.entity).where(
-                    EntityModel.tracklet_id.in_(chunk)
-                )
-            ):
-                out[int(tid)] = int(entity)
-    return out
 
 
 @dataclass
@@ -284,10 +259,7 @@ def procedure_polyps(store: Store, uid: str, encoder_version: str | None = None)
         ProcedureNotFoundError: no such procedure.
     """
     procedure_id, version, records = _procedure_records(store, uid, encoder_version)
-    with store.sessions() as session:
-        rows = list(
-            session.scalars(select(EntityModel).where(EntityModel.procedure_id == procedure_id))
-        )
+    rows = procedure_entity_rows(store, procedure_id)
     labels = {int(r.tracklet_id): int(r.entity) for r in rows}
     by_entity: dict[int, list[TrackletRecord]] = {}
     for rec in records:

@@ -17,14 +17,20 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal, get_args
 
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from polypindex.indexer import audit
 from polypindex.indexer.store import Store
+from polypindex.indexer.store_access import (
+    active_key_count,
+    add_key,
+    key_by_token_hash,
+    key_rows,
+    revoke_key_row,
+)
 from polypindex.indexer.tables import ApiKeyModel
 from polypindex.model.core.errors import ConflictError, InvalidInputError, NotFoundError
 
@@ -101,26 +107,19 @@ def create_key(store: Store, name: str, scope: str, *, actor: str = "cli") -> tu
     checked = _scope(scope)
     token = TOKEN_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
     try:
-        with store.sessions.begin() as session:
-            if session.scalar(select(ApiKeyModel.id).where(ApiKeyModel.name == name)) is not None:
-                raise KeyExistsError(f"a key named {name!r} exists already (names are not reused)")
-            model = ApiKeyModel(name=name, scope=checked, token_hash=token_hash(token))
-            session.add(model)
-            session.flush()
-            key = _record(model)
+        model = add_key(store, name, checked, token_hash(token))
     except IntegrityError as exc:  # another process created it at the same moment
         raise KeyExistsError(f"a key named {name!r} exists already") from exc
+    if model is None:
+        raise KeyExistsError(f"a key named {name!r} exists already (names are not reused)")
+    key = _record(model)
     audit.record(store, actor, "keys create", f"{name} ({checked})", 201)
     return key, token
 
 
 def list_keys(store: Store, *, include_revoked: bool = True) -> list[ApiKey]:
     """The keys, oldest first (never their tokens)."""
-    query = select(ApiKeyModel).order_by(ApiKeyModel.id)
-    if not include_revoked:
-        query = query.where(ApiKeyModel.revoked_at.is_(None))
-    with store.sessions() as session:
-        return [_record(m) for m in session.scalars(query)]
+    return [_record(m) for m in key_rows(store, include_revoked=include_revoked)]
 
 
 def revoke_key(store: Store, name: str, *, actor: str = "cli") -> ApiKey:
@@ -129,13 +128,10 @@ def revoke_key(store: Store, name: str, *, actor: str = "cli") -> ApiKey:
     Raises:
         KeyNotFoundError: no key has this name.
     """
-    with store.sessions.begin() as session:
-        model = session.scalar(select(ApiKeyModel).where(ApiKeyModel.name == name))
-        if model is None:
-            raise KeyNotFoundError(f"no key named {name[:80]!r}")
-        if model.revoked_at is None:
-            model.revoked_at = datetime.now(UTC)
-        key = _record(model)
+    model = revoke_key_row(store, name)
+    if model is None:
+        raise KeyNotFoundError(f"no key named {name[:80]!r}")
+    key = _record(model)
     audit.record(store, actor, "keys revoke", name, 200)
     return key
 
@@ -145,8 +141,7 @@ def verify_token(store: Store, token: str) -> ApiKey | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         return None
     digest = token_hash(token)
-    with store.sessions() as session:
-        model = session.scalar(select(ApiKeyModel).where(ApiKeyModel.token_hash == digest))
+    model = key_by_token_hash(store, digest)
     # The lookup is by a hash the caller cannot steer; compare the digests in constant
     # time anyway before trusting the row.
     if model is None or not hmac.compare_digest(model.token_hash, digest):
@@ -156,6 +151,4 @@ def verify_token(store: Store, token: str) -> ApiKey | None:
 
 def count_active_keys(store: Store) -> int:
     """How many keys are not revoked."""
-    query = select(func.count()).select_from(ApiKeyModel).where(ApiKeyModel.revoked_at.is_(None))
-    with store.sessions() as session:
-        return int(session.scalar(query) or 0)
+    return active_key_count(store)

@@ -9,25 +9,22 @@ except for the map), so listing a procedure of thousands of tracklets stays chea
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
 
-from polypindex.indexer.grouping import entity_ids
 from polypindex.indexer.store import Store
-from polypindex.indexer.tables import (
-    PredictionModel,
-    PredictionRow,
-    ProcedureModel,
-    ProcedureRecord,
-    TrackletModel,
-    procedure_record,
+from polypindex.indexer.store_entities import entity_ids
+from polypindex.indexer.store_views import (
+    procedure_of_tracklet,
+    procedure_page,
+    procedure_uids,
+    timeline_rows,
 )
+from polypindex.indexer.tables import PredictionRow, ProcedureRecord
 from polypindex.model.core.errors import InvalidInputError, NotFoundError, ProcedureNotFoundError
 
 MAP_METHODS = ("pca", "umap")
@@ -84,46 +81,28 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _bound(store: Store, value: datetime) -> datetime:
-    """A datetime to compare with ``created_at``: naive UTC on SQLite (which stores it as
-    naive text), aware UTC elsewhere."""
+def _bound(value: datetime | None) -> datetime | None:
+    """A filter's datetime in UTC (aware)."""
+    if value is None:
+        return None
     try:
-        utc = as_utc(value)
+        return as_utc(value)
     except OverflowError as exc:  # e.g. year 9999 at UTC-14:00
         raise InvalidInputError(f"date {value.isoformat()} is out of range in UTC") from exc
-    return utc.replace(tzinfo=None) if store.is_sqlite else utc
 
 
 def list_procedures(store: Store, where: ProcedureFilter, limit: int, offset: int) -> ProcedurePage:
     """Procedures matching ``where``, ordered by UID then encoder version, one page."""
-    query = select(ProcedureModel)
-    count = select(func.count(ProcedureModel.id))
-    conditions: list[Any] = []
-    if where.dataset_id is not None:
-        conditions.append(ProcedureModel.dataset_id == where.dataset_id)
-    if where.indexed_after is not None:
-        conditions.append(ProcedureModel.created_at >= _bound(store, where.indexed_after))
-    if where.indexed_before is not None:
-        conditions.append(ProcedureModel.created_at < _bound(store, where.indexed_before))
-    if where.encoder_version is not None:
-        conditions.append(ProcedureModel.encoder_version == where.encoder_version)
-    for task, label in where.predicted:
-        having = (
-            select(TrackletModel.procedure_id)
-            .join(PredictionModel, PredictionModel.tracklet_id == TrackletModel.id)
-            .where(PredictionModel.task == task, PredictionModel.label == label)
-        )
-        conditions.append(ProcedureModel.id.in_(having))
-    if conditions:
-        query, count = query.where(*conditions), count.where(*conditions)
-    query = (
-        query.order_by(ProcedureModel.uid, ProcedureModel.encoder_version, ProcedureModel.id)
-        .limit(limit)
-        .offset(offset)
+    rows, total = procedure_page(
+        store,
+        limit=limit,
+        offset=offset,
+        dataset_id=where.dataset_id,
+        indexed_after=_bound(where.indexed_after),
+        indexed_before=_bound(where.indexed_before),
+        predicted=where.predicted,
+        encoder_version=where.encoder_version,
     )
-    with store.sessions() as session:
-        total = int(session.scalar(count) or 0)
-        rows = [procedure_record(m) for m in session.scalars(query)]
     return ProcedurePage(rows, total)
 
 
@@ -137,21 +116,7 @@ def procedure_tracklets(
         ProcedureNotFoundError: no such procedure (of that encoder version).
     """
     procedure = store.get_procedure(uid, encoder_version)
-    query = (
-        select(
-            TrackletModel.id,
-            TrackletModel.key,
-            TrackletModel.start_frame,
-            TrackletModel.end_frame,
-            TrackletModel.n_frames,
-            TrackletModel.identity_label,
-            TrackletModel.thumbnail_path,
-        )
-        .where(TrackletModel.procedure_id == procedure.id)
-        .order_by(TrackletModel.start_frame, TrackletModel.id)
-    )
-    with store.sessions() as session:
-        rows = session.execute(query).all()
+    rows = timeline_rows(store, procedure.id)
     predictions = store.predictions_for(int(r.id) for r in rows)
     entities = entity_ids(store, (int(r.id) for r in rows))
     tracklets = [
@@ -173,16 +138,10 @@ def procedure_tracklets(
 
 def tracklet_procedure(store: Store, tracklet_id: int) -> ProcedureRecord:
     """The procedure row a tracklet belongs to (its source, dataset, encoder version)."""
-    query = (
-        select(ProcedureModel)
-        .join(TrackletModel, TrackletModel.procedure_id == ProcedureModel.id)
-        .where(TrackletModel.id == int(tracklet_id))
-    )
-    with store.sessions() as session:
-        model = session.scalar(query)
-        if model is None:
-            raise ProcedureNotFoundError(f"tracklet {tracklet_id} has no procedure")
-        return procedure_record(model)
+    procedure = procedure_of_tracklet(store, tracklet_id)
+    if procedure is None:
+        raise ProcedureNotFoundError(f"tracklet {tracklet_id} has no procedure")
+    return procedure
 
 
 def inside(root: Path, relative: str) -> Path | None:
@@ -310,7 +269,7 @@ def index_map(store: Store, encoder_version: str, cap: int, method: str = "pca")
     ids, vectors = store.embeddings_for_ids(sample_ids(all_ids, cap).tolist())
     use = method if method == "umap" and len(ids) >= 4 else "pca"
     xy = _umap_2d(vectors) if use == "umap" else pca_2d(vectors)
-    records = _procedure_uids(store, ids.tolist())
+    records = procedure_uids(store, ids.tolist())
     result = IndexMap(
         encoder_version=encoder_version,
         method=use,
@@ -325,17 +284,3 @@ def index_map(store: Store, encoder_version: str, cap: int, method: str = "pca")
         _MAP_CACHE.clear()  # one map kept: the newest
         _MAP_CACHE[fingerprint] = result
     return result
-
-
-def _procedure_uids(store: Store, ids: Sequence[int]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    with store.sessions() as session:
-        for start in range(0, len(ids), 1000):
-            chunk = list(ids[start : start + 1000])
-            query = (
-                select(TrackletModel.id, ProcedureModel.uid)
-                .join(ProcedureModel, TrackletModel.procedure_id == ProcedureModel.id)
-                .where(TrackletModel.id.in_(chunk))
-            )
-            out.update((int(i), str(uid)) for i, uid in session.execute(query))
-    return out

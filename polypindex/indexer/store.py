@@ -130,7 +130,8 @@ class Store:
 
     @property
     def sessions(self) -> sessionmaker[Session]:
-        """The session factory (for other tables of the store, e.g. ``indexer.jobs``)."""
+        """The session factory, for the store layer's modules only (they hold the queries
+        of the other tables; docs/architecture.md#the-store)."""
         return self._sessions
 
     def close(self) -> None:

@@ -36,10 +36,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
-from sqlalchemy import func, select
 
 from polypindex.indexer.store import Store
-from polypindex.indexer.tables import JobModel
+from polypindex.indexer.store_jobs import job_status_counts
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +70,7 @@ def observe_index_search(seconds: float) -> None:
 
 
 def _job_counts(store: Store) -> dict[str, int]:
-    query = select(JobModel.status, func.count()).group_by(JobModel.status)
-    with store.sessions() as session:
-        counts = {str(status): int(n) for status, n in session.execute(query)}
+    counts = job_status_counts(store)
     return {status: counts.get(status, 0) for status in (*JOB_STATUSES, *counts)}
 
 

@@ -11,14 +11,10 @@ import pytest
 from helpers.indexing import TRACKLETS, FakeEncoder, write_coco
 
 from polypindex.indexer.embed import summarize_boxes
-from polypindex.indexer.grouping import (
-    entity_ids,
-    group_procedure,
-    group_stored,
-    procedure_polyps,
-)
+from polypindex.indexer.grouping import group_procedure, group_stored, procedure_polyps
 from polypindex.indexer.pipeline import delete_procedure, index_dataset
 from polypindex.indexer.store import Store
+from polypindex.indexer.store_entities import entity_ids
 from polypindex.indexer.tables import PredictionRow, TrackletRow
 from polypindex.model.core.errors import ProcedureNotFoundError
 from polypindex.model.scoring.calibration import Calibration
