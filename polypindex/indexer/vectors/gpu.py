@@ -107,15 +107,12 @@ class GpuSearch:
         return removed
 
     def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        exclude_ids: np.ndarray | None = None,
-        *,
-        allow_ids: np.ndarray | None = None,
+        self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        if (exclude_ids is not None and len(exclude_ids)) or allow_ids is not None:
-            return self.inner.search(queries, k, exclude_ids, allow_ids=allow_ids)
+        """On the GPU copy; with exclusions on the CPU backend (its id selector). A search
+        among allowed ids goes to the CPU backend itself (:func:`indexer.vectors.core.cpu_backend`)."""
+        if exclude_ids is not None and len(exclude_ids):
+            return self.inner.search(queries, k, exclude_ids)
         if self._copy is None:
             self._copy = faiss.index_cpu_to_gpu(_gpu_resources(), 0, self.inner.faiss_index)
         scores, labels = self._copy.search(queries, k)
