@@ -3,6 +3,8 @@
 import sqlalchemy as sa
 from alembic import op
 
+from polypindex.indexer.migrations.columns import cascade_ref, row_id
+
 revision = "0001"
 down_revision = None
 
@@ -23,20 +25,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "tracklets",
-        # int64 like FAISS ids; SQLite's AUTOINCREMENT needs exactly "INTEGER PRIMARY KEY",
-        # which also guarantees ids are never reused (what the index catch-up relies on).
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
-        sa.Column(
-            "procedure_id",
-            sa.Integer(),
-            sa.ForeignKey("procedures.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        row_id(),  # int64 like FAISS ids, never reused (columns.row_id_type)
+        cascade_ref("procedure_id", "procedures.id", sa.Integer(), nullable=False),
         sa.Column("key", sa.String(512), nullable=False),
         sa.Column("identity_label", sa.String(255), nullable=True),
         sa.Column("start_frame", sa.Integer(), nullable=False),

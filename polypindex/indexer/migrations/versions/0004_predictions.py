@@ -9,6 +9,8 @@ apply``) without touching the tracklets, and the rows leave with their tracklet
 import sqlalchemy as sa
 from alembic import op
 
+from polypindex.indexer.migrations.columns import cascade_ref, row_id_type
+
 revision = "0004"
 down_revision = "0003"
 
@@ -17,12 +19,7 @@ def upgrade() -> None:
     """Create ``tracklet_predictions`` and its (task, label) index."""
     op.create_table(
         "tracklet_predictions",
-        sa.Column(
-            "tracklet_id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            sa.ForeignKey("tracklets.id", ondelete="CASCADE"),
-            primary_key=True,
-        ),
+        cascade_ref("tracklet_id", "tracklets.id", row_id_type(), primary_key=True),
         sa.Column("task", sa.String(32), primary_key=True),
         sa.Column("label", sa.String(64), nullable=False),
         sa.Column("probability", sa.Float(), nullable=False),

@@ -8,6 +8,8 @@ of each token (the token is shown once, at creation); ``audit`` one row per writ
 import sqlalchemy as sa
 from alembic import op
 
+from polypindex.indexer.migrations.columns import row_id
+
 revision = "0005"
 down_revision = "0004"
 
@@ -25,12 +27,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "audit",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
+        row_id(),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(64), nullable=False),
         sa.Column("action", sa.String(255), nullable=False),

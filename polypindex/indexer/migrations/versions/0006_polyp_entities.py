@@ -9,6 +9,8 @@ leave with their tracklet or procedure (``ON DELETE CASCADE``).
 import sqlalchemy as sa
 from alembic import op
 
+from polypindex.indexer.migrations.columns import cascade_ref, row_id_type
+
 revision = "0006"
 down_revision = "0005"
 
@@ -17,18 +19,8 @@ def upgrade() -> None:
     """Create ``tracklet_entities`` and its procedure index."""
     op.create_table(
         "tracklet_entities",
-        sa.Column(
-            "tracklet_id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            sa.ForeignKey("tracklets.id", ondelete="CASCADE"),
-            primary_key=True,
-        ),
-        sa.Column(
-            "procedure_id",
-            sa.Integer(),
-            sa.ForeignKey("procedures.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        cascade_ref("tracklet_id", "tracklets.id", row_id_type(), primary_key=True),
+        cascade_ref("procedure_id", "procedures.id", sa.Integer(), nullable=False),
         sa.Column("encoder_version", sa.String(255), nullable=False),
         sa.Column("entity", sa.Integer(), nullable=False),
         sa.Column("method", sa.String(32), nullable=False),
