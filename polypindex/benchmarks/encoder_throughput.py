@@ -19,7 +19,6 @@ and its entry says ``"precision": "fp32"`` (see ``describe``).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import os
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from polypindex.benchmarks.env import environment, write_result
+from polypindex.benchmarks.model_args import add_model_options, bench_parser
 from polypindex.model.data.config import FragmentConfig, PreprocessConfig
 from polypindex.model.nets.encoder import save_encoder_checkpoint
 from polypindex.model.nets.export import export_onnx
@@ -188,15 +188,16 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = bench_parser(__doc__)
+    add_model_options(
+        parser,
+        backbone="resnet18",
+        im_size=64,
+        seq=8,
+        warmup=2,
+        seq_help="frames per sequence",
+        batch_help="sequences per call",
     )
-    parser.add_argument("--backbone", default="resnet18", choices=["tiny", "resnet18", "resnet50"])
-    parser.add_argument("--im-size", type=int, default=64)
-    parser.add_argument("--seq", type=int, default=8, help="frames per sequence")
-    parser.add_argument("--batch", type=int, default=4, help="sequences per call")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads for all"
     )

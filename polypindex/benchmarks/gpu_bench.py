@@ -23,7 +23,6 @@ script can run anywhere and the lead can run it unchanged on a GPU machine.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from polypindex.benchmarks.env import environment, write_result
+from polypindex.benchmarks.model_args import add_model_options, bench_parser
 
 
 def gpu_status() -> dict[str, Any]:
@@ -297,16 +297,16 @@ def bench_train(backbone: str, im_size: int, batch: int, seq: int, steps: int) -
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("what", choices=["encoder", "search", "train", "all"])
-    parser.add_argument("--backbone", default="resnet50", choices=["tiny", "resnet18", "resnet50"])
-    parser.add_argument("--im-size", type=int, default=232)
-    parser.add_argument("--seq", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=4, help="training step: tracklets per view")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    add_model_options(
+        parser,
+        backbone="resnet50",
+        im_size=232,
+        seq=16,
+        warmup=3,
+        batch_help="training step: tracklets per view",
+    )
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
