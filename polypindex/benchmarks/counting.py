@@ -40,16 +40,8 @@ from polypindex.model.core.errors import ConfigError, InvalidInputError
 from polypindex.model.data.coco import load_coco_split
 from polypindex.model.data.config import TrackletConfig
 from polypindex.model.data.tracklets import Tracklet
+from polypindex.model.scoring import grouping
 from polypindex.model.scoring.calibration import calibration_pairs, fit_calibration, log_loss
-from polypindex.model.scoring.grouping import (
-    METHODS,
-    TrackletSpan,
-    cannot_link_matrix,
-    group,
-    one_per_tracklet,
-    time_gap_groups,
-    violations,
-)
 from polypindex.model.scoring.metrics import expected_calibration_error
 from polypindex.model.scoring.reid import reid_score
 
@@ -136,20 +128,20 @@ class _Split:
             uid: [str(tracklets[i].identity_id) for i in rows]
             for uid, rows in self.by_procedure.items()
         }
-        self.forbid = {uid: cannot_link_matrix(spans) for uid, spans in self.spans.items()}
+        self.forbid = {uid: grouping.cannot_link_matrix(spans) for uid, spans in self.spans.items()}
 
     def labels(self, grouper: Callable[[str], np.ndarray]) -> list[tuple[list[str], np.ndarray]]:
         out = []
         for uid in self.by_procedure:
             labels = grouper(uid)
-            if violations(labels, self.forbid[uid]):
+            if grouping.violations(labels, self.forbid[uid]):
                 raise AssertionError(f"{uid}: the temporal constraint was violated")
             out.append((self.truth[uid], labels))
         return out
 
 
-def _span(k: int, t: Tracklet) -> TrackletSpan:
-    return TrackletSpan(k, t.frame_ids, t.boxes)
+def _span(k: int, t: Tracklet) -> grouping.TrackletSpan:
+    return grouping.TrackletSpan(k, t.frame_ids, t.boxes)
 
 
 def _curve(
@@ -243,10 +235,12 @@ def _encoder_rows(
     probs = {"fit": _probabilities(fit, fit_emb, calibration)}
     probs["test"] = _probabilities(test, test_emb, calibration)
     methods: dict[str, Any] = {}
-    for method in METHODS:
+    for method in grouping.METHODS:
 
         def grouper(split: _Split, p: dict[str, np.ndarray], m: str = method) -> Any:
-            return lambda uid, cut: group(split.spans[uid], p[uid], m, cut, split.forbid[uid])
+            return lambda uid, cut: grouping.group(
+                split.spans[uid], p[uid], m, cut, split.forbid[uid]
+            )
 
         fit_g, test_g = grouper(fit, probs["fit"]), grouper(test, probs["test"])
         fit_curve = _curve(fit, _cuts(probs["fit"]), fit_g)
@@ -277,10 +271,10 @@ def _encoder_rows(
 
 
 def _baselines(fit: _Split, test: _Split) -> dict[str, Any]:
-    single = evaluate_labels(test.labels(lambda uid: one_per_tracklet(test.spans[uid])))
+    single = evaluate_labels(test.labels(lambda uid: grouping.one_per_tracklet(test.spans[uid])))
 
     def by_gap(split: _Split) -> Callable[[str, float], np.ndarray]:
-        return lambda uid, gap: time_gap_groups(split.spans[uid], gap, split.forbid[uid])
+        return lambda uid, gap: grouping.time_gap_groups(split.spans[uid], gap, split.forbid[uid])
 
     curves = {
         name: _curve(split, GAPS, by_gap(split)) for name, split in (("fit", fit), ("test", test))
@@ -293,7 +287,9 @@ def _baselines(fit: _Split, test: _Split) -> dict[str, Any]:
                 curves["fit"],
                 curves["test"],
                 lambda gap: evaluate_labels(
-                    test.labels(lambda uid: time_gap_groups(test.spans[uid], gap, test.forbid[uid]))
+                    test.labels(
+                        lambda uid: grouping.time_gap_groups(test.spans[uid], gap, test.forbid[uid])
+                    )
                 ),
             ),
             "curve": curves["test"],
@@ -310,7 +306,7 @@ def _mean_std(values: list[float | None]) -> dict[str, float | None]:
 
 def _aggregate(per_encoder: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for method in METHODS:
+    for method in grouping.METHODS:
         out[method] = {
             point: {
                 k: _mean_std([e["methods"][method][point][k] for e in per_encoder])
@@ -340,7 +336,7 @@ def format_table(result: dict[str, Any]) -> str:
     for group_name in ("trained", "untrained"):
         agg = result.get(f"{group_name}_aggregate") or {}
         n = len(result.get(group_name) or [])
-        for method in METHODS:
+        for method in grouping.METHODS:
             if method not in agg:
                 continue
             a, c = agg[method]["at_5pct_test"], agg[method]["chosen_on_fit"]
@@ -366,7 +362,7 @@ def plot_curves(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     first untrained one, and the baselines (the JSON has every encoder's curves)."""
     curves: dict[str, list[dict[str, Any]]] = {}
     trained = result["trained"][0]
-    for m in METHODS:
+    for m in grouping.METHODS:
         curves[f"{m}, trained {trained['name']}"] = trained["methods"][m]["curve"]
     if result["untrained"]:
         untrained = result["untrained"][0]
