@@ -15,37 +15,29 @@ import shutil
 import sqlite3
 import subprocess
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers.databases import pg_schema_url
-from helpers.indexing import FakeEncoder, write_coco
+from helpers.indexing import write_coco
 from helpers.rows import random_row
 from helpers.service_api import assert_error
+from helpers.service_jobs import coco_job, job_client, wait_for
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from polypindex.indexer.faults import public_message, storage_fault
 from polypindex.indexer.store import Store
 from polypindex.model.core.errors import ProcedureNotFoundError
-from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 
 SQL_ERROR = OperationalError(
     "SELECT tracklets.id FROM tracklets WHERE tracklets.id = ?", {"id": 424242}, Exception("boom")
 )
-
-
-class ServiceFakeEncoder(FakeEncoder):
-    def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-        seq = np.stack([cv2.resize(img, (32, 32)) for img in images]).astype(np.float32) / 255.0
-        return self.embed_sequences([seq.transpose(0, 3, 1, 2)])[0]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -58,29 +50,12 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
             yield Settings(home=home, database_url=url, index_refresh_seconds=0)
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings)
-    app.state.encoder = ServiceFakeEncoder()
-    with TestClient(app) as c:
-        yield c
-
-
-def wait_for(client: TestClient, job_id: str, wait_s: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + wait_s
-    while True:
-        body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-        if body.get("status") in ("succeeded", "failed"):
-            return body
-        assert time.monotonic() < deadline, f"job still {body} after {wait_s}s"
-        time.sleep(0.05)
+client = pytest.fixture(job_client, name="client")
 
 
 def submit_coco(client: TestClient, settings: Settings, name: str = "d") -> str:
     data = write_coco(settings.data_roots[0] / name)
-    r = client.post(
-        "/procedures", json={"kind": "coco", "root": str(data), "min_tracklet_length": 3}
-    )
+    r = client.post("/procedures", json=coco_job(data))
     assert r.status_code == 202, r.text
     return str(r.json()["job_id"])
 
@@ -112,7 +87,7 @@ def test_a_full_disk_fails_the_job_naming_it_and_leaves_no_tmp(
     client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     full_disk(monkeypatch)
-    job = wait_for(client, submit_coco(client, settings))
+    job = wait_for(client, submit_coco(client, settings), retry_errors=True)
     assert job["status"] == "failed", job
     assert "disk_full" in job["error"] and "no space left" in job["error"], job["error"]
     no_internals(str(job), settings.home)
@@ -135,10 +110,8 @@ def test_a_job_is_marked_failed_even_when_writing_that_fails_at_first(
 
     monkeypatch.setattr(runner, "_set", flaky_set)
     data = write_coco(settings.data_roots[0] / "bad", corrupt=True)
-    r = client.post(
-        "/procedures", json={"kind": "coco", "root": str(data), "min_tracklet_length": 3}
-    )
-    job = wait_for(client, r.json()["job_id"])
+    r = client.post("/procedures", json=coco_job(data))
+    job = wait_for(client, r.json()["job_id"], retry_errors=True)
     assert job["status"] == "failed" and refusals["n"] == runner.finish_attempts + 2, job
     assert runner.unrecorded == {}
 
@@ -175,9 +148,7 @@ def test_a_read_only_store_is_503_and_the_process_lives(
     event.listen(store.engine, "connect", lambda c, _r: c.execute("PRAGMA query_only=ON"))
     store.engine.dispose()  # new connections: read-only
     data = write_coco(settings.data_roots[0] / "ro")
-    r = client.post(
-        "/procedures", json={"kind": "coco", "root": str(data), "min_tracklet_length": 3}
-    )
+    r = client.post("/procedures", json=coco_job(data))
     message = assert_error(r, 503, "store_read_only", "read-only")
     no_internals(message, settings.home)
     assert_error(client.delete("/procedures/ds:001"), 404, "procedure_not_found")
@@ -194,7 +165,7 @@ def test_immutable_store_files_are_503_not_a_crash(client: TestClient, settings:
         pytest.skip("chattr +i is not available here")
     try:
         data = write_coco(settings.data_roots[0] / "imm")
-        body = {"kind": "coco", "root": str(data), "min_tracklet_length": 3}
+        body = coco_job(data)
         for _ in range(3):
             r = client.post("/procedures", json=body)
             message = assert_error(r, 503, "store_read_only")
@@ -280,7 +251,7 @@ def test_exactly_one_of_concurrent_deletes_succeeds(settings: Settings) -> None:
 
 
 def test_concurrent_http_deletes_answer_one_200(client: TestClient, settings: Settings) -> None:
-    job = wait_for(client, submit_coco(client, settings))
+    job = wait_for(client, submit_coco(client, settings), retry_errors=True)
     assert job["status"] == "succeeded", job
     store = client.app.state.store  # type: ignore[attr-defined]
     uid = sorted(p.uid for p in store.list_procedures())[0]

@@ -7,59 +7,21 @@ A real SQLite store and FAISS index, the indexer's deterministic fake encoder
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers.indexing import FakeEncoder, write_coco
+from helpers.service_jobs import ServiceFakeEncoder, coco_job, job_client, job_settings, wait_for
 
 from polypindex.indexer.store import Store
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
 
-WAIT_S = 20.0
-
-
-class ServiceFakeEncoder(FakeEncoder):
-    """The indexer's fake encoder, also answering the service's ``embed_tracklet``."""
-
-    def embed_tracklet(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-        seq = np.stack([cv2.resize(img, (32, 32)) for img in images]).astype(np.float32) / 255.0
-        return self.embed_sequences([seq.transpose(0, 3, 1, 2)])[0]
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", index_refresh_seconds=0)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings)
-    app.state.encoder = ServiceFakeEncoder()
-    with TestClient(app) as c:
-        yield c
-
-
-def coco_job(root: Path, **extra: Any) -> dict[str, Any]:
-    return {"kind": "coco", "root": str(root), "min_tracklet_length": 3, **extra}
-
-
-def wait_for(client: TestClient, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        r = client.get(f"/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if body["status"] in ("succeeded", "failed"):
-            return body
-        assert time.monotonic() < deadline, f"job still {body['status']} after {WAIT_S}s"
-        time.sleep(0.05)
+settings = pytest.fixture(job_settings, name="settings")
+client = pytest.fixture(job_client, name="client")
 
 
 def assert_error(r: Any, status: int, code: str, *needles: str) -> str:
