@@ -1,20 +1,21 @@
 """The FastAPI application: ``create_app(settings)``.
 
 Nothing is loaded at import time. The lifespan loads the ONNX encoder, opens the
-store and the vector index (catching up from the store) and puts them on
-``app.state`` (``settings``, ``encoder``, ``store``, ``index``, ``index_upkeep``,
-``problems``, ``jobs``; ``embedding_slots`` is made with the app). If one cannot be loaded
-the app still starts: ``GET /healthz`` says "degraded" and why, and the endpoints
-that need it answer 503 ``not_ready``. While serving, a background thread keeps the
-index equal to the store (``service/upkeep.py``; jobs hand it what they commit).
+store and the vector index (catching up from the store) and puts them, as one
+:class:`~service.resources.Resources`, on ``app.state.resources`` (beside the app's
+``settings``, ``auth`` and ``embedding_slots``; :class:`~service.resources.ServiceState`).
+If one cannot be loaded the app still starts: ``GET /healthz`` says "degraded" and
+why, and the endpoints that need it answer 503 ``not_ready``. While serving, a
+background thread keeps the index equal to the store (``service/upkeep.py``; jobs
+hand it what they commit).
 
 When the encoder and the store loaded and ``settings.run_jobs``, a
 :class:`~indexer.jobs.JobRunner` runs indexing jobs (``POST /procedures``) in a
 background thread: at start-up the jobs a dead process left ``running`` are
 queued again; at shutdown it stops after the current job.
 
-An encoder placed on ``app.state.encoder`` before start-up is used instead of
-loading ``settings.model_path`` (tests, other runtimes).
+An encoder placed on ``app.state.encoder`` (that is, ``app.state.resources.encoder``)
+before start-up is used instead of loading ``settings.model_path`` (tests, other runtimes).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ from polypindex.service.errors import AUTH_ERRORS, install_error_handlers
 from polypindex.service.limits import BodyLimitMiddleware, install_openapi
 from polypindex.service.metrics import install_metrics
 from polypindex.service.observability import REQUEST_ID_HEADER, RequestMiddleware
-from polypindex.service.resources import load_resources, start_job_runner
+from polypindex.service.resources import (
+    Resources,
+    ServiceState,
+    load_resources,
+    start_job_runner,
+)
 from polypindex.service.routers import health, jobs, polyps, predict, reid, search
 from polypindex.service.routers import read as read_routes
 from polypindex.service.settings import Settings
@@ -83,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        injected = getattr(app.state, "encoder", None)
+        injected = app.state.resources.encoder
         resources = await run_in_threadpool(load_resources, settings, injected)
         try:
             auth = await run_in_threadpool(decide_auth_mode, settings, resources.store)
@@ -93,25 +99,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (logger.warning if auth.mode == "open" else logger.info)("access: %s", auth.reason)
         app.state.auth = auth
         await run_in_threadpool(start_job_runner, resources, settings)
-        app.state.encoder = resources.encoder
-        app.state.store = resources.store
-        app.state.index = resources.index
-        app.state.index_upkeep = resources.upkeep
-        app.state.problems = resources.problems
-        app.state.jobs = resources.jobs
-        app.state.jobs_problem = resources.jobs_problem
-        app.state.probes = resources.probes
-        app.state.probe_problems = resources.probe_problems
+        app.state.resources = resources
         if resources.problems:
             logger.warning("starting degraded: %s", "; ".join(resources.problems.values()))
         try:
             yield
         finally:
-            app.state.jobs = None
             await run_in_threadpool(resources.close)  # waits for the current job to stop
-            app.state.store = None
-            app.state.index = None
-            app.state.index_upkeep = None
 
     app = FastAPI(
         title="PolypIndex",
@@ -119,18 +113,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.embedding_slots = threading.BoundedSemaphore(settings.max_concurrent_embeddings)
-    app.state.encoder = None
-    app.state.store = None
-    app.state.index = None
-    app.state.index_upkeep = None
-    app.state.jobs = None
-    app.state.jobs_problem = "the service has not started yet"
-    app.state.probes = {}
-    app.state.probe_problems = {}
-    app.state.problems = {"startup": "the service has not started yet"}
-    app.state.auth = None  # decided at start-up (service/auth.py)
+    not_started = "the service has not started yet"
+    app.state = ServiceState(
+        {
+            "settings": settings,
+            "embedding_slots": threading.BoundedSemaphore(settings.max_concurrent_embeddings),
+            "resources": Resources(problems={"startup": not_started}, jobs_problem=not_started),
+            "auth": None,  # decided at start-up (service/auth.py)
+        }
+    )
     install_error_handlers(app)
     # Access (docs/deploy.md#keys-and-scopes): one scope per router; /healthz, /metrics,
     # the API docs and the viewer's static page are open (service.auth.OPEN_PATHS).

@@ -1,12 +1,11 @@
-"""What the service does for a request with the loaded objects: search, query embedding,
-predictions and deletes.
+"""What the service does with a request's tracklets before any search or decision:
+each query tracklet (an indexed id, frames or an embedding) as one unit vector
+(:class:`QueryEmbedder`, :func:`embed_input`, :func:`decode_frames`); and the writes
+(:func:`submit_job`, :func:`delete_procedure`).
 
-With :mod:`service.resources` (which loads those objects and keeps the index
-current), this is the only part of ``service/`` that touches ``indexer``
-(``Store``, ``VectorIndex``, ``JobRunner``, ``delete_procedure``), so a change
-there is adapted here (``service.errors`` also names the indexer's exceptions in
-its table). Routers receive the loaded objects through :mod:`service.deps` and
-call these functions.
+Routers receive the loaded objects through :mod:`service.deps`; the searches are
+:mod:`service.search`, the predictions and re-ID decisions :mod:`service.decisions`,
+the viewer's reads :mod:`service.read`.
 """
 
 from __future__ import annotations
@@ -23,27 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from polypindex.indexer import hits, pipeline
 from polypindex.indexer.embed import thumbnail_dir
-from polypindex.indexer.hits import HitRecord
 from polypindex.indexer.jobs import JobRecord, JobRunner
 from polypindex.indexer.store import Store
-from polypindex.indexer.tables import PredictionRow, TrackletRecord
-from polypindex.indexer.vectors import VectorIndex
+from polypindex.indexer.tables import TrackletRecord
 from polypindex.model.core.errors import (
     EncoderMismatchError,
     ImageReadError,
     IndexNotReadyError,
     InvalidInputError,
-    ProbeNotInstalledError,
-    ProcedureNotFoundError,
 )
 from polypindex.model.data.preprocess import decode_image
-from polypindex.model.scoring.probe import Probe
 from polypindex.service import metrics
 from polypindex.service.errors import field_error
 from polypindex.service.limits import check_image_b64_lengths
-from polypindex.service.resources import Encoder, empty_index_problem
+from polypindex.service.resources import Encoder
 from polypindex.service.schemas import FrameInput, TrackletInput
 from polypindex.service.settings import Settings
 from polypindex.service.upkeep import IndexUpkeep
@@ -54,127 +47,8 @@ __all__ = [
     "decode_frames",
     "delete_procedure",
     "embed_input",
-    "search",
-    "search_batch",
     "submit_job",
 ]
-
-
-# -- predictions and reads --------------------------------------------------------------
-
-
-def require_probe(probes: dict[str, Probe], problems: dict[str, str], task: str) -> Probe:
-    """The installed probe of ``task``; ProbeNotInstalledError (503) saying why otherwise."""
-    probe = probes.get(task)
-    if probe is None:
-        raise ProbeNotInstalledError(problems.get(task, f"no {task} probe installed"))
-    return probe
-
-
-def predict(probe: Probe, vector: np.ndarray) -> PredictionRow:
-    """One probe's prediction for one tracklet embedding (the indexer's rule)."""
-    (row,) = pipeline.predict([probe], vector)
-    return row
-
-
-def predictions_for(store: Store, ids: Sequence[int]) -> dict[int, dict[str, PredictionRow]]:
-    return store.predictions_for(ids)
-
-
-def hit_records(store: Store, ids: Sequence[int]) -> dict[int, HitRecord]:
-    """What the hits show (row facts and predictions), in one query."""
-    return hits.hit_records(store.engine, ids)
-
-
-def tracklet_ids_predicted(store: Store, task: str, label: str, encoder_version: str) -> set[int]:
-    return store.tracklet_ids_with_prediction(task, label, encoder_version)
-
-
-def require_searchable(index: VectorIndex, encoder: Encoder) -> None:
-    """Raise IndexNotReadyError when the index is empty."""
-    problem = empty_index_problem(index, encoder)
-    if problem:
-        raise IndexNotReadyError(problem)
-
-
-def get_tracklet(store: Store, tracklet_id: int) -> TrackletRecord:
-    """The stored tracklet; TrackletNotFoundError (404) when unknown."""
-    return store.get_tracklet(tracklet_id)
-
-
-def get_tracklets(store: Store, ids: Sequence[int]) -> dict[int, TrackletRecord]:
-    return store.get_tracklets(ids)
-
-
-def procedure_tracklet_ids(store: Store, uid: str) -> list[int]:
-    return store.tracklet_ids_for_procedure(uid)
-
-
-def tracklet_ids_of_procedures(store: Store, uids: Sequence[str]) -> set[int]:
-    """The tracklet ids of these procedures; ProcedureNotFoundError (404) names unknown UIDs."""
-    ids: set[int] = set()
-    empty = []
-    for uid in dict.fromkeys(uids):
-        found = store.tracklet_ids_for_procedure(uid)
-        if not found:
-            empty.append(uid)
-        ids.update(found)
-    if empty:
-        known = {p.uid for p in store.list_procedures()}
-        unknown = [uid for uid in empty if uid not in known]
-        if unknown:
-            shown = ", ".join(map(repr, unknown[:10]))  # not all of up to 1000 echoed back
-            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-            raise ProcedureNotFoundError(f"no procedure with uid {shown}{more}")
-    return ids
-
-
-def search(
-    index: VectorIndex,
-    query: np.ndarray,
-    k: int,
-    exclude: set[int],
-    allowed: set[int] | None = None,
-) -> list[tuple[int, float]]:
-    """Top-``k`` ``(id, cosine)`` of one query, best first (see :func:`search_batch`)."""
-    return search_batch(index, np.asarray(query)[None, :], k, [exclude], allowed=allowed)[0]
-
-
-def search_batch(
-    index: VectorIndex,
-    queries: np.ndarray,
-    k: int,
-    excludes: Sequence[set[int]],
-    *,
-    shared_exclude: set[int] | None = None,
-    allowed: set[int] | None = None,
-) -> list[list[tuple[int, float]]]:
-    """Top-``k`` ``(id, cosine)`` of each query, best first; the queries are searched
-    together in one FAISS call.
-
-    Args:
-        index: the loaded index.
-        queries: float32 ``(Q, D)``.
-        k: results wanted per query.
-        excludes: per query, ids it must not return (its own tracklet, its procedure).
-        shared_exclude: ids no query returns (a FAISS id selector).
-        allowed: when given, only these ids are returned (a FAISS id selector; as many
-            as ``k`` of them when that many are indexed: no widening, no re-search).
-    """
-    if len(index) == 0 or len(queries) == 0:
-        return [[] for _ in range(len(queries))]
-    extra = max((len(e) for e in excludes), default=0)
-    common = set(shared_exclude or ())
-    if len(excludes) == 1:  # one query: its exclusions go into the selector too
-        common |= excludes[0]
-        extra = 0
-    started = time.perf_counter()
-    found = index.search(queries, k + extra, exclude_ids=common or None, allowed_ids=allowed)
-    metrics.observe_index_search(time.perf_counter() - started)
-    return [
-        [(i, s) for i, s in hits if i not in own][:k]
-        for hits, own in zip(found, excludes, strict=True)
-    ]
 
 
 # -- query embedding ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the settings and the objects the lifespan put on ``app.state``.
+"""FastAPI dependencies: the settings and the fields of the one
+:class:`~service.resources.Resources` the lifespan put on ``app.state.resources``.
 
 Every dependency here is ``async``: it only reads ``app.state``, so it runs on the
 event loop and costs no thread-pool hop (an endpoint then makes at most one).
@@ -21,16 +22,20 @@ from polypindex.indexer.jobs import JobRunner
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
 from polypindex.model.core.errors import IndexNotReadyError
-from polypindex.model.scoring.probe import Probe
 from polypindex.service.backend import QueryEmbedder
-from polypindex.service.resources import Encoder
+from polypindex.service.resources import Encoder, Probes, Resources
 from polypindex.service.settings import Settings
 from polypindex.service.upkeep import IndexUpkeep
 
 
-def _problem(request: Request, key: str, default: str) -> str:
-    problems: dict[str, str] = getattr(request.app.state, "problems", {}) or {}
-    return problems.get(key, default)
+def resources_of(request: Request) -> Resources:
+    """What the service loaded (the lifespan's :class:`Resources`; before start-up, none)."""
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+def _problem(res: Resources, key: str, default: str) -> str:
+    return res.problems.get(key, default)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -39,42 +44,41 @@ async def get_settings(request: Request) -> Settings:
 
 
 async def get_encoder(request: Request) -> Encoder:
-    encoder: Encoder | None = getattr(request.app.state, "encoder", None)
-    if encoder is None:
-        raise IndexNotReadyError(_problem(request, "model", "the encoder model is not loaded"))
-    return encoder
+    res = resources_of(request)
+    if res.encoder is None:
+        raise IndexNotReadyError(_problem(res, "model", "the encoder model is not loaded"))
+    return res.encoder
+
+
+async def get_encoder_if_loaded(request: Request) -> Encoder | None:
+    """The encoder, or ``None`` (for endpoints that need only its version, as a default)."""
+    return resources_of(request).encoder
 
 
 async def get_store(request: Request) -> Store:
-    store: Store | None = getattr(request.app.state, "store", None)
-    if store is None:
-        raise IndexNotReadyError(_problem(request, "store", "the database is not loaded"))
-    return store
-
-
-def get_upkeep(request: Request) -> IndexUpkeep | None:
-    upkeep: IndexUpkeep | None = getattr(request.app.state, "index_upkeep", None)
-    return upkeep
+    res = resources_of(request)
+    if res.store is None:
+        raise IndexNotReadyError(_problem(res, "store", "the database is not loaded"))
+    return res.store
 
 
 async def get_index(request: Request) -> VectorIndex:
     """The loaded index as it is now (never synced here); 503 while it is rebuilt."""
-    upkeep = get_upkeep(request)
-    if upkeep is not None:
-        index = upkeep.serving()
+    res = resources_of(request)
+    if res.upkeep is not None:
+        index = res.upkeep.serving()
         if index is None:
-            state, problem = upkeep.status()
+            state, problem = res.upkeep.status()
             raise IndexNotReadyError(problem or f"the vector index is {state}")
         return index
-    loaded: VectorIndex | None = getattr(request.app.state, "index", None)
-    if loaded is None:
-        raise IndexNotReadyError(_problem(request, "index", "the vector index is not loaded"))
-    return loaded
+    if res.index is None:
+        raise IndexNotReadyError(_problem(res, "index", "the vector index is not loaded"))
+    return res.index
 
 
 async def get_optional_upkeep(request: Request) -> IndexUpkeep | None:
     """The index upkeep (``None`` when no index is loaded: a delete still works on the store)."""
-    return get_upkeep(request)
+    return resources_of(request).upkeep
 
 
 async def get_embedding_slots(request: Request) -> threading.Semaphore:
@@ -86,51 +90,31 @@ async def get_embedding_slots(request: Request) -> threading.Semaphore:
 
 async def get_jobs(request: Request) -> JobRunner:
     """The indexing job runner; 503 ``not_ready`` saying why when it is not running."""
-    jobs: JobRunner | None = getattr(request.app.state, "jobs", None)
-    if jobs is None:
-        reason = getattr(request.app.state, "jobs_problem", None) or "indexing jobs are not running"
-        raise IndexNotReadyError(reason)
-    return jobs
-
-
-async def get_index_if_loaded(request: Request) -> VectorIndex | None:
-    """The loaded index, or ``None`` (a delete still works on the store and snapshots)."""
-    index: VectorIndex | None = getattr(request.app.state, "index", None)
-    return index
-
-
-class Probes:
-    """The installed probes (task → probe) and, for each task without one, why."""
-
-    def __init__(self, installed: dict[str, Probe], problems: dict[str, str]) -> None:
-        self.installed = installed
-        self.problems = problems
+    res = resources_of(request)
+    if res.jobs is None:
+        raise IndexNotReadyError(res.jobs_problem or "indexing jobs are not running")
+    return res.jobs
 
 
 async def get_probes(request: Request) -> Probes:
-    return Probes(
-        getattr(request.app.state, "probes", None) or {},
-        getattr(request.app.state, "probe_problems", None) or {},
-    )
+    res = resources_of(request)
+    return Probes(res.probes, res.probe_problems)
+
+
+async def get_store_if_loaded(request: Request) -> Store | None:
+    """The store, or ``None`` (for endpoints that need it only for some inputs)."""
+    return resources_of(request).store
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ProbesDep = Annotated[Probes, Depends(get_probes)]
 EmbeddingSlotsDep = Annotated[threading.Semaphore, Depends(get_embedding_slots)]
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
+OptionalEncoderDep = Annotated[Encoder | None, Depends(get_encoder_if_loaded)]
 StoreDep = Annotated[Store, Depends(get_store)]
 IndexDep = Annotated[VectorIndex, Depends(get_index)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
-OptionalIndexDep = Annotated[VectorIndex | None, Depends(get_index_if_loaded)]
 OptionalUpkeepDep = Annotated[IndexUpkeep | None, Depends(get_optional_upkeep)]
-
-
-async def get_store_if_loaded(request: Request) -> Store | None:
-    """The store, or ``None`` (for endpoints that need it only for some inputs)."""
-    store: Store | None = getattr(request.app.state, "store", None)
-    return store
-
-
 OptionalStoreDep = Annotated[Store | None, Depends(get_store_if_loaded)]
 
 

@@ -1,4 +1,5 @@
-"""Response bodies of the viewer's read endpoints (``service/routers/read.py``)."""
+"""Response bodies of the read endpoints: the viewer's (``service/routers/read.py``) and a
+procedure's polyp entities (``service/routers/polyps.py``)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,60 @@ class IndexMapResponse(BaseModel):
     total: int = Field(description="Vectors of this encoder version in the store.")
     sampled: int = Field(description="Points returned (at most `limit`, evenly spread by id).")
     points: list[MapPoint]
+
+
+_MEAN_PROBABILITY = (
+    "Frame-weighted mean of the tracklets' calibrated probability of the positive class "
+    "(diminutive, adenoma)."
+)
+
+
+class EntityPrediction(BaseModel):
+    """One task's prediction aggregated over an entity's tracklets."""
+
+    label: str = Field(description="The label of most of its tracklets (ties: more frames).")
+    probability: float = Field(description=_MEAN_PROBABILITY)
+    n_tracklets: int = Field(description="Tracklets with a prediction for this task.")
+    probe_versions: list[str]
+
+
+class PolypEntity(BaseModel):
+    """One polyp: the tracklets grouped as showing it."""
+
+    entity_id: int = Field(description="0, 1, … within the procedure, by first frame.")
+    tracklet_ids: list[int]
+    start_frame: int
+    end_frame: int
+    spans: list[list[int]] = Field(
+        description="[start_frame, end_frame] of each tracklet, in the order of tracklet_ids."
+    )
+    n_frames: int
+    thumbnail_tracklet_id: int | None = Field(
+        description="The tracklet whose thumbnail represents the entity "
+        "(GET /tracklets/{id}/thumbnail); null when none has a thumbnail."
+    )
+    predictions: dict[str, EntityPrediction] = Field(
+        default_factory=dict, description="Size / histology by task; empty without probes."
+    )
+
+
+class ProcedurePolypsResponse(BaseModel):
+    """The procedure's polyp entities."""
+
+    uid: str
+    encoder_version: str
+    grouped: bool = Field(
+        description="False when the procedure has not been grouped yet "
+        "(`polypindex index group`): no entities, every tracklet in ungrouped_tracklet_ids."
+    )
+    n_polyps: int = Field(description="Number of entities.")
+    method: str | None = Field(description="The grouping method.")
+    cut: float | None = Field(description="The grouping's probability cut.")
+    calibrated: bool | None = Field(
+        description="Whether the grouping used the model's calibrated probability."
+    )
+    entities: list[PolypEntity]
+    ungrouped_tracklet_ids: list[int]
 
 
 def boxes_summary(boxes: dict[str, Any]) -> BoxSummary:

@@ -5,10 +5,12 @@ store, the vector index, the probes; never raises, each failure is a message in
 ``problems``) and :func:`start_job_runner`. While serving, the
 :class:`~polypindex.service.upkeep.IndexUpkeep` thread keeps the loaded index equal to
 the store (off the request path; the job runner hands it what it commits), and
-``GET /healthz`` asks :func:`store_ok` / :func:`empty_index_problem` and the upkeep's
-state what is missing and how to build it.
-Request work on the loaded objects (search, embedding of queries, deletes) is in
-:mod:`service.backend`.
+``GET /healthz`` is :func:`health` (what is loaded, what is missing and how to build it).
+
+The loaded objects live in one :class:`Resources`, on ``app.state.resources``
+(:class:`ServiceState`); :mod:`service.deps` hands its fields to the routers, and the
+service functions below the routers (:mod:`service.search`, :mod:`service.read`,
+:mod:`service.decisions`, :mod:`service.backend`) do the work of a request with them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from sqlalchemy import text
+from starlette.datastructures import State
 
+from polypindex.indexer.faults import public_message
 from polypindex.indexer.generations import (
     generation_dir,
     load_generation,
@@ -30,9 +34,11 @@ from polypindex.indexer.generations import (
 from polypindex.indexer.jobs import JobRunner
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
-from polypindex.model.core.errors import PolypIndexError
+from polypindex.model.core.errors import PolypIndexError, ProbeNotInstalledError
 from polypindex.model.runtime.install import install_problems
 from polypindex.model.scoring.probe import TASKS, Probe, load_probe, probe_path
+from polypindex.service.auth import AuthState
+from polypindex.service.schemas import HealthResponse
 from polypindex.service.settings import Settings
 from polypindex.service.upkeep import IndexUpkeep, ServingSink, fingerprint
 
@@ -41,8 +47,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SYNC_REBUILD_MAX",
     "Encoder",
+    "Probes",
     "Resources",
+    "ServiceState",
     "empty_index_problem",
+    "health",
     "index_size",
     "load_probes",
     "load_resources",
@@ -96,14 +105,66 @@ class Resources:
     jobs_problem: str = "indexing jobs are not running"
 
     def close(self) -> None:
-        if self.jobs is not None:
-            self.jobs.stop()  # after the current job; a job cut short is recovered at the next start
-            self.jobs = None
+        """Stop the job runner (no job is handed out from the first moment; it stops after
+        the current job, and a job cut short is recovered at the next start), then the
+        upkeep (a changed index is saved), then close the store; nothing is served after."""
+        jobs, self.jobs = self.jobs, None
+        if jobs is not None:
+            jobs.stop()
         if self.upkeep is not None:
-            self.upkeep.stop()  # and a changed index is saved
+            self.upkeep.stop()
             self.upkeep = None
         if self.store is not None:
             self.store.close()
+        self.store = self.index = None
+
+
+class Probes:
+    """The installed probes (task → probe) and, for each task without one, why."""
+
+    def __init__(self, installed: dict[str, Probe], problems: dict[str, str]) -> None:
+        self.installed = installed
+        self.problems = problems
+
+    def require(self, task: str) -> Probe:
+        """The installed probe of ``task``; ProbeNotInstalledError (503) saying why otherwise."""
+        probe = self.installed.get(task)
+        if probe is None:
+            raise ProbeNotInstalledError(self.problems.get(task, f"no {task} probe installed"))
+        return probe
+
+
+class ServiceState(State):
+    """``app.state``: the app's own values (``settings``, ``auth``, ``embedding_slots``)
+    and the one :class:`Resources` (``resources``).
+
+    The names the loaded objects had on ``app.state`` before they were one object
+    (``encoder``, ``store``, ``index``, ``index_upkeep``, ``jobs``) read and write that
+    Resources' fields: an encoder set as ``app.state.encoder`` before start-up is the
+    one the lifespan uses, and the metrics, the auth check and tests that read
+    ``app.state.store`` see what is loaded now. Nothing is copied.
+    """
+
+    _FIELDS: ClassVar[dict[str, str]] = {
+        "encoder": "encoder",
+        "store": "store",
+        "index": "index",
+        "index_upkeep": "upkeep",
+        "jobs": "jobs",
+    }
+
+    def __getattr__(self, key: str) -> Any:
+        name = self._FIELDS.get(key)
+        if name is None:
+            return super().__getattr__(key)
+        return getattr(self._state["resources"], name)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        name = self._FIELDS.get(key)
+        if name is None:
+            super().__setattr__(key, value)
+        else:
+            setattr(self._state["resources"], name, value)
 
 
 def start_job_runner(res: Resources, settings: Settings) -> None:
@@ -277,3 +338,41 @@ def empty_index_problem(index: VectorIndex, encoder: Encoder) -> str | None:
     if len(index) == 0:
         return f"the index holds no tracklets of encoder {encoder.version!r}; {HOW_TO_BUILD_INDEX}"
     return None
+
+
+def health(res: Resources, settings: Settings, auth: AuthState | None) -> HealthResponse:
+    """What ``GET /healthz`` answers: what is loaded and, when something is missing, why
+    and how to build it (``reasons``, no server path, SQL or parameter in them). It reads
+    the upkeep's state, never syncs the index, and asks the database one ``SELECT 1``."""
+    encoder, store, index, upkeep = res.encoder, res.store, res.index, res.upkeep
+    reasons = list(res.problems.values())
+    index_state: str | None = None
+    if upkeep is not None:
+        index = upkeep.index
+        index_state, index_problem = upkeep.status()
+        if index_problem:
+            reasons.append(index_problem)
+    answers = store is not None and store_ok(store)
+    if store is not None and not answers:
+        reasons.append("the database does not answer; see the server log")
+    if index is not None and encoder is not None and index_state in (None, "ready"):
+        empty = empty_index_problem(index, encoder)
+        if empty:
+            reasons.append(empty)
+    reasons = [public_message(r, settings.data_roots or ()) for r in reasons]
+    return HealthResponse(
+        status="degraded" if reasons else "ok",
+        encoder_version=encoder.version if encoder is not None else None,
+        embedding_dim=encoder.dim if encoder is not None else None,
+        encoder_runtime=(
+            encoder.describe() if encoder is not None and hasattr(encoder, "describe") else None
+        ),
+        index_size=index_size(index) if index is not None else None,
+        index_state=index_state,
+        store_ok=answers,
+        reasons=reasons,
+        probes={task: probe.version for task, probe in res.probes.items()},
+        missing_probes=dict(res.probe_problems),
+        auth=auth.mode if auth is not None else None,
+        auth_reason=auth.reason if auth is not None else None,
+    )

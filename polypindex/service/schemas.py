@@ -1,4 +1,7 @@
-"""The API's request and response bodies (pydantic v2), apart from the ORM rows.
+"""The API's shared request parts and the bodies of ``/reid``, ``/predict`` and
+``/healthz`` (pydantic v2); those of ``/search`` are in :mod:`service.search_schemas`,
+the viewer's reads in :mod:`service.read_schemas`, indexing jobs in
+:mod:`service.job_schemas`.
 
 Every id is a positive 64-bit integer, every list has a ``max_length`` and every
 string sent to the database or the file system refuses control characters (a NUL
@@ -12,6 +15,7 @@ writes them into the published schema, so it is exactly as strict as the server.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -23,11 +27,23 @@ from pydantic import (
     model_validator,
 )
 
+from polypindex.indexer.tables import PredictionRow
+
 QUERY_KINDS = ("tracklet_id", "frames", "embedding")
 SizeLabel = Literal["diminutive", "non_diminutive"]
 HistologyLabel = Literal["adenoma", "non_adenoma"]
 Task = Literal["size", "histology"]
 ALL_TASKS: tuple[Task, ...] = ("size", "histology")
+
+
+def predicted_labels(
+    size: SizeLabel | None, histology: HistologyLabel | None
+) -> tuple[tuple[Task, str], ...]:
+    """The ``(task, label)`` filters of a request's ``predicted_size`` and
+    ``predicted_histology`` (those given, in that order)."""
+    given: tuple[tuple[Task, str | None], ...] = (("size", size), ("histology", histology))
+    return tuple((task, label) for task, label in given if label is not None)
+
 
 # Ids are positive 64-bit integers (SQLite INTEGER, PostgreSQL bigint).
 MAX_ID = 2**63 - 1
@@ -55,9 +71,15 @@ Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 Extent = Annotated[float, Field(gt=0, le=MAX_COORDINATE)]
 
 # A 1×1 PNG, so the examples can be sent as they are.
-_EXAMPLE_PNG_B64 = (
+EXAMPLE_PNG_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 )
+
+
+def optional_list(max_length: int, description: str) -> Any:
+    """A list field that may be left out (null) but not sent empty, of at most
+    ``max_length`` items."""
+    return Field(default=None, min_length=1, max_length=max_length, description=description)
 
 
 # Static upper bounds; the published schema states the service's own (smaller) limits.
@@ -104,25 +126,21 @@ class TrackletInput(BaseModel):
         json_schema_extra={
             "examples": [
                 {"tracklet_id": 42},
-                {"frames": [{"image_b64": _EXAMPLE_PNG_B64, "bbox": [0, 0, 1, 1]}]},
+                {"frames": [{"image_b64": EXAMPLE_PNG_B64, "bbox": [0, 0, 1, 1]}]},
                 {"embedding": [0.12, -0.05, 0.31]},
             ]
         },
     )
 
     tracklet_id: TrackletId | None = Field(default=None, description="An indexed tracklet's id.")
-    frames: list[FrameInput] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_FRAMES_CAP,
-        description="The tracklet's frames in order (at most the service's "
+    frames: list[FrameInput] | None = optional_list(
+        MAX_FRAMES_CAP,
+        "The tracklet's frames in order (at most the service's "
         "`max_frames_per_request`, 256 by default).",
     )
-    embedding: list[float] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_EMBEDDING_CAP,
-        description="An embedding of the service's encoder version; its size must equal the "
+    embedding: list[float] | None = optional_list(
+        MAX_EMBEDDING_CAP,
+        "An embedding of the service's encoder version; its size must equal the "
         "model's embedding dim (see `GET /healthz`). Normalised here.",
     )
 
@@ -151,71 +169,6 @@ class TrackletInput(BaseModel):
         return next(name for name in QUERY_KINDS if getattr(self, name) is not None)
 
 
-MAX_BATCH_QUERIES = 64
-"""Most queries one ``POST /search`` may carry in ``queries``."""
-
-
-class SearchRequest(BaseModel):
-    """``POST /search``: the nearest indexed tracklets of a query tracklet (``query``), or
-    of several searched together (``queries``); exactly one of the two."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    query: TrackletInput | None = Field(
-        default=None, description="The query tracklet (a request has `query` or `queries`)."
-    )
-    queries: list[TrackletInput] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_BATCH_QUERIES,
-        description="Several query tracklets searched together (one FAISS call); the answer "
-        "has one entry of `batch` per query, in order. The filters apply to every query.",
-    )
-    k: int = Field(
-        default=10,
-        ge=1,
-        description="Results wanted (at most the service's `max_k`, 100 by default).",
-    )
-    exclude_same_procedure: bool = Field(
-        default=False,
-        description="For a query by `tracklet_id`: leave out every tracklet of its procedure.",
-    )
-    procedure_uids: list[ProcedureUid] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_PROCEDURE_UIDS,
-        description="Only return tracklets of these procedures (all of them when omitted).",
-    )
-    exclude_tracklet_ids: list[TrackletId] = Field(
-        default_factory=list,
-        max_length=MAX_EXCLUDED_IDS,
-        description="Tracklet ids never returned.",
-    )
-    predicted_size: SizeLabel | None = Field(
-        default=None,
-        description="Only tracklets whose stored size prediction is this label (needs the "
-        "size probe; tracklets indexed before it was installed have no prediction until "
-        "`polypindex index predict`).",
-    )
-    predicted_histology: HistologyLabel | None = Field(
-        default=None,
-        description="Only tracklets whose stored histology prediction is this label (needs the "
-        "histology probe).",
-    )
-
-    @model_validator(mode="after")
-    def _one_of_query_or_queries(self) -> Self:
-        if (self.query is None) == (self.queries is None):
-            raise ValueError(
-                "give exactly one of body.query (one tracklet) or body.queries (a list of them)"
-            )
-        return self
-
-    def inputs(self) -> list[TrackletInput]:
-        """The query tracklets, in order (one for `query`)."""
-        return [self.query] if self.query is not None else list(self.queries or [])
-
-
 class Prediction(BaseModel):
     """A probe's prediction for one tracklet."""
 
@@ -227,81 +180,11 @@ class Prediction(BaseModel):
     probe_version: str = Field(description="The probe that made the prediction.")
 
 
-class SearchHit(BaseModel):
-    """One indexed tracklet found by a search."""
-
-    tracklet_id: int
-    score: float = Field(description="Cosine similarity to the query, in [-1, 1].")
-    procedure_uid: str
-    key: str = Field(description="The tracklet's key within its procedure.")
-    start_frame: int
-    end_frame: int
-    n_frames: int
-    identity_label: str | None = Field(
-        description="Ground-truth identity when the indexed data was annotated, else null."
-    )
-    predictions: dict[str, Prediction] = Field(
-        default_factory=dict,
-        description="The stored size / histology predictions (by task); empty when no probe "
-        "had predicted this tracklet.",
-    )
-    same_polyp_probability: float | None = Field(
-        default=None,
-        description="The model's calibrated P(same polyp as the query) of `score`; null when "
-        "the model has no calibration.",
-    )
-    entity_id: int | None = Field(
-        default=None,
-        description="The polyp entity of this tracklet within its procedure "
-        "(`GET /procedures/{uid}/polyps`); null when the procedure has not been grouped.",
-    )
-
-
-class SearchResponse(BaseModel):
-    """Results by decreasing score."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "encoder_version": "hmve-demo-3f2a9c1b",
-                    "results": [
-                        {
-                            "tracklet_id": 57,
-                            "score": 0.913,
-                            "procedure_uid": "synth/test/seq_003",
-                            "key": "seq_003/polyp_2/0",
-                            "start_frame": 120,
-                            "end_frame": 171,
-                            "n_frames": 52,
-                            "identity_label": "seq_003/polyp_2",
-                            "predictions": {
-                                "size": {
-                                    "label": "diminutive",
-                                    "probability": 0.81,
-                                    "probe_version": "probe-size-1a2b3c4d5e6f",
-                                }
-                            },
-                        }
-                    ],
-                }
-            ]
-        }
-    )
-
-    encoder_version: str
-    results: list[SearchHit] = Field(
-        description="The hits of `query`, best first (empty for a request with `queries`)."
-    )
-    batch: list[SearchBatchItem] | None = Field(
-        default=None, description="For a request with `queries`: one entry per query, in order."
-    )
-
-
-class SearchBatchItem(BaseModel):
-    """The hits of one query of a batch, best first."""
-
-    results: list[SearchHit]
+def predictions_by_task(rows: Mapping[str, PredictionRow]) -> dict[str, Prediction]:
+    """Stored predictions (task → row) as the API shows them."""
+    return {
+        task: Prediction.model_validate(row, from_attributes=True) for task, row in rows.items()
+    }
 
 
 class ReidRequest(BaseModel):
@@ -432,38 +315,6 @@ class HealthResponse(BaseModel):
     auth_reason: str | None = Field(default=None, description="Why the service runs in that mode.")
 
 
-SEARCH_EXAMPLES: dict[str, dict[str, Any]] = {
-    "by_id": {
-        "summary": "Query by an indexed tracklet, other procedures only",
-        "value": {"query": {"tracklet_id": 42}, "k": 5, "exclude_same_procedure": True},
-    },
-    "by_frames": {
-        "summary": "Query by frames (base64 images + boxes)",
-        "value": {
-            "query": {"frames": [{"image_b64": _EXAMPLE_PNG_B64, "bbox": [0, 0, 1, 1]}]},
-            "k": 10,
-        },
-    },
-    "by_embedding": {
-        "summary": "Query by an embedding, in two procedures",
-        "value": {
-            "query": {"embedding": [0.12, -0.05, 0.31]},
-            "k": 10,
-            "procedure_uids": ["synth/test/seq_003", "synth/test/seq_004"],
-            "exclude_tracklet_ids": [7],
-        },
-    },
-    "diminutive_only": {
-        "summary": "Only tracklets predicted diminutive, other procedures only",
-        "value": {
-            "query": {"tracklet_id": 42},
-            "k": 5,
-            "exclude_same_procedure": True,
-            "predicted_size": "diminutive",
-        },
-    },
-}
-
 PREDICT_EXAMPLES: dict[str, dict[str, Any]] = {
     "by_id": {
         "summary": "An indexed tracklet, both predictions",
@@ -472,7 +323,7 @@ PREDICT_EXAMPLES: dict[str, dict[str, Any]] = {
     "frames_size_only": {
         "summary": "New frames, size only",
         "value": {
-            "tracklet": {"frames": [{"image_b64": _EXAMPLE_PNG_B64, "bbox": [0, 0, 1, 1]}]},
+            "tracklet": {"frames": [{"image_b64": EXAMPLE_PNG_B64, "bbox": [0, 0, 1, 1]}]},
             "tasks": ["size"],
         },
     },
@@ -486,7 +337,7 @@ REID_EXAMPLES: dict[str, dict[str, Any]] = {
     "frames_vs_id": {
         "summary": "New frames against an indexed tracklet",
         "value": {
-            "a": {"frames": [{"image_b64": _EXAMPLE_PNG_B64, "bbox": [0, 0, 1, 1]}]},
+            "a": {"frames": [{"image_b64": EXAMPLE_PNG_B64, "bbox": [0, 0, 1, 1]}]},
             "b": {"tracklet_id": 57},
         },
     },

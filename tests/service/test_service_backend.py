@@ -1,4 +1,4 @@
-"""``service.backend.search``: a filter (FAISS id selector) still returns k of the allowed ids."""
+"""``service.search.search``: a filter (FAISS id selector) still returns k of the allowed ids."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from polypindex.indexer.vectors import VectorIndex
-from polypindex.service.backend import search
+from polypindex.service.search import search
 
 DIM = 8
 N = 600

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import Body
 
-from polypindex.service import backend
+from polypindex.service.decisions import predict_tracklet
 from polypindex.service.deps import ProbesDep, QueryEmbedderDep
 from polypindex.service.errors import QUERY_ERRORS
 from polypindex.service.routers.documented import documented_router
-from polypindex.service.schemas import PREDICT_EXAMPLES, Prediction, PredictRequest, PredictResponse
+from polypindex.service.schemas import PREDICT_EXAMPLES, PredictRequest, PredictResponse
 
 router = documented_router("predict", responses=QUERY_ERRORS)
 
@@ -27,18 +27,4 @@ def predict(
     probability of the positive class. A task whose probe is not installed answers 503
     `probe_not_installed` naming it.
     """
-    tasks = list(dict.fromkeys(body.tasks))
-    # Refuse before any decoding or embedding work when a probe is missing.
-    chosen = [backend.require_probe(probes.installed, probes.problems, t) for t in tasks]
-    query = embed(body.tracklet, "body.tracklet")
-    predictions = {}
-    for probe in chosen:
-        row = backend.predict(probe, query.vector)
-        predictions[probe.task] = Prediction(
-            label=row.label, probability=row.probability, probe_version=row.probe_version
-        )
-    return PredictResponse(
-        encoder_version=embed.encoder.version,
-        tracklet_id=query.record.id if query.record is not None else None,
-        predictions=predictions,
-    )
+    return predict_tracklet(body, embed, probes)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import Body
 
-from polypindex.model.scoring.reid import decide
+from polypindex.service.decisions import reid_pair
 from polypindex.service.deps import QueryEmbedderDep
 from polypindex.service.errors import QUERY_ERRORS
 from polypindex.service.routers.documented import documented_router
@@ -27,9 +26,4 @@ def reid(
     and decision threshold; one without gives `probability = sigmoid(similarity)` and the
     threshold stored with the model (`calibrated: false`).
     """
-    a, b = embed(body.a, "body.a"), embed(body.b, "body.b")
-    encoder = embed.encoder
-    calibration = getattr(encoder, "reid_calibration", None)  # absent on older encoders
-    decision = decide(a.vector, b.vector, encoder.reid_threshold, calibration)
-    # the response is the decision's fields (similarity, probability, same_polyp, threshold)
-    return ReidResponse(**asdict(decision), encoder_version=encoder.version)
+    return reid_pair(body, embed)
