@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers.synth import small_synth
+from helpers.synth import small_dataset
 
 from polypindex.indexer.pipeline import index_dataset
 from polypindex.indexer.predictions import installed_probes
@@ -23,7 +23,6 @@ from polypindex.model.scoring.evaluation import chance_retrieval_map
 from polypindex.model.scoring.metrics import average_precision
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
-from polypindex.synth import generate
 from polypindex.training.probe import train_probe_on_encoder
 from polypindex.training.train import train
 from polypindex.training.train_config import load_train_config
@@ -34,11 +33,8 @@ SPLITS = ("train", "val", "test")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
-    generate(
-        data,
-        small_synth(procedures=6, frames=600, size=(128, 104), tracklet_length=(30, 60), seed=7),
-        progress=False,
+    data = small_dataset(
+        root, procedures=6, frames=600, size=(128, 104), tracklet_length=(30, 60), seed=7
     )
     cfg = load_train_config(
         "test_tiny",

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 import torch
 from fastapi.testclient import TestClient
-from helpers.synth import small_synth
+from helpers.synth import small_dataset
 from helpers.tiny_models import TINY
 from typer.testing import CliRunner
 
@@ -45,7 +45,6 @@ from polypindex.model.runtime.parity import REFERENCE_KEY, Reference
 from polypindex.model.scoring.probe import Probe, load_probe
 from polypindex.service.app import create_app
 from polypindex.service.settings import Settings
-from polypindex.synth import generate
 from polypindex.training.probe import train_probe_on_encoder
 
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
@@ -63,11 +62,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny synthetic dataset, a tiny HMVE exported to ONNX, and its two probes
     (trained on ONNX Runtime FP32)."""
     root = tmp_path_factory.mktemp("identity")
-    data = root / "data"
-    generate(
-        data,
-        small_synth(procedures=4, frames=240, size=(96, 80), tracklet_length=(20, 40), seed=3),
-        progress=False,
+    data = small_dataset(
+        root, procedures=4, frames=240, size=(96, 80), tracklet_length=(20, 40), seed=3
     )
     torch.manual_seed(0)
     checkpoint = root / "encoder.pt"

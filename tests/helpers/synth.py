@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,3 +32,12 @@ def small_synth(
         workers=1,
         **more,
     )
+
+
+def small_dataset(root: Path, **config: Any) -> Path:
+    """``root / "data"``, generated quietly from ``small_synth(**config)``."""
+    from polypindex.synth import generate
+
+    data = root / "data"
+    generate(data, small_synth(**config), progress=False)
+    return data
