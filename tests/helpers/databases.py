@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 PG_URL = os.environ.get(
     "POLYPINDEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+# the params of a backend-parametrised fixture (see :func:`backend_url`)
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 def pg_schema_url() -> Iterator[str]:
@@ -50,3 +52,12 @@ def sqlite_url(folder: Path) -> str:
     """An SQLite database in ``folder`` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'store.sqlite'}"
+
+
+def backend_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of ``backend`` (one of :data:`BACKENDS`): SQLite in ``tmp_path/db``
+    or a fresh PostgreSQL schema (:func:`pg_schema_url`)."""
+    if backend == "sqlite":
+        yield sqlite_url(tmp_path / "db")
+    else:
+        yield from pg_schema_url()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.databases import pg_schema_url, sqlite_url
+from helpers.databases import BACKENDS, backend_url, sqlite_url
 from typer.testing import CliRunner
 
 from polypindex.cli import app
@@ -18,12 +18,9 @@ from polypindex.indexer.store import Store
 runner = CliRunner()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path / "db")
-    else:
-        yield from pg_schema_url()
+    yield from backend_url(request.param, tmp_path)
 
 
 def cli(*args: str) -> tuple[int, str, str]:

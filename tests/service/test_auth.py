@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from helpers.auth import add_key, bearer, keys_settings
-from helpers.databases import pg_schema_url, sqlite_url
+from helpers.databases import BACKENDS, backend_url
 from helpers.service_api import MeanColourEncoder, Setup, assert_error, started
 from sqlalchemy import select
 
@@ -205,12 +205,9 @@ def test_non_loopback_without_keys_refuses_to_start(tmp_path: Path) -> None:
     assert "polypindex keys create" in str(err.value) and "POLYPINDEX_AUTH=open" in str(err.value)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path / "db")
-    else:
-        yield from pg_schema_url()
+    yield from backend_url(request.param, tmp_path)
 
 
 def test_non_loopback_with_a_key_requires_it(tmp_path: Path, database_url: str) -> None:
