@@ -4,6 +4,7 @@ change: sources are stored relative to their data root or the home
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def test_a_moved_home_serves_strips_and_reindexes(
         try:
             before = {p.uid: p.source for p in store.list_procedures()}
             n_before = store.count_tracklets(world.encoder.version)
-            report = index_dataset(
+            reindex = functools.partial(
+                index_dataset,
                 moved / "data" / "coco",
                 "test",
                 store,
@@ -70,20 +72,11 @@ def test_a_moved_home_serves_strips_and_reindexes(
                 progress=False,
                 anchors=anchors_for(settings),
             )
+            report = reindex()
             assert (
                 report.procedures_indexed == 0 and report.procedures_skipped > 0
             )  # already indexed: nothing redone
-            forced = index_dataset(
-                moved / "data" / "coco",
-                "test",
-                store,
-                settings.index_dir,
-                world.encoder,
-                TRACKLETS,
-                progress=False,
-                force=True,
-                anchors=anchors_for(settings),
-            )
+            forced = reindex(force=True)
             assert forced.procedures_indexed > 0  # re-indexed in the new place ...
             after = {p.uid: p.source for p in store.list_procedures()}
             assert after == before  # ... into the same procedures, stored the same way
