@@ -106,6 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await run_in_threadpool(resources.close)  # waits for the current job to stop
+            key_store = getattr(app.state, "key_store", None)  # opened by an auth re-check
+            if key_store is not None:
+                key_store.close()
 
     app = FastAPI(
         title="PolypIndex",

@@ -13,8 +13,13 @@ request that may change something (not GET/HEAD/OPTIONS) to an endpoint needing 
 or more is marked for the audit trail (``request.state.audited``, written by
 :mod:`polypindex.service.observability`).
 
-Which mode the app runs in is decided once, at start-up (:func:`decide_auth_mode`):
-``"keys"`` or ``"open"`` (no key is checked; the actor is ``"open"``). The only
+Which mode the app runs in is decided at start-up (:func:`decide_auth_mode`):
+``"keys"`` or ``"open"`` (no key is checked; the actor is ``"open"``). It fails closed:
+in ``auto`` mode with a database that cannot be reached, whether keys exist is unknown,
+so the app starts in ``keys`` mode, *undetermined*, and every scoped endpoint answers
+503 ``auth_unavailable`` (:class:`AuthUnavailableError`) until a request finds the
+database again (asked at most every :data:`RECHECK_SECONDS`); then the mode is decided
+as at start-up. It never opens because the database is away. The only
 endpoints without a scope are :data:`OPEN_PATHS` (health, metrics, the API docs); a
 test walks ``app.routes`` and fails on any other route without one.
 """
@@ -23,16 +28,18 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from polypindex.indexer.keys import Scope, count_active_keys, scope_allows, verify_token
 from polypindex.indexer.store import Store
-from polypindex.model.core.errors import ConfigError, IndexNotReadyError, PolypIndexError
+from polypindex.model.core.errors import ConfigError, PolypIndexError
 from polypindex.service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,6 +53,8 @@ OPEN_PATHS = frozenset(
 )
 # Requests audited: a method that changes something, on an endpoint needing write or admin
 # (polling GET /jobs/{id} is not a write).
+# An undetermined auth mode asks the database again at most this often (seconds).
+RECHECK_SECONDS = 2.0
 AUDITED_SCOPES = frozenset({"write", "admin"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _REALM = 'Bearer realm="polypindex"'
@@ -74,16 +83,34 @@ class ForbiddenError(PolypIndexError):
         }
 
 
+class AuthUnavailableError(PolypIndexError):
+    """Whether API keys are required cannot be told now: the database holding them does
+    not answer (503 ``auth_unavailable``; the service fails closed)."""
+
+
 class AuthConfigError(ConfigError):
     """The service would be reachable from other machines without any key."""
 
 
 @dataclass(frozen=True)
 class AuthState:
-    """How the running app checks requests: ``mode`` and why (logged, in ``/healthz``)."""
+    """How the running app checks requests: ``mode`` and why (logged, in ``/healthz``).
+
+    ``determined=False``: the database could not be asked whether keys exist; the mode is
+    ``"keys"`` and scoped endpoints answer 503 until it can (:func:`current_auth`)."""
 
     mode: AuthMode
     reason: str
+    determined: bool = True
+
+
+UNDETERMINED = AuthState(
+    "keys",
+    "closed: the database that holds the API keys does not answer, so whether keys are "
+    "required cannot be told; every endpoint needing a key answers 503 auth_unavailable "
+    "until it answers",
+    determined=False,
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -107,17 +134,13 @@ def decide_auth_mode(settings: Settings, store: Store | None) -> AuthState:
     if settings.auth == "keys":
         return AuthState("keys", "API keys required (POLYPINDEX_AUTH=keys)")
     loopback = is_loopback(settings.host)
-    if store is None:  # cannot tell whether keys exist
-        if loopback:
-            return AuthState(
-                "open",
-                f"open: the database is not loaded and the service binds "
-                f"the loopback address {settings.host}",
-            )
-        return AuthState(
-            "keys", "API keys required (the database, which holds them, is not loaded)"
-        )
-    n_keys = count_active_keys(store)
+    if store is None:  # cannot tell whether keys exist: closed, never open
+        return UNDETERMINED
+    try:
+        n_keys = count_active_keys(store)
+    except Exception:
+        logger.warning("cannot count the API keys", exc_info=True)
+        return UNDETERMINED
     if n_keys:
         return AuthState("keys", f"API keys required ({n_keys} active)")
     if loopback:
@@ -135,10 +158,64 @@ def decide_auth_mode(settings: Settings, store: Store | None) -> AuthState:
     )
 
 
+_recheck_lock = threading.Lock()
+
+
+def _key_store(state: Any) -> Store | None:
+    """The store that holds the keys: the loaded one, else the one a re-check opened."""
+    store: Store | None = getattr(state, "store", None)
+    return store if store is not None else getattr(state, "key_store", None)
+
+
+def current_auth(state: Any) -> AuthState | None:
+    """The app's auth mode; an undetermined one is decided again when the database
+    answers (at most every :data:`RECHECK_SECONDS`, one request at a time).
+
+    Raises:
+        AuthUnavailableError: the mode is still undetermined.
+        AuthConfigError: the database answers now and holds no key, on a non-loopback host.
+    """
+    auth: AuthState | None = getattr(state, "auth", None)
+    if auth is None or auth.determined:
+        return auth
+    with _recheck_lock:
+        auth = state.auth
+        now = time.monotonic()
+        if not auth.determined and now - getattr(state, "auth_checked_at", 0.0) >= RECHECK_SECONDS:
+            state.auth_checked_at = now
+            state.auth = auth = _recheck(state)
+    if not auth.determined:
+        raise AuthUnavailableError(
+            "cannot check access: the database that holds the API keys does not answer; "
+            "try again later"
+        )
+    return auth
+
+
+def _recheck(state: Any) -> AuthState:
+    settings: Settings = state.settings
+    store = _key_store(state)
+    if store is None:
+        try:
+            store = Store(settings.database_url)
+        except Exception:
+            logger.warning("the database holding the API keys still does not answer")
+            return UNDETERMINED
+        state.key_store = store  # closed with the app (service/app.py)
+    try:
+        auth = decide_auth_mode(settings, store)
+    except AuthConfigError as exc:  # no key and a public host: stay closed, say why
+        logger.error("%s", exc)
+        return UNDETERMINED
+    if auth.determined:
+        (logger.warning if auth.mode == "open" else logger.info)("access: %s", auth.reason)
+    return auth
+
+
 def _authenticate(request: Request, token: str | None, needed: Scope) -> str:
     """The name of the request's key, checked for ``needed``; or an auth error."""
     state = request.app.state
-    auth: AuthState | None = getattr(state, "auth", None)
+    auth = current_auth(state)
     if auth is not None and auth.mode == "open":
         return "open"
     if not token:
@@ -147,9 +224,9 @@ def _authenticate(request: Request, token: str | None, needed: Scope) -> str:
             "'Authorization: Bearer <token>' (an operator creates keys with "
             "`polypindex keys create`)"
         )
-    store: Store | None = getattr(state, "store", None)
+    store = _key_store(state)
     if store is None:
-        raise IndexNotReadyError("cannot check the API key: the database is not loaded")
+        raise AuthUnavailableError("cannot check the API key: the database is not loaded")
     key = verify_token(store, token)
     if key is None:
         request.state.key_name = "invalid-key"

@@ -47,7 +47,7 @@ from polypindex.model.core.errors import (
     TrackletNotFoundError,
 )
 from polypindex.model.data.image_header import ImageTooLargeError
-from polypindex.service.auth import ForbiddenError, UnauthorizedError
+from polypindex.service.auth import AuthUnavailableError, ForbiddenError, UnauthorizedError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (UnauthorizedError, 401, "unauthorized"),  # no, a malformed or a revoked API key
     (ForbiddenError, 403, "forbidden"),  # a key whose scope is too small
+    (AuthUnavailableError, 503, "auth_unavailable"),  # keys cannot be checked: closed
     (TrackletNotFoundError, 404, "tracklet_not_found"),
     (JobNotFoundError, 404, "job_not_found"),
     (ProcedureNotFoundError, 404, "procedure_not_found"),
@@ -228,6 +229,12 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorBody,
         "description": "The API key's scope is too small for this endpoint (`forbidden`), "
         "or an input path outside the data roots (`path_not_allowed`).",
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "Access cannot be checked because the database that holds the API "
+        "keys does not answer (`auth_unavailable`; the service fails closed), or what the "
+        "endpoint needs is not loaded (`not_ready`).",
     },
 }
 

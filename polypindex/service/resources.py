@@ -246,9 +246,10 @@ def load_resources(settings: Settings, encoder: Encoder | None = None) -> Resour
         if res.store is not None:
             res.store.close()
             res.store = None
+        # the exception's text names the database's host, port and role: the log only
         res.problems["store"] = (
-            f"database not available: {type(exc).__name__}: {exc}; check POLYPINDEX_DATABASE_URL, "
-            f"then {HOW_TO_BUILD_INDEX}"
+            f"database not available ({type(exc).__name__}; the server log says why); check "
+            f"POLYPINDEX_DATABASE_URL, then {HOW_TO_BUILD_INDEX}"
         )
     if res.encoder is not None:
         res.probes, res.probe_problems = load_probes(settings, res.encoder.version)

@@ -191,7 +191,7 @@ def test_database_missing_is_503(tmp_path: Path) -> None:
         health = c.get("/healthz").json()
         r = c.post("/search", json={"query": {"embedding": [1.0] * DIM}})
     assert health["status"] == "degraded" and health["store_ok"] is False
-    assert_error(r, 503, "not_ready", "database")
+    assert_error(r, 503, "auth_unavailable", "database")  # closed: keys cannot be checked
 
 
 def test_unexpected_exception_is_500_without_internals(
