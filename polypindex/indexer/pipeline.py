@@ -49,7 +49,7 @@ from polypindex.indexer.prefetch import Prefetch, ProcedureFeeder, procedure_fra
 from polypindex.indexer.progress import IndexReport, Progress, RunTally
 from polypindex.indexer.sources import ProcedureSource, coco_sources
 from polypindex.indexer.store import Store
-from polypindex.indexer.vectors import IndexPolicy
+from polypindex.indexer.vectors import IndexPolicy, VectorIndex
 from polypindex.model.core.errors import InvalidInputError, NotFoundError
 from polypindex.model.data.config import TrackletConfig, check_whole_tracklet
 from polypindex.model.scoring.probe import Probe
@@ -78,6 +78,24 @@ class IndexOptions(TypedDict, total=False):
     prefetch: int
     progress_every_s: float
     anchors: Anchors | None
+
+
+def open_encoder_generation(
+    index_dir: Path, store: Store, encoder: Embedder, policy: IndexPolicy | None = None
+) -> VectorIndex:
+    """The index generation of ``encoder`` under ``index_dir``, loaded or rebuilt and caught
+    up from the store (:func:`indexer.generations.open_or_rebuild`), its snapshot saved, its
+    sidecar recording the encoder's crop and fragment settings."""
+    return open_or_rebuild(
+        index_dir,
+        store,
+        encoder.version,
+        encoder.dim,
+        preprocess=encoder.preprocess,
+        fragment=encoder.fragment,
+        save=True,
+        policy=policy,
+    )
 
 
 def commit_procedure(
@@ -191,18 +209,7 @@ def index_sources(
         )
     out_dir = Path(index_dir)
     index: IndexSink = (
-        sink
-        if sink is not None
-        else open_or_rebuild(
-            out_dir,
-            store,
-            encoder.version,
-            encoder.dim,
-            preprocess=encoder.preprocess,
-            fragment=encoder.fragment,
-            save=True,
-            policy=policy,
-        )
+        sink if sink is not None else open_encoder_generation(out_dir, store, encoder, policy)
     )
     calibration = reid_calibration(encoder)
     dirty = False

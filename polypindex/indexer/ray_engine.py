@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 
 from polypindex.indexer.embed import Embedder, ProcedureEmbedder, procedure_chunks
-from polypindex.indexer.generations import open_or_rebuild
 from polypindex.indexer.grouping import reid_calibration
 from polypindex.indexer.locations import Anchors
-from polypindex.indexer.pipeline import commit_procedure
+from polypindex.indexer.pipeline import commit_procedure, open_encoder_generation
 from polypindex.indexer.progress import IndexReport, RunTally
 from polypindex.indexer.sources import ProcedureSource
 from polypindex.indexer.store import Store
@@ -166,15 +165,7 @@ def index_with_ray(
     todo = [p for p in procedures if force or not store.has_procedure(p.uid, encoder.version)]
     tally.skipped(len(procedures) - len(todo))
     out_dir = Path(index_dir)
-    index = open_or_rebuild(
-        out_dir,
-        store,
-        encoder.version,
-        encoder.dim,
-        preprocess=encoder.preprocess,
-        fragment=encoder.fragment,
-        save=True,
-    )
+    index = open_encoder_generation(out_dir, store, encoder)
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     if todo:

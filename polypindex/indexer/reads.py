@@ -9,7 +9,7 @@ except for the map), so listing a procedure of thousands of tracklets stays chea
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,9 @@ from polypindex.indexer.store_views import (
     procedure_of_tracklet,
     procedure_page,
     procedure_uids,
-    timeline_rows,
+    tracklet_summaries,
 )
-from polypindex.indexer.tables import PredictionRow, ProcedureRecord
+from polypindex.indexer.tables import PredictionRow, ProcedureRecord, TrackletSummary
 from polypindex.model.core.errors import InvalidInputError, NotFoundError, ProcedureNotFoundError
 
 MAP_METHODS = ("pca", "umap")
@@ -59,21 +59,6 @@ class ProcedurePage:
 
     procedures: list[ProcedureRecord]
     total: int
-
-
-@dataclass(frozen=True)
-class TrackletSummary:
-    """A tracklet as the timeline shows it (no embedding, no per-frame boxes)."""
-
-    id: int
-    key: str
-    start_frame: int
-    end_frame: int
-    n_frames: int
-    identity_label: str | None
-    has_thumbnail: bool
-    predictions: dict[str, PredictionRow] = field(default_factory=dict)
-    entity_id: int | None = None
 
 
 def as_utc(value: datetime) -> datetime:
@@ -116,24 +101,7 @@ def procedure_tracklets(
         ProcedureNotFoundError: no such procedure (of that encoder version).
     """
     procedure = store.get_procedure(uid, encoder_version)
-    rows = timeline_rows(store, procedure.id)
-    predictions = store.predictions_for(int(r.id) for r in rows)
-    entities = entity_ids(store, (int(r.id) for r in rows))
-    tracklets = [
-        TrackletSummary(
-            id=int(r.id),
-            key=r.key,
-            start_frame=int(r.start_frame),
-            end_frame=int(r.end_frame),
-            n_frames=int(r.n_frames),
-            identity_label=r.identity_label,
-            has_thumbnail=bool(r.thumbnail_path),
-            predictions=predictions.get(int(r.id), {}),
-            entity_id=entities.get(int(r.id)),
-        )
-        for r in rows
-    ]
-    return procedure, tracklets
+    return procedure, tracklet_summaries(store, procedure.id)
 
 
 def tracklet_procedure(store: Store, tracklet_id: int) -> ProcedureRecord:

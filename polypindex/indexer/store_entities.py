@@ -40,6 +40,7 @@ def replace_entities(
 ) -> None:
     """Replace a procedure's entity rows by ``labels`` (``{tracklet id: entity}``), in one
     transaction."""
+    grouping = {"method": method, "cut": cut, "calibrated": calibrated}  # the same on every row
     with store.sessions.begin() as session:
         session.execute(delete(EntityModel).where(EntityModel.procedure_id == procedure_id))
         session.add_all(
@@ -48,9 +49,7 @@ def replace_entities(
                 procedure_id=procedure_id,
                 encoder_version=encoder_version,
                 entity=entity,
-                method=method,
-                cut=cut,
-                calibrated=calibrated,
+                **grouping,
             )
             for tid, entity in sorted(labels.items())
         )

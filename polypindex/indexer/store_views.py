@@ -1,6 +1,7 @@
 """The store's side of the viewer's reads (:mod:`indexer.reads`): a page of procedures, a
-procedure's tracklets without their embeddings, the procedure of a tracklet and the
-procedure UIDs of many tracklets.
+procedure's tracklets as its timeline shows them (no embedding:
+:class:`indexer.tables.TrackletSummary`), the procedure of a tracklet and the procedure
+UIDs of many tracklets.
 
 Part of the store layer (docs/architecture.md#the-store): the queries run in the
 store's sessions; callers get records and plain rows, never a session.
@@ -10,32 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import func, select
 
 from polypindex.indexer.store import Store
+from polypindex.indexer.store_entities import entity_ids
 from polypindex.indexer.tables import (
     PredictionModel,
     ProcedureModel,
     ProcedureRecord,
     TrackletModel,
+    TrackletSummary,
     procedure_record,
 )
 
 _IN_CHUNK = 1000  # ids per IN (...) list, under SQLite's parameter limit
-
-
-class TimelineRow(NamedTuple):
-    """A tracklet's columns as the timeline shows them (no embedding, no boxes)."""
-
-    id: int
-    key: str
-    start_frame: int
-    end_frame: int
-    n_frames: int
-    identity_label: str | None
-    thumbnail_path: str | None
 
 
 def _stored_time(store: Store, utc: datetime) -> datetime:
@@ -93,8 +84,9 @@ def procedure_page(
     return rows, total
 
 
-def timeline_rows(store: Store, procedure_id: int) -> list[TimelineRow]:
-    """The tracklets of one stored procedure (its row id), by start frame then id."""
+def tracklet_summaries(store: Store, procedure_id: int) -> list[TrackletSummary]:
+    """The tracklets of one stored procedure (its row id) by start frame then id, with their
+    stored predictions and polyp entities."""
     query = (
         select(
             TrackletModel.id,
@@ -109,7 +101,23 @@ def timeline_rows(store: Store, procedure_id: int) -> list[TimelineRow]:
         .order_by(TrackletModel.start_frame, TrackletModel.id)
     )
     with store.sessions() as session:
-        return [TimelineRow(*row) for row in session.execute(query)]
+        rows = session.execute(query).all()
+    predictions = store.predictions_for(int(r.id) for r in rows)
+    entities = entity_ids(store, (int(r.id) for r in rows))
+    return [
+        TrackletSummary(
+            id=int(r.id),
+            key=r.key,
+            start_frame=int(r.start_frame),
+            end_frame=int(r.end_frame),
+            n_frames=int(r.n_frames),
+            identity_label=r.identity_label,
+            has_thumbnail=bool(r.thumbnail_path),
+            predictions=predictions.get(int(r.id), {}),
+            entity_id=entities.get(int(r.id)),
+        )
+        for r in rows
+    ]
 
 
 def procedure_of_tracklet(store: Store, tracklet_id: int) -> ProcedureRecord | None:

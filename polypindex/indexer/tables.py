@@ -283,6 +283,21 @@ class ProcedureRecord:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class TrackletSummary:
+    """A tracklet as the timeline shows it (no embedding, no per-frame boxes)."""
+
+    id: int
+    key: str
+    start_frame: int
+    end_frame: int
+    n_frames: int
+    identity_label: str | None
+    has_thumbnail: bool
+    predictions: dict[str, PredictionRow] = field(default_factory=dict)
+    entity_id: int | None = None
+
+
 def prediction_model(tracklet_id: int, p: PredictionRow) -> PredictionModel:
     """The row of one prediction; InvalidInputError unless it has a task, a label and a
     probability in [0, 1]."""
