@@ -14,16 +14,23 @@ naming the file and the line or frame, before anything is written.
 Confinement: given the data roots (``roots=``), every file a source will read (a
 COCO annotation file and each image its ``file_name``s name, a frames folder's
 frames) is resolved, symlinks followed, and must lie inside them
-(:class:`PathNotAllowedError` otherwise, raised before any frame is read).
+(:class:`PathNotAllowedError` otherwise, raised before any frame is read). A path that
+cannot be resolved at all (an unknown ``~user``, a component over 255 bytes, a symlink
+loop) is an InvalidInputError naming the field (:func:`indexer.path_checks.resolve_input`).
+With roots, every frame, image and video is opened and then checked again by what the
+open descriptor points at (:func:`open_inside`): a symlink swapped after the check is
+refused, never followed. Every procedure UID is 1 to :data:`MAX_UID_LENGTH` characters
+without control characters (:func:`indexer.input_checks.check_uid`, when the source is made).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import BinaryIO, TypedDict, Unpack
 
 import numpy as np
 
@@ -33,6 +40,7 @@ from polypindex.indexer.detections import (
     detection_tracklets,
     read_detections_csv,
 )
+from polypindex.indexer.input_checks import check_uid, opened_path, resolve_input
 from polypindex.model.core.errors import ImageReadError, InvalidInputError
 from polypindex.model.data.config import TrackletConfig
 from polypindex.model.data.preprocess import read_image
@@ -41,6 +49,7 @@ from polypindex.model.data.tracklets import Tracklet
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 FrameStream = Iterator[tuple[int, np.ndarray]]
+Roots = Sequence[str | Path]
 
 
 class VideoReadError(InvalidInputError):
@@ -70,6 +79,9 @@ class ProcedureSource:
     tracklets: Sequence[Tracklet]
     frames: Callable[[Sequence[int]], FrameStream] = field(repr=False)
 
+    def __post_init__(self) -> None:
+        check_uid(self.uid, "procedure UID")
+
 
 class SourceOptions(TypedDict, total=False):
     """The options of a video or a frames folder with its detections CSV, besides the paths.
@@ -98,16 +110,65 @@ def check_in_roots(
     """
     if "\x00" in str(path):
         raise PathNotAllowedError(f"{what}: a path cannot contain a NUL byte")
-    resolved = Path(path).expanduser().resolve()
-    allowed = [Path(r).expanduser().resolve() for r in roots]
+    resolved = resolve_input(path, what)  # InvalidInputError naming `what`
+    allowed = [resolve_input(r, "a configured data root") for r in roots]
     if not allowed:
         raise PathNotAllowedError(f"{what}: no data roots are configured, so no input is allowed")
-    if not any(resolved == r or resolved.is_relative_to(r) for r in allowed):
+    if not _inside(resolved, allowed):
         raise PathNotAllowedError(
             f"{what} lies outside the configured data roots (POLYPINDEX_DATA_ROOTS; "
             "symlinks are followed)"
         )
     return resolved
+
+
+def _inside(resolved: Path, allowed: Sequence[Path]) -> bool:
+    return any(resolved == r or resolved.is_relative_to(r) for r in allowed)
+
+
+def open_inside(path: str | Path, roots: Roots, what: str) -> BinaryIO:
+    """``path`` opened for reading if the file *opened* lies inside ``roots``.
+
+    Checked before the open (:func:`check_in_roots`) and again after it, by the real
+    path of the open descriptor (or, where the system cannot say, its device and inode
+    against the checked path's): a symlink swapped in between is refused, never read.
+
+    Raises:
+        PathNotAllowedError: outside the roots, before or after the open.
+        InvalidInputError: the path cannot be resolved (see :func:`check_in_roots`).
+        OSError: it cannot be opened (missing, unreadable).
+    """
+    checked = check_in_roots(path, roots, what)
+    fd = os.open(checked, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        real = opened_path(fd)
+        if real is None:  # no /proc: the opened file must be the one checked
+            st, was = os.fstat(fd), os.stat(checked)
+            same = (st.st_dev, st.st_ino) == (was.st_dev, was.st_ino)
+        else:
+            same = _inside(real, [resolve_input(r, "a configured data root") for r in roots])
+        if not same:
+            raise PathNotAllowedError(
+                f"{what} lies outside the configured data roots (it changed after it was "
+                "checked; symlinks are followed)"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_image_inside(path: str | Path, roots: Roots, what: str) -> np.ndarray:
+    """An image file read (RGB uint8, :func:`~model.data.preprocess.read_image`) from the
+    descriptor :func:`open_inside` opened, so the file decoded is the file checked;
+    ImageReadError names ``what``, not the path."""
+    with open_inside(path, roots, what) as f:
+        by_fd = f"/proc/self/fd/{f.fileno()}"  # the open file itself, however renamed
+        source = by_fd if os.path.exists(by_fd) else str(path)
+        try:
+            return read_image(source)
+        except ImageReadError as exc:  # ImageTooLargeError stays one
+            raise type(exc)(str(exc).replace(source, what)) from exc
 
 
 def confine_sources(
@@ -149,21 +210,30 @@ def _detections_source(
 # -- video ------------------------------------------------------------------------------
 
 
-def _open_video(path: Path) -> object:
+def _open_video(path: Path, roots: Roots | None = None) -> object:
+    """The container of ``path``; with ``roots``, read from a descriptor opened inside
+    them (:func:`open_inside`), so the file decoded is the file checked."""
     import av  # PyAV: imported here so the package imports without it
 
     try:
-        return av.open(str(path))
+        if roots is None:
+            return av.open(str(path))
+        f = open_inside(path, roots, "video")
+        try:
+            return av.open(f)
+        except BaseException:
+            f.close()
+            raise
     except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
         raise VideoReadError(f"cannot open video {path}: {exc}") from exc
 
 
-def probe_video(path: str | Path) -> tuple[int, int]:
+def probe_video(path: str | Path, roots: Roots | None = None) -> tuple[int, int]:
     """``(width, height)`` of a video's first video stream."""
     p = Path(path)
     if not p.is_file():
         raise VideoReadError(f"video file not found: {p}")
-    container = _open_video(p)
+    container = _open_video(p, roots)
     try:
         streams = container.streams.video  # type: ignore[attr-defined]
         if not streams:
@@ -176,7 +246,9 @@ def probe_video(path: str | Path) -> tuple[int, int]:
         container.close()  # type: ignore[attr-defined]
 
 
-def stream_video(path: str | Path, wanted: Iterable[int], first_frame: int = 0) -> FrameStream:
+def stream_video(
+    path: str | Path, wanted: Iterable[int], first_frame: int = 0, roots: Roots | None = None
+) -> FrameStream:
     """Decode a video once, front to back, yielding only the wanted frames (RGB uint8).
 
     Frame numbers count decoded frames from ``first_frame``. Only one decoded
@@ -192,7 +264,7 @@ def stream_video(path: str | Path, wanted: Iterable[int], first_frame: int = 0) 
     todo = sorted({int(f) for f in wanted})
     if not todo:
         return
-    container = _open_video(p)
+    container = _open_video(p, roots)
     position = first_frame - 1
     at = 0
     try:
@@ -225,12 +297,14 @@ def video_source(
     uid: str | None = None,
     *,
     first_frame: int = 0,
+    roots: Roots | None = None,
     **options: Unpack[SourceOptions],
 ) -> ProcedureSource:
-    """A procedure from a video file and its detections CSV (UID default: the video's stem)."""
+    """A procedure from a video file and its detections CSV (UID default: the video's
+    stem). With ``roots``, the video is opened inside them each time it is read."""
     video_path = Path(video)
     detections = read_detections_csv(detections_csv)
-    width, height = probe_video(video_path)
+    width, height = probe_video(video_path, roots)
     check_boxes_inside(detections, width, height, f"video {video_path}")
     if np.any(detections.frame_ids < first_frame):
         i = int(np.argmin(detections.frame_ids))
@@ -242,7 +316,7 @@ def video_source(
         uid or video_path.stem,
         detections,
         f"video:{video_path}",
-        lambda wanted: stream_video(video_path, wanted, first_frame),
+        lambda wanted: stream_video(video_path, wanted, first_frame, roots),
         **options,
     )
 
@@ -276,10 +350,17 @@ def _image_size(path: str) -> tuple[int, int]:
     return image.shape[1], image.shape[0]
 
 
-def stream_files(files: dict[int, str], wanted: Iterable[int]) -> FrameStream:
-    """Read the wanted frames of a frames folder in increasing order."""
+def stream_files(
+    files: dict[int, str], wanted: Iterable[int], roots: Roots | None = None
+) -> FrameStream:
+    """Read the wanted frames of a frames folder in increasing order; with ``roots``,
+    each through :func:`open_inside` (checked again once open)."""
     for frame in sorted({int(f) for f in wanted}):
-        yield frame, read_image(files[frame])
+        path = files[frame]
+        if roots is None:
+            yield frame, read_image(path)
+        else:
+            yield frame, read_image_inside(path, roots, f"frame file {Path(path).name!r}")
 
 
 def frames_source(
@@ -315,7 +396,7 @@ def frames_source(
         uid or root.name,
         detections,
         f"frames:{root}",
-        lambda wanted: stream_files(files, wanted),
+        lambda wanted: stream_files(files, wanted, roots),
         image_paths=files,
         **options,
     )
@@ -348,8 +429,12 @@ def coco_sources(
         check_in_roots(
             annotation_path(root, split), roots, f"the annotation file of split {split!r}"
         )
-    data = load_coco_split(root, split)
+    # with roots, no image is looked at before it is confined: whether a file outside
+    # exists is never told (the existence check follows the confinement below)
+    data = load_coco_split(root, split, check_images_exist=roots is None)
     source = str(annotation_path(root, split))
+    if roots is not None:
+        _confine_images(data.coco.imgs.values(), Path(root), roots, split)
     dataset_ids: dict[str, str | None] = {}
     for image in data.coco.imgs.values():
         seq = str(image["sequence_id"])
@@ -375,10 +460,24 @@ def coco_sources(
                 dataset_id=dataset_ids.get(seq),
                 source=source,
                 tracklets=tracklets,
-                frames=lambda wanted, files=files: stream_files(files, wanted),  # type: ignore[misc]
+                frames=lambda wanted, files=files: stream_files(files, wanted, roots),  # type: ignore[misc]
             )
         )
     out.sort(key=lambda s: s.uid)
     if roots is not None:
         confine_sources(out, roots, f"COCO split {split!r}")
     return out
+
+
+def _confine_images(
+    images: Iterable[dict[str, object]], root: Path, roots: Roots, split: str
+) -> None:
+    """Every image of a COCO split inside ``roots``, then there (named by its
+    ``file_name`` when relative, else by its file name only)."""
+    for image in images:
+        name = str(image["file_name"])
+        shown = name if not Path(name).is_absolute() else Path(name).name
+        what = f"COCO split {split!r}: image {shown!r}"
+        path = check_in_roots(root / "images" / name, roots, what)
+        if not path.is_file():
+            raise InvalidInputError(f"{what} does not exist")

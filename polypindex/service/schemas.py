@@ -50,7 +50,7 @@ MAX_ID = 2**63 - 1
 TrackletId = Annotated[int, Field(ge=1, le=MAX_ID)]
 # No control characters (NUL included): refused before they reach SQL or a path.
 NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
-MAX_UID_LENGTH = 512
+MAX_UID_LENGTH = 255  # the store's column: indexer.input_checks.MAX_UID_LENGTH (a test)
 MAX_PATH_LENGTH = 4096
 ProcedureUid = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_UID_LENGTH, pattern=NO_CONTROL_CHARS)

@@ -15,6 +15,7 @@ from polypindex.service.errors import error_responses
 from polypindex.service.read import polyps_of_procedure
 from polypindex.service.read_schemas import ProcedurePolypsResponse
 from polypindex.service.routers.documented import documented_router
+from polypindex.service.schemas import MAX_UID_LENGTH, NO_CONTROL_CHARS
 
 router = documented_router("polyps")
 
@@ -26,7 +27,15 @@ router = documented_router("polyps")
 )
 def procedure_polyps(
     store: StoreDep,
-    uid: Annotated[str, Path(min_length=1, max_length=255, description="The procedure UID.")],
+    uid: Annotated[
+        str,
+        Path(
+            min_length=1,
+            max_length=MAX_UID_LENGTH,
+            pattern=NO_CONTROL_CHARS,
+            description="The procedure UID.",
+        ),
+    ],
     encoder_version: Annotated[
         str | None,
         Query(min_length=1, max_length=255, description="This generation (default: newest)."),
