@@ -167,15 +167,15 @@ async def _handle_fault(request: Request, exc: Exception) -> JSONResponse:
     fault = storage_fault(exc)
     if fault is None:
         return await _handle_unexpected(request, exc)
-    logger.error(
-        "storage fault on %s %s: %s", request.method, request.url.path, fault.kind, exc_info=exc
-    )
+    route = getattr(request.scope.get("route"), "path", "<unmatched>")  # never the raw path
+    logger.error("storage fault on %s %s: %s", request.method, route, fault.kind, exc_info=exc)
     status, code = FAULT_STATUS[fault.kind]
     return error_response(status, code, fault.message)
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    route = getattr(request.scope.get("route"), "path", "<unmatched>")  # never the raw path
+    logger.error("unhandled error on %s %s", request.method, route, exc_info=exc)
     return error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE)
 
 

@@ -8,12 +8,17 @@ parameters, ``indexer.store``). :class:`RequestMiddleware` gives each request an
 one; echoed in the response header and put on every record logged while the request
 runs), writes one ``request`` record when it ends (method, route template, status,
 latency, key name; never the raw path, the body, frames or embeddings) and, for an
-endpoint that needs the ``write`` or ``admin`` scope (``request.state.audited``,
-:mod:`polypindex.service.auth`), appends its row to the audit table
-(:mod:`polypindex.indexer.audit`).
+endpoint that needs the ``write`` or ``admin`` scope, appends its row to the audit table
+(:mod:`polypindex.indexer.audit`): marked by the key check (``request.state.audited``,
+:mod:`polypindex.service.auth`) or, when the request was refused before any key check
+ran (a body over the size limit, a body that is not JSON), found here from the route it
+went to (:func:`audited_route`); the actor of such a row is read from its
+``Authorization`` header (the key's name, ``invalid-key``, ``anonymous``, or ``open``).
 
 Records never carry absolute paths of the configured artefact folders: the formatter
-rewrites them to ``$POLYPINDEX_HOME`` / ``<data root N>``.
+rewrites them to ``$POLYPINDEX_HOME`` / ``<data root N>``. An exception's traceback is
+scrubbed like an error body (:func:`scrub_traceback`): the text of a database error
+(its SQL statement and parameters) and any other absolute path are cut from it.
 """
 
 from __future__ import annotations
@@ -30,12 +35,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import fastapi.routing
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from polypindex.indexer import audit
+from polypindex.indexer.faults import public_message
+from polypindex.indexer.keys import verify_token
 from polypindex.indexer.store import Store
+from polypindex.service.auth import AUDITED_SCOPES, SAFE_METHODS, required_scope
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("polypindex.access")
@@ -46,6 +57,21 @@ request_id_var: ContextVar[str | None] = ContextVar("polypindex_request_id", def
 # Extra record attributes the JSON formatter writes (the request record's fields).
 _EXTRA_FIELDS = ("method", "route", "status", "latency_ms", "key", "target")
 _HANDLER_NAME = "polypindex-json"
+# SQLAlchemy's "[SQL: ...]" and "[parameters: ...]" blocks (a statement may span lines)
+_SQL_BLOCK = re.compile(r"\[(?:SQL|parameters): .*?\](?=[ \t]*(?:\n|$))", re.S)
+# a traceback's frame line: the code's own file and line, kept
+_FRAME_LINE = re.compile(r'^\s*File "[^"]+", line \d+')
+
+
+def scrub_traceback(text: str) -> str:
+    """A formatted traceback as the log may keep it: SQL statements and their parameters
+    cut, absolute paths in its messages shortened to their last part (as in an error
+    body, :func:`indexer.faults.public_message`); the frame lines (code file, line,
+    function) are kept so the traceback still says where it failed."""
+    text = _SQL_BLOCK.sub("[SQL hidden]", text)
+    return "\n".join(
+        line if _FRAME_LINE.match(line) else public_message(line) for line in text.split("\n")
+    )
 
 
 class JsonFormatter(logging.Formatter):
@@ -80,7 +106,7 @@ class JsonFormatter(logging.Formatter):
             if hasattr(record, name):
                 out[name] = getattr(record, name)
         if record.exc_info:
-            out["exception"] = self._clean(self.formatException(record.exc_info))
+            out["exception"] = scrub_traceback(self._clean(self.formatException(record.exc_info)))
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
@@ -132,18 +158,64 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _audit_target(scope: Scope, location: str | None) -> str | None:
-    params = scope.get("path_params") or {}
+def _audit_target(
+    scope: Scope, location: str | None, found: dict[str, Any] | None = None
+) -> str | None:
+    params = scope.get("path_params") or found or {}
     if params:
         return ", ".join(f"{k}={v}" for k, v in params.items())
     return location
 
 
-def _write_audit(store: Store | None, row: dict[str, Any]) -> None:
+def audited_route(scope: Scope) -> tuple[bool, str | None, dict[str, Any]]:
+    """Whether the request ``scope`` is a write to an endpoint needing ``write`` or
+    ``admin`` (audited whatever happens to it), its route template and path parameters;
+    read from the app's routes (included routers flattened), so before any dependency
+    has run."""
+    if scope.get("method", "GET") in SAFE_METHODS:
+        return False, None, {}
+    app = scope.get("app")
+    routes = getattr(app, "routes", None) or ()
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    for route in iterate(routes) if iterate is not None else routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:  # a route kind that cannot match this scope
+            continue
+        if match != Match.FULL:
+            continue
+        scopes = {required_scope(getattr(d, "dependency", None)) for d in route.dependencies}
+        template = str(getattr(route, "path", "<unmatched>"))
+        return bool(scopes & AUDITED_SCOPES), template, dict(child.get("path_params") or {})
+    return False, None, {}
+
+
+def _actor(store: Store | None, app_state: Any, headers: Headers) -> str:
+    """Who sent a write refused before its key was checked: the key's name, else
+    ``invalid-key`` / ``anonymous`` (``open`` when the service checks no key)."""
+    auth = getattr(app_state, "auth", None)
+    if auth is not None and auth.mode == "open":
+        return "open"
+    scheme, token = get_authorization_scheme_param(headers.get("authorization"))
+    if scheme.lower() != "bearer" or not token:
+        return "anonymous"
+    if store is None:
+        return "invalid-key"  # cannot be checked; never trusted
+    key = verify_token(store, token)
+    return key.name if key is not None else "invalid-key"
+
+
+def _write_audit(
+    store: Store | None, row: dict[str, Any], app_state: Any = None, headers: Headers | None = None
+) -> None:
+    if store is None:
+        store = getattr(app_state, "key_store", None)  # the auth re-check's (service/auth.py)
     if store is None:
         logger.error("audit row not written (the database is not loaded): %s", row["action"])
         return
     try:
+        if row["actor"] is None:
+            row = {**row, "actor": _actor(store, app_state, headers or Headers())}
         audit.record(store, **row)
     except Exception:
         logger.exception("audit row not written for %s", row["action"])
@@ -192,14 +264,25 @@ class RequestMiddleware:
                     "key": key,
                 },
             )
-            if state.get("audited"):
+            audited, params = bool(state.get("audited")), None
+            if not audited:  # refused before the key check ran (413, an unparsable body)
+                audited, found, params = audited_route(scope)
+                template = template if route is not None else (found or template)
+            if audited:
+                checked = state.get("key_name") is not None or state.get("audited")
                 row = {
-                    "actor": key or "anonymous",
+                    "actor": key or ("anonymous" if checked else None),
                     "action": f"{scope.get('method')} {template}",
-                    "target": _audit_target(scope, location),
+                    "target": _audit_target(scope, location, params),
                     "status": status,
                     "request_id": request_id,
                 }
                 app_state = getattr(scope.get("app"), "state", None)
-                await run_in_threadpool(_write_audit, getattr(app_state, "store", None), row)
+                await run_in_threadpool(
+                    _write_audit,
+                    getattr(app_state, "store", None),
+                    row,
+                    app_state,
+                    Headers(scope=scope),
+                )
             request_id_var.reset(token)
