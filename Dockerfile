@@ -46,8 +46,9 @@ RUN useradd --create-home --uid 1001 polyp && mkdir -p /data && chown polyp /dat
 USER 1001
 VOLUME ["/data"]
 EXPOSE 8000
+# /readyz: 503 until the model, the store and the index are ready (docs/deploy.md#probes-for-orchestrators)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 CMD ["polypindex", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 # --- CPU target (the default: the last stage) ---------------------------------------------
@@ -73,6 +74,7 @@ RUN useradd --create-home --uid 1000 polyp && mkdir -p /data && chown polyp /dat
 USER 1000
 VOLUME ["/data"]
 EXPOSE 8000
+# /readyz: 503 until the model, the store and the index are ready (docs/deploy.md#probes-for-orchestrators)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 CMD ["polypindex", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -112,3 +112,16 @@ def test_compose_file_validates() -> None:
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_container_health_checks_ask_readiness() -> None:
+    """The image's HEALTHCHECK (both targets) and compose's API services probe `/readyz`
+    (503 until model, store and index are ready), never the always-200 `/healthz`."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    checks = re.findall(r"^HEALTHCHECK .*\\\n\s+CMD (.+)$", dockerfile, re.M)
+    assert len(checks) == 2, checks  # the gpu and the cpu target
+    assert all("/readyz" in c and "/healthz" not in c for c in checks)
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("api", "api-gpu"):
+        test = " ".join(services[name]["healthcheck"]["test"])
+        assert "http://127.0.0.1:8000/readyz" in test, name

@@ -60,12 +60,14 @@ Colonoscopy polyp re-identification over indexed tracklets.
 - `DELETE /procedures/{uid}`: remove a procedure's tracklets and their vectors.
 - `GET /procedures/{uid}/polyps`: the procedure's polyp entities (its tracklets grouped).
 - `GET /healthz`: what is loaded; when degraded, what is missing and how to build it.
+- `GET /livez` (always 200) and `GET /readyz` (503 until model, store and index are ready):
+  the orchestrators' probes.
 - `GET /` (the viewer page) and what it reads: `GET /procedures`, `GET /procedures/{uid}`,
   `GET /tracklets/{id}` (+ `/thumbnail`, `/strip` JPEGs), `GET /index/map`.
 
 Every error has the body `{"error": {"code": "...", "message": "..."}}`.
 
-Access: every endpoint but `/healthz` and `/metrics` needs an API key with a scope (`read`:
+Access: every endpoint but `/healthz`, `/livez`, `/readyz` and `/metrics` needs an API key with a scope (`read`:
 search, re-ID, predictions and reads; `write`: indexing jobs and deletes; `admin`: all),
 sent as `Authorization: Bearer <token>` (401 `unauthorized`, 403 `forbidden`), unless the
 service runs open (`/healthz` says which).

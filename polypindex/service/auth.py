@@ -20,7 +20,7 @@ so the app starts in ``keys`` mode, *undetermined*, and every scoped endpoint an
 503 ``auth_unavailable`` (:class:`AuthUnavailableError`) until a request finds the
 database again (asked at most every :data:`RECHECK_SECONDS`); then the mode is decided
 as at start-up. It never opens because the database is away. The only
-endpoints without a scope are :data:`OPEN_PATHS` (health, metrics, the API docs); a
+endpoints without a scope are :data:`OPEN_PATHS` (health, probes, metrics, API docs); a
 test walks ``app.routes`` and fails on any other route without one.
 """
 
@@ -45,9 +45,11 @@ from polypindex.service.settings import Settings
 logger = logging.getLogger(__name__)
 
 AuthMode = Literal["keys", "open"]
-# Route paths answered without a key: health, Prometheus scraping, the API docs, the viewer page.
+# Route paths answered without a key: health and the orchestrators' probes, Prometheus
+# scraping, the API docs, the viewer page.
 OPEN_PATHS = frozenset(
-    {"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    {"/healthz", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs"}
+    | {"/docs/oauth2-redirect", "/redoc"}
     # the viewer's static page and assets: no data (its API calls carry the key)
     | {"/", "/ui", "/ui/{name}"}
 )

@@ -5,7 +5,8 @@ store, the vector index, the probes; never raises, each failure is a message in
 ``problems``) and :func:`start_job_runner`. While serving, the
 :class:`~polypindex.service.upkeep.IndexUpkeep` thread keeps the loaded index equal to
 the store (off the request path; the job runner hands it what it commits), and
-``GET /healthz`` is :func:`health` (what is loaded, what is missing and how to build it).
+``GET /healthz`` is :func:`health` (what is loaded, what is missing and how to build it)
+and ``GET /readyz`` is :func:`readiness` (what :data:`READINESS_CHECKS` find missing).
 
 The loaded objects live in one :class:`Resources`, on ``app.state.resources``
 (:class:`ServiceState`); :mod:`service.deps` hands its fields to the routers, and the
@@ -16,7 +17,7 @@ service functions below the routers (:mod:`service.search`, :mod:`service.read`,
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -45,9 +46,11 @@ from polypindex.service.upkeep import IndexUpkeep, ServingSink, fingerprint
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "READINESS_CHECKS",
     "SYNC_REBUILD_MAX",
     "Encoder",
     "Probes",
+    "ReadinessCheck",
     "Resources",
     "ServiceState",
     "empty_index_problem",
@@ -55,6 +58,7 @@ __all__ = [
     "index_size",
     "load_probes",
     "load_resources",
+    "readiness",
     "start_job_runner",
     "store_ok",
 ]
@@ -377,3 +381,53 @@ def health(res: Resources, settings: Settings, auth: AuthState | None) -> Health
         auth=auth.mode if auth is not None else None,
         auth_reason=auth.reason if auth is not None else None,
     )
+
+
+# -- readiness: may an orchestrator send this process requests? -------------------------
+
+ReadinessCheck = Callable[[Resources], str | None]
+"""One condition of ``GET /readyz``: ``None`` when it holds, else what is missing (a
+sentence for an operator; scrubbed of server paths by :func:`readiness`)."""
+
+
+def _started(res: Resources) -> str | None:
+    return res.problems.get("startup")
+
+
+def _model_loaded(res: Resources) -> str | None:
+    if res.encoder is None:
+        return res.problems.get("model", "the encoder model is not loaded")
+    return None
+
+
+def _store_answers(res: Resources) -> str | None:
+    if res.store is None:
+        return res.problems.get("store", "the database is not loaded")
+    if not store_ok(res.store):
+        return "the database does not answer; see the server log"
+    return None
+
+
+def _index_serving(res: Resources) -> str | None:
+    """The index is loaded and searchable (an empty one is: it fills as jobs index)."""
+    if res.upkeep is not None:
+        if res.upkeep.serving() is None:
+            state, problem = res.upkeep.status()
+            return problem or f"the vector index is {state}"
+        return None
+    if res.index is None:
+        return res.problems.get("index", "the vector index is not loaded")
+    return None
+
+
+READINESS_CHECKS: list[ReadinessCheck] = [_started, _model_loaded, _store_answers, _index_serving]
+"""What ``GET /readyz`` checks, in order; each is cheap (at most one ``SELECT 1``). Append a
+:data:`ReadinessCheck` here to make readiness stricter (e.g. the index no further behind
+the store than a bound): ``/readyz`` and the container health check follow."""
+
+
+def readiness(res: Resources, settings: Settings) -> list[str]:
+    """What keeps this process from serving: one message per failed readiness check, in
+    :data:`READINESS_CHECKS` order (no server path in them); empty when ready."""
+    missing = [problem for check in READINESS_CHECKS if (problem := check(res)) is not None]
+    return [public_message(m, settings.data_roots or ()) for m in missing]

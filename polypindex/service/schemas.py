@@ -315,6 +315,22 @@ class HealthResponse(BaseModel):
     auth_reason: str | None = Field(default=None, description="Why the service runs in that mode.")
 
 
+class LivenessResponse(BaseModel):
+    """``GET /livez``: the process answers (nothing else is checked)."""
+
+    status: Literal["alive"] = "alive"
+
+
+class ReadinessResponse(BaseModel):
+    """``GET /readyz``: whether the model, the store and the index are ready, and if not, why."""
+
+    ready: bool = Field(description="True when every readiness check holds (HTTP 200, else 503).")
+    missing: list[str] = Field(
+        description="What is not ready, one sentence per failed check (model, database, "
+        "index); empty when ready."
+    )
+
+
 PREDICT_EXAMPLES: dict[str, dict[str, Any]] = {
     "by_id": {
         "summary": "An indexed tracklet, both predictions",
