@@ -7,8 +7,11 @@ after a procedure's transaction), recomputed by ``polypindex index group``
 (:func:`group_stored`), read by ``GET /procedures/{uid}/polyps``
 (:func:`procedure_polyps`) and ``/search`` (:func:`indexer.store_entities.entity_ids`).
 
-The same-polyp probability is the model's calibrated one when the encoder carries a
-calibration (:mod:`model.scoring.calibration`), else ``sigmoid(cosine)``; the rows say which.
+The same-polyp probability is the model's within-procedure one when the encoder
+carries a calibration (:func:`model.scoring.reid.probability_matrix`: cosine, time gap,
+frame overlap, box size ratio), merged by default at that context's ``same`` operating
+point (:func:`model.scoring.grouping.calibrated_cut`); else ``sigmoid(cosine)``, cut at
+the model's ``reid_threshold``. The rows say which.
 """
 
 from __future__ import annotations
@@ -29,8 +32,15 @@ from polypindex.indexer.store_entities import (
 )
 from polypindex.indexer.tables import PredictionRow, TrackletRecord
 from polypindex.model.scoring.calibration import Calibration
-from polypindex.model.scoring.grouping import DEFAULT_CUT, DEFAULT_METHOD, TrackletSpan, group
-from polypindex.model.scoring.reid import same_polyp_probability
+from polypindex.model.scoring.grouping import (
+    DEFAULT_CUT,
+    DEFAULT_METHOD,
+    TrackletSpan,
+    calibrated_cut,
+    group,
+)
+from polypindex.model.scoring.pairs import TrackletFacts
+from polypindex.model.scoring.reid import probability_matrix, reid_score
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +48,12 @@ __all__ = [
     "Entity",
     "GroupingReport",
     "default_cut",
+    "facts_of",
     "group_procedure",
     "group_records",
     "group_stored",
     "procedure_polyps",
+    "record_probabilities",
     "reid_calibration",
     "span_of",
 ]
@@ -65,11 +77,22 @@ def span_of(record: TrackletRecord) -> TrackletSpan:
     return TrackletSpan(record.id, np.asarray(frames, dtype=np.int64), np.asarray(mean, float))
 
 
-def probability_matrix(embeddings: np.ndarray, calibration: Calibration | None) -> np.ndarray:
-    """(N, N) same-polyp probabilities of L2-normalised embeddings."""
-    e = np.asarray(embeddings, dtype=np.float64)
-    cos = np.clip(e @ e.T, -1.0, 1.0)
-    return np.asarray(same_polyp_probability(cos, calibration), dtype=np.float64)
+def facts_of(record: TrackletRecord) -> TrackletFacts:
+    """The pair facts of a stored tracklet (procedure, span, frame ids, mean box)."""
+    return TrackletFacts.of_stored(
+        record.procedure_uid, record.id, record.start_frame, record.end_frame, record.boxes
+    )
+
+
+def record_probabilities(
+    records: Sequence[TrackletRecord], calibration: Calibration | None
+) -> np.ndarray:
+    """(N, N) same-polyp probabilities of one procedure's stored tracklets: the
+    calibration's within-procedure ones, or ``sigmoid(cosine)`` without a calibration."""
+    e = np.stack([r.embedding for r in records]).astype(np.float64)
+    if calibration is None:
+        return np.asarray(reid_score(np.clip(e @ e.T, -1.0, 1.0)), dtype=np.float64)
+    return probability_matrix(e, [facts_of(r) for r in records], calibration)[0]
 
 
 def group_records(
@@ -82,7 +105,7 @@ def group_records(
     if not records:
         return {}
     ordered = sorted(records, key=lambda r: r.id)
-    probs = probability_matrix(np.stack([r.embedding for r in ordered]), calibration)
+    probs = record_probabilities(ordered, calibration)
     labels = group([span_of(r) for r in ordered], probs, method, cut)
     return {r.id: int(k) for r, k in zip(ordered, labels, strict=True)}
 
@@ -113,10 +136,11 @@ def _procedure_records(
 
 
 def default_cut(calibration: Calibration | None, reid_threshold: float) -> float:
-    """The probability cut when none is given: :data:`model.scoring.grouping.DEFAULT_CUT` on a
-    calibrated probability; the model's ``reid_threshold`` on ``sigmoid(cosine)``
-    (where 0.5 would mean any cosine above 0)."""
-    return DEFAULT_CUT if calibration is not None else float(reid_threshold)
+    """The probability cut when none is given: on a calibrated model
+    :func:`model.scoring.grouping.calibrated_cut` (the within context's ``same`` point;
+    :data:`model.scoring.grouping.DEFAULT_CUT` for a legacy calibration); the model's
+    ``reid_threshold`` on ``sigmoid(cosine)`` (where 0.5 would mean any cosine above 0)."""
+    return calibrated_cut(calibration) if calibration is not None else float(reid_threshold)
 
 
 def group_procedure(

@@ -7,7 +7,12 @@ read from its ONNX metadata) → :class:`model.runtime.onnx.OnnxEncoder` embeddi
 70/30 split **by polyp** (stratified by label, deterministic per seed) → a
 linear or MLP probe (torch; AdamW, one-cycle LR, a fixed number of epochs, the
 last epoch kept) → temperature scaling fitted on the validation polyps → a
-:class:`model.scoring.probe.Probe` that serves with numpy only.
+:class:`model.scoring.probe.Probe` that serves with numpy only, carrying its
+validation metrics (``metrics["validation"]``: polyp-level AUROC, fragment ECE and, for
+histology, the NPV for adenoma on diminutive polyps; :mod:`model.scoring.probe_quality`
+judges them). They are measured on the dataset's ``val`` split when it has labelled
+polyps of both classes (held out from the head and the temperature), else on the
+probe's own calibration polyps.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +42,13 @@ from polypindex.model.scoring.probe import (
     check_task,
     probe_path,
     sigmoid,
+    task_label,
     vote_by_identity,
 )
 from polypindex.training.plots import save_reliability_png
 from polypindex.training.probe_data import (
     FragmentSet,
+    LabelledFragments,
     encoder_fragment_features,
     label_fragments,
     split_polyps,
@@ -59,8 +66,10 @@ __all__ = [
     "ProbeFit",
     "default_probe_cache",
     "identity_metrics",
+    "npv_on_diminutive",
     "train_probe",
     "train_probe_on_encoder",
+    "validation_metrics",
 ]
 
 # --------------------------------------------------------------------------- train + calibrate
@@ -106,12 +115,74 @@ def identity_metrics(
     return out
 
 
+def npv_on_diminutive(
+    polyps: Sequence[str],
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    polyp_metadata: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """NPV for adenoma on the diminutive (≤ 5 mm) polyps with a known histology:
+    TN / (TN + FN), negative = predicted non-adenoma. ``value`` is ``None`` (with a
+    ``reason``) when no such polyp is predicted non-adenoma."""
+    pairs = [
+        (int(t), int(p))
+        for polyp, t, p in zip(polyps, y_true, y_pred, strict=True)
+        if task_label("size", polyp_metadata.get(polyp, {})) == 1
+    ]
+    tn = sum(t == 0 and p == 0 for t, p in pairs)
+    fn = sum(t == 1 and p == 0 for t, p in pairs)
+    out: dict[str, Any] = {
+        "n_diminutive_polyps": len(pairs),
+        "n_adenoma": sum(t for t, _ in pairs),
+        "tn": tn,
+        "fn": fn,
+        "value": tn / (tn + fn) if tn + fn else None,
+    }
+    if tn + fn == 0:
+        out["reason"] = (
+            "undefined: no diminutive polyp is predicted non-adenoma"
+            if pairs
+            else "undefined: no diminutive polyp with a known histology"
+        )
+    return out
+
+
+def validation_metrics(
+    task: str,
+    probabilities: np.ndarray,
+    labelled: LabelledFragments,
+    polyp_metadata: Mapping[str, Mapping[str, Any]],
+    source: str,
+) -> dict[str, Any]:
+    """What a probe stores as ``metrics["validation"]``: polyp-level AUROC (mean
+    calibrated probability), accuracy and macro F1 (majority vote), the fragment ECE
+    and, for histology, the NPV for adenoma on diminutive polyps."""
+    metrics = identity_metrics(probabilities, labelled.labels, labelled.identities)
+    predictions = metrics.pop("predictions")
+    out: dict[str, Any] = {
+        "source": source,
+        "n_polyps": len(predictions["polyps"]),
+        "auroc": metrics.get("auroc"),
+        "ece": expected_calibration_error(probabilities, labelled.labels),
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+    }
+    if task == "histology":
+        npv = npv_on_diminutive(
+            predictions["polyps"], predictions["y_true"], predictions["y_pred"], polyp_metadata
+        )
+        out["npv_adenoma_diminutive"] = npv["value"]
+        out["npv_adenoma_diminutive_detail"] = npv
+    return out
+
+
 def train_probe(
     task: str,
     fragments: FragmentSet,
     config: ProbeTrainConfig,
     encoder_version: str,
     training_info: dict[str, Any] | None = None,
+    evaluation: FragmentSet | None = None,
 ) -> ProbeFit:
     """Train and calibrate a probe on one split's fragments.
 
@@ -125,6 +196,9 @@ def train_probe(
         config: training settings.
         encoder_version: stored with the probe (``fragments.source`` for encoders).
         training_info: more JSON-ready facts for the probe's ``training`` metadata.
+        evaluation: another split's fragments (held out from head and temperature)
+            to measure the validation metrics on; without one, or when it lacks
+            labelled polyps of a class, the probe's calibration polyps.
 
     Raises:
         InvalidInputError: fewer than two labelled polyps per class.
@@ -151,6 +225,26 @@ def train_probe(
     p_after = sigmoid(val_logits / temperature)
     val_metrics = identity_metrics(p_after, val.labels, val.identities)
     val_metrics.pop("predictions")
+    validation = validation_metrics(
+        task,
+        p_after,
+        val,
+        fragments.polyp_metadata,
+        f"the probe's calibration polyps of {fragments.split}, {len(val.polyp_labels)} polyps",
+    )
+    if evaluation is not None:
+        held_out = label_fragments(evaluation, task)
+        counts = held_out.balance(task)["polyps"]
+        if min(counts.values()) >= 1:
+            with torch.no_grad():
+                logits = head(torch.from_numpy(held_out.features)).double().numpy()
+            validation = validation_metrics(
+                task,
+                sigmoid(logits / temperature),
+                held_out,
+                evaluation.polyp_metadata,
+                f"{evaluation.split} split, {len(held_out.polyp_labels)} polyps",
+            )
     report: dict[str, Any] = {
         "task": task,
         "classes": list(CLASSES[task]),
@@ -175,6 +269,7 @@ def train_probe(
             math.isclose(temperature, TEMPERATURE_BOUNDS[0])
             or math.isclose(temperature, TEMPERATURE_BOUNDS[1])
         ),
+        "validation": validation,
         "val": {
             "nll_before": binary_nll(val_logits, val.labels, 1.0),
             "nll_after": binary_nll(val_logits, val.labels, temperature),
@@ -209,6 +304,7 @@ def train_probe(
             "val_identity_accuracy": val_metrics["accuracy"],
             "val_identity_macro_f1": val_metrics["macro_f1"],
             "val_identity_auroc": val_metrics.get("auroc"),
+            "validation": validation,
         },
     }
     probe = Probe(head.export_arrays(), metadata)
@@ -240,6 +336,7 @@ def train_probe_on_encoder(
     crop_cache_dir: str | Path | None = None,
     fragment_length: int | None = None,
     progress: bool = True,
+    eval_split: str | None = "val",
 ) -> tuple[ProbeFit, Path]:
     """``polypindex probe train``: embed ``split`` with the ONNX encoder, train, calibrate, save.
 
@@ -250,6 +347,8 @@ def train_probe_on_encoder(
     Args:
         fragment_length: override the encoder's fragment length (default: the
             encoder's own rule, what the service embeds).
+        eval_split: the split the stored validation metrics are measured on, when
+            ``data`` has it (``None``: the probe's calibration polyps).
 
     Returns:
         The fit and the probe path.
@@ -268,12 +367,25 @@ def train_probe_on_encoder(
     fragments = encoder_fragment_features(
         encoder, data, split, cache_dir, crop_cache_dir, fragment=fragment, progress=progress
     )
+    evaluation = None
+    held_out = Path(data) / "annotations" / f"instances_{eval_split}.json"
+    if eval_split is not None and eval_split != split and held_out.is_file():
+        evaluation = encoder_fragment_features(
+            encoder,
+            data,
+            eval_split,
+            cache_dir,
+            crop_cache_dir,
+            fragment=fragment,
+            progress=progress,
+        )
     fit = train_probe(
         task,
         fragments,
         config,
         encoder.version,
         training_info={"data": str(data), "encoder_path": str(model)},
+        evaluation=evaluation,
     )
     path = Path(out) if out is not None else probe_path(model.parent / "probes", task)
     fit.probe.save(path)

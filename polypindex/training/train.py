@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import Callback
 
 from polypindex.model.core.errors import ConfigError
 from polypindex.model.nets.encoder import save_encoder_checkpoint
-from polypindex.model.scoring.calibration import CALIBRATION_KEY, calibration_pairs, fit_calibration
+from polypindex.model.scoring.calibration import CALIBRATION_KEY, fit_tracklet_calibration
 from polypindex.model.scoring.evaluation import best_f1_threshold, pair_scores
 from polypindex.training.datamodule import FragmentDataModule, embed_crops
 from polypindex.training.module import HmveModule
@@ -316,7 +316,6 @@ def train(
     )
     module.encoder.to("cpu")
     threshold, f1 = reid_threshold(embeddings, datamodule.val_identities)
-    cosines, same = calibration_pairs(embeddings, datamodule.val_identities)
     rows = history.rows
     best_row = next(r for r in rows if r["epoch"] == history.best_epoch)
     trained = [r for r in rows if r["epoch"] >= 0]
@@ -343,8 +342,10 @@ def train(
     }
     if init_info is not None:
         extra["init_frame_encoder"] = init_info
-    if same.any() and not same.all():  # docs/grouping.md#calibration
-        extra[CALIBRATION_KEY] = fit_calibration(cosines, same).to_dict()
+    # by context, on held-out halves of the validation procedures (docs/grouping.md#calibration)
+    extra[CALIBRATION_KEY] = fit_tracklet_calibration(
+        embeddings, datamodule.val_tracklets
+    ).to_dict()
     checkpoint = out / "encoder.pt"
     history_path = out / "history.json"
     if not trainer.is_global_zero:  # DDP: only rank 0 writes

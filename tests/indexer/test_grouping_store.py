@@ -18,6 +18,7 @@ from polypindex.indexer.store_entities import entity_ids
 from polypindex.indexer.tables import PredictionRow, TrackletRow
 from polypindex.model.core.errors import ProcedureNotFoundError
 from polypindex.model.scoring.calibration import Calibration
+from polypindex.model.scoring.cosine_curve import CosineCalibration
 
 VERSION = "fake-v1"
 
@@ -113,7 +114,8 @@ def test_group_store_and_read_back(store: Store) -> None:
 
 def test_regrouping_replaces_rows_and_uses_the_calibration(store: Store) -> None:
     group_procedure(store, "p1", VERSION, None, reid_threshold=0.6)
-    strict = Calibration("platt", {"a": 1.0, "b": -10.0}, 0.5)  # never above the cut
+    # a legacy (pooled) curve, never above its cut 0.2
+    strict = Calibration.from_cosine(CosineCalibration("platt", {"a": 1.0, "b": -10.0}, 0.5))
     report = group_procedure(store, "p1", VERSION, strict)
     assert report.calibrated and report.entities == 5
     polyps = procedure_polyps(store, "p1")
@@ -160,7 +162,7 @@ def test_cli_index_group_regroups_with_the_model_calibration(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     store = Store(url)
     store.replace_procedure("p1", "ds", "test", VERSION, _procedure())
-    cal = Calibration("platt", {"a": 20.0, "b": -10.0}, 0.5)  # cosine 0.5 -> 0.5
+    cal = CosineCalibration("platt", {"a": 20.0, "b": -10.0}, 0.5)  # a legacy curve: cut 0.2
     meta = onnx_metadata(
         VERSION, PreprocessConfig(im_size=8), FragmentConfig(fragment_length=-1), 3, "0.6"
     )

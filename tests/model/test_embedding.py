@@ -23,6 +23,7 @@ from polypindex.model.data.embedding import (
     tracklet_fragments,
 )
 from polypindex.model.data.preprocess import crop_frames
+from polypindex.model.scoring.pairs import PairEvidence
 from polypindex.model.scoring.reid import decide, reid_score, same_polyp
 
 PRE = PreprocessConfig(im_size=8, bbox_scale_factor=2.0)
@@ -92,16 +93,13 @@ def test_crop_stream_decodes_each_frame_once_and_yields_when_complete() -> None:
     assert list(missing) == [] and missing.unfinished() == [0]
 
 
-def test_reid_decision_is_sigmoid_of_cosine_at_the_threshold() -> None:
+def test_reid_score_is_sigmoid_of_cosine_and_undecided_without_calibration() -> None:
     a = np.asarray([1.0, 0.0], dtype=np.float32)
     b = np.asarray([0.6, 0.8], dtype=np.float32)
-    decision = decide(a, b, 0.6)
+    decision = decide(PairEvidence(float(a @ b), same_procedure=True), None)
     assert decision.similarity == pytest.approx(0.6)
-    assert decision.probability == pytest.approx(1.0 / (1.0 + np.exp(-0.6)))
-    assert decision.same_polyp is True and decision.threshold == 0.6
-    assert decide(a, b, decision.probability).same_polyp is True
-    assert decide(a, b, float(np.nextafter(decision.probability, 1.0))).same_polyp is False
-    assert decide(a, a * 2, 0.5).similarity == 1.0  # clipped
+    assert decision.answer == "uncertain" and decision.probability is None  # no calibration
+    assert decide(PairEvidence(float(a @ (a * 2))), None).similarity == 1.0  # clipped
     scores = reid_score(np.asarray([-1.0, 0.0, 1.0]))
     np.testing.assert_allclose(scores, [0.268941, 0.5, 0.731059], atol=1e-6)
     assert same_polyp(scores, 0.5).tolist() == [False, True, True]

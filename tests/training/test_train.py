@@ -125,7 +125,8 @@ def test_one_epoch_fit_end_to_end(
     assert 0.0 < loaded.extra["reid_threshold"] < 1.0
     # the calibrated same-polyp probability, fitted on the validation pairs (docs/grouping.md)
     calibration = Calibration.from_dict(loaded.extra["reid_calibration"])
-    assert calibration.metrics["n_pairs"] > 0 and 0.0 <= calibration.threshold <= 1.0
+    assert calibration.metrics["n_pairs"] > 0 and not calibration.legacy
+    assert set(calibration.contexts) == {"within", "within_cosine", "cross"}
     assert loaded.extra["config_name"] == "test_tiny"
     assert loaded.extra["best_epoch"] == result.best_epoch in (-1, 0)
     x = torch.zeros(2, 3, 3, 32, 32)

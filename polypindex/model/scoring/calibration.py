@@ -1,19 +1,24 @@
-"""Calibrated same-polyp probability of a cosine similarity (docs/grouping.md#calibration).
+"""Calibrated same-polyp probability by context, with abstention (docs/grouping.md#calibration).
 
-The uncalibrated re-ID score ``sigmoid(cosine)`` lies in (0.27, 0.73) and is not
-a probability. :func:`fit_calibration` fits, on validation pairs (cosine, same
-polyp?), two monotone maps and keeps the one with the lower cross-validated log
-loss:
+A pair of tracklets within one procedure and a pair across two procedures are
+different questions: on the demo data no polyp spans two procedures, so a single
+curve over all validation pairs learns "same procedure?" rather than "same polyp?".
+:func:`fit_reid_calibration` therefore fits one :class:`~model.scoring.contexts.ContextFit`
+per context on a :class:`~model.scoring.pairs.PairSet` of validation pairs, the
+validation procedures split into a fitting half (the curves) and an operating-point
+half (the thresholds of ``same`` and ``different`` and the held-out metrics):
 
-- ``platt``: ``p = sigmoid(a · cosine + b)`` (logistic regression on the cosine,
-  Newton's method, Platt's smoothed targets);
-- ``isotonic``: a non-decreasing step function fitted by pool-adjacent-violators,
-  interpolated linearly between the pooled blocks' mean cosines.
+- ``within``: pairs within one procedure, on the cosine, the time gap, the frame
+  overlap and the box size ratio (:data:`~model.scoring.pairs.FEATURES`);
+- ``within_cosine``: the same pairs on the cosine alone, for a pair whose time or
+  boxes are not known;
+- ``cross``: pairs across procedures, on the cosine; not estimable (the prior, every
+  answer uncertain) when the fitting pairs hold no same-polyp pair across procedures.
 
-The chosen map is refitted on all pairs, and the decision threshold on the
-calibrated probability is the best-F1 one on the same pairs. The result is a
-plain value stored as JSON in the model's metadata (``polypindex.reid_calibration``)
-and read back by :meth:`Calibration.from_json`. numpy only (serving layer).
+The result, a :class:`Calibration`, is JSON in the checkpoint's ``extra`` and the
+ONNX metadata under :data:`CALIBRATION_KEY`. A calibration written before contexts
+existed (format ``/1``, one cosine curve) still reads, as the ``within`` context with
+``legacy: true`` and no operating point (every answer uncertain). numpy only.
 """
 
 from __future__ import annotations
@@ -21,37 +26,61 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from polypindex.model.core.errors import InvalidInputError
+from polypindex.model.data.tracklets import Tracklet
+from polypindex.model.scoring.contexts import (
+    DEFAULT_MIN_SUPPORT,
+    DEFAULT_TARGET,
+    ContextFit,
+    Rule,
+    fit_context,
+)
+from polypindex.model.scoring.cosine_curve import (
+    COSINE_FORMAT,
+    EPS,
+    METHODS,
+    CosineCalibration,
+    fit_isotonic,
+    fit_platt,
+)
 from polypindex.model.scoring.metrics import expected_calibration_error
+from polypindex.model.scoring.pairs import CROSS, FEATURES, WITHIN, PairSet, TrackletFacts, pair_set
 
 __all__ = [
     "CALIBRATION_FORMAT",
     "CALIBRATION_KEY",
-    "METHODS",
+    "CONTEXT_FEATURES",
+    "WITHIN_COSINE",
     "Calibration",
     "calibration_pairs",
     "fit_calibration",
-    "fit_isotonic",
-    "fit_platt",
+    "fit_reid_calibration",
+    "fit_tracklet_calibration",
     "log_loss",
 ]
 
-CALIBRATION_FORMAT = "polypindex-reid-calibration/1"
+CALIBRATION_FORMAT = "polypindex-reid-calibration/2"
 # the key (after the ``polypindex.`` prefix) of the ONNX metadata and of the checkpoint's extra
 CALIBRATION_KEY = "reid_calibration"
-METHODS = ("platt", "isotonic")
-# Calibrated probabilities are kept inside [EPS, 1 − EPS] (finite log loss).
-EPS = 1e-4
+WITHIN_COSINE = "within_cosine"
+# the features each context's curve reads
+CONTEXT_FEATURES: dict[str, tuple[str, ...]] = {
+    WITHIN: FEATURES,
+    WITHIN_COSINE: ("cosine",),
+    CROSS: ("cosine",),
+}
 CV_FOLDS = 5
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+LEGACY_WARNING = (
+    "legacy calibration (one cosine curve fitted on all validation pairs, within and "
+    "across procedures, before issue 23): read as the within-procedure context without "
+    "held-out operating points, so every answer is uncertain; retrain the model to "
+    "calibrate by context"
+)
 
 
 def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -59,140 +88,6 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     p = np.clip(np.asarray(probabilities, dtype=np.float64), EPS, 1.0 - EPS)
     y = np.asarray(labels, dtype=np.float64)
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
-
-
-def fit_platt(cosines: np.ndarray, same: np.ndarray, iterations: int = 100) -> tuple[float, float]:
-    """``(a, b)`` of ``p = sigmoid(a · x + b)`` maximising the likelihood of Platt's
-    smoothed targets (``(N₊ + 1) / (N₊ + 2)`` and ``1 / (N₋ + 2)``), by Newton's method
-    with a tiny ridge on ``a`` for separable data."""
-    x = np.asarray(cosines, dtype=np.float64)
-    y = np.asarray(same, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
-    prior = (n_pos + 1.0) / (x.size + 2.0)
-    w = np.array([0.0, math.log(prior / (1.0 - prior))])
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    ridge = np.diag([1e-6 * x.size, 0.0])
-    for _ in range(iterations):
-        p = _sigmoid(design @ w)
-        grad = design.T @ (p - t) + ridge @ w
-        hess = design.T @ (design * (p * (1.0 - p))[:, None]) + ridge + 1e-12 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w = w - step
-        if float(np.max(np.abs(step))) < 1e-10:
-            break
-    return float(w[0]), float(w[1])
-
-
-def fit_isotonic(cosines: np.ndarray, same: np.ndarray) -> tuple[list[float], list[float]]:
-    """Pool-adjacent-violators on the pairs sorted by cosine (ties pooled first).
-
-    Returns:
-        ``(x, y)``: each pooled block's mean cosine (increasing) and its fraction of
-        same-polyp pairs (non-decreasing); :meth:`Calibration.probability`
-        interpolates linearly between them and is constant beyond the ends.
-    """
-    x = np.asarray(cosines, dtype=np.float64)
-    y = np.asarray(same, dtype=np.float64)
-    order = np.lexsort((y, x))
-    xs, ys = x[order], y[order]
-    # equal cosines form one block from the start
-    uniq, start = np.unique(xs, return_index=True)
-    counts = np.diff(np.append(start, xs.size)).astype(np.float64)
-    sums_y = np.add.reduceat(ys, start)
-    sums_x = uniq * counts
-    blocks: list[list[float]] = []  # [sum_y, sum_x, count]
-    for sy, sx, n in zip(sums_y, sums_x, counts, strict=True):
-        blocks.append([float(sy), float(sx), float(n)])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][2] >= blocks[-1][0] / blocks[-1][2]:
-            sy2, sx2, n2 = blocks.pop()
-            blocks[-1][0] += sy2
-            blocks[-1][1] += sx2
-            blocks[-1][2] += n2
-    return [b[1] / b[2] for b in blocks], [b[0] / b[2] for b in blocks]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A fitted map from cosine similarity to P(same polyp), with its decision threshold.
-
-    Attributes:
-        method: ``"platt"`` or ``"isotonic"``.
-        params: ``{"a", "b"}`` (Platt) or ``{"x", "y"}`` knots (isotonic).
-        threshold: decision threshold on the calibrated probability (best F1 on the
-            fitting pairs): same polyp iff ``probability >= threshold``.
-        metrics: what the fit measured on its pairs (``n_pairs``, ``n_positive``,
-            ``ece_before``/``ece_after``, ``log_loss_before``/``log_loss_after``,
-            the cross-validated log loss of each method ``cv_log_loss``); "before" is
-            ``sigmoid(cosine)``.
-    """
-
-    method: str
-    params: dict[str, Any]
-    threshold: float
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InvalidInputError(
-                f"calibration method must be one of {METHODS}, got {self.method!r}"
-            )
-        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
-            raise InvalidInputError(
-                f"calibration threshold must be in [0, 1], got {self.threshold}"
-            )
-        if self.method == "platt":
-            if not all(math.isfinite(float(self.params.get(k, math.nan))) for k in ("a", "b")):
-                raise InvalidInputError(
-                    f"platt calibration needs finite a and b, got {self.params}"
-                )
-        else:
-            x, y = self.params.get("x"), self.params.get("y")
-            if not isinstance(x, list) or not isinstance(y, list) or not x or len(x) != len(y):
-                raise InvalidInputError("isotonic calibration needs equal, non-empty x and y lists")
-            xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-            if not (
-                np.all(np.isfinite(xa)) and np.all(np.diff(xa) > 0) and np.all(np.diff(ya) >= 0)
-            ):
-                raise InvalidInputError("isotonic calibration knots must be finite and increasing")
-
-    def probability(self, cosine: np.ndarray | float) -> np.ndarray:
-        """P(same polyp) of cosine similarities (element-wise, float64, in [EPS, 1 − EPS])."""
-        x = np.asarray(cosine, dtype=np.float64)
-        if self.method == "platt":
-            p = _sigmoid(float(self.params["a"]) * x + float(self.params["b"]))
-        else:
-            p = np.interp(x, self.params["x"], self.params["y"])
-        return np.clip(p, EPS, 1.0 - EPS)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": CALIBRATION_FORMAT, **asdict(self)}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Calibration:
-        """Raises InvalidInputError on anything but a dict written by :meth:`to_dict`."""
-        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
-            raise InvalidInputError(f"not a {CALIBRATION_FORMAT} calibration")
-        try:
-            return cls(
-                method=str(data["method"]),
-                params=dict(data["params"]),
-                threshold=float(data["threshold"]),
-                metrics=dict(data.get("metrics") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInputError(f"malformed calibration: {exc}") from exc
-
-    @classmethod
-    def from_json(cls, text: str) -> Calibration:
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise InvalidInputError(f"calibration is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
 
 
 def _best_f1(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
@@ -229,7 +124,7 @@ def _cv_log_loss(method: str, x: np.ndarray, y: np.ndarray, folds: int, seed: in
         train = ~test
         if not test.any() or y[train].all() or not y[train].any():
             continue
-        cal = Calibration(method, _fit(method, x[train], y[train]), 0.5)
+        cal = CosineCalibration(method, _fit(method, x[train], y[train]), 0.5)
         losses.append(log_loss(cal.probability(x[test]), y[test]) * test.sum())
     return float(np.sum(losses) / x.size) if losses else math.inf
 
@@ -254,8 +149,10 @@ def calibration_pairs(
 
 def fit_calibration(
     cosines: np.ndarray, same: np.ndarray, method: str | None = None, seed: int = 0
-) -> Calibration:
-    """Fit P(same polyp | cosine) on validation pairs.
+) -> CosineCalibration:
+    """Fit one P(same polyp | cosine) curve on pairs, whatever their context (the
+    calibration of models before issue 23, kept for ``bench counting``; models now
+    carry :func:`fit_reid_calibration`'s).
 
     Args:
         cosines: (N,) cosine similarities of pairs of tracklets.
@@ -265,7 +162,7 @@ def fit_calibration(
         seed: the fold permutation.
 
     Returns:
-        The :class:`Calibration`, refitted on all pairs, with its best-F1 threshold
+        The :class:`~model.scoring.cosine_curve.CosineCalibration`, refitted on all pairs, with its best-F1 threshold
         and its before/after ECE and log loss on these pairs.
 
     Raises:
@@ -288,9 +185,9 @@ def fit_calibration(
         raise InvalidInputError(f"calibration method must be one of {METHODS}, got {method!r}")
     cv = {m: _cv_log_loss(m, x, y, CV_FOLDS, seed) for m in METHODS}
     chosen = method or min(METHODS, key=lambda m: (cv[m], METHODS.index(m)))
-    provisional = Calibration(chosen, _fit(chosen, x, y), 0.5)
+    provisional = CosineCalibration(chosen, _fit(chosen, x, y), 0.5)
     p_after = provisional.probability(x)
-    p_before = _sigmoid(x)
+    p_before = 1.0 / (1.0 + np.exp(-x))  # sigmoid(cosine), the uncalibrated score
     threshold, f1 = _best_f1(p_after, y)
     metrics = {
         "n_pairs": int(x.size),
@@ -302,4 +199,178 @@ def fit_calibration(
         "cv_log_loss": {m: (None if not math.isfinite(v) else v) for m, v in cv.items()},
         "f1": float(f1),
     }
-    return Calibration(chosen, provisional.params, float(min(1.0, threshold)), metrics)
+    return CosineCalibration(chosen, provisional.params, float(min(1.0, threshold)), metrics)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's same-polyp calibration: one :class:`~model.scoring.contexts.ContextFit`
+    per context, and the settings it was fitted with.
+
+    Attributes:
+        contexts: ``{"within", "within_cosine", "cross"}`` → its fit (a legacy
+            calibration has ``within`` only).
+        target: the precision / NPV the operating points had to reach.
+        min_support: held-out answers an operating point needed.
+        procedures: the validation procedures of each half, ``{"fit", "operating"}``.
+        legacy: read from a format ``/1`` calibration (see :data:`LEGACY_WARNING`).
+        warnings: what a reader should know (the legacy warning).
+        source: the format ``/1`` curve a legacy calibration was read from (written
+            back as it was, so that exporting an older checkpoint keeps it).
+    """
+
+    contexts: dict[str, ContextFit]
+    target: float = DEFAULT_TARGET
+    min_support: int = DEFAULT_MIN_SUPPORT
+    procedures: dict[str, list[str]] = field(default_factory=dict)
+    legacy: bool = False
+    warnings: tuple[str, ...] = ()
+    source: CosineCalibration | None = None
+
+    def context(self, name: str) -> ContextFit | None:
+        return self.contexts.get(name)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Pairs and same-polyp pairs each context was fitted on (``n_pairs``,
+        ``n_positive``: totals over the contexts' fitting halves; per context)."""
+        fits = [c for n, c in self.contexts.items() if n != WITHIN_COSINE]
+        return {
+            "n_pairs": sum(c.n_pairs.get("fit", 0) for c in fits),
+            "n_positive": sum(c.n_positive.get("fit", 0) for c in fits),
+            "contexts": {
+                n: {"n_pairs": c.n_pairs, "n_positive": c.n_positive, "estimable": c.estimable}
+                for n, c in self.contexts.items()
+            },
+        }
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` shows: per context whether it is estimable, which answers
+        it can give (with their held-out precision / NPV and interval) and why not."""
+        out: dict[str, Any] = {
+            "legacy": self.legacy,
+            "target": self.target,
+            "warnings": list(self.warnings),
+            "contexts": {},
+        }
+        for name, c in self.contexts.items():
+            out["contexts"][name] = {
+                "estimable": c.estimable,
+                "answers": [r.answer for r in (c.same, c.different) if r.threshold is not None],
+                "same": c.same.to_dict(),
+                "different": c.different.to_dict(),
+                "n_pairs": c.n_pairs,
+                "n_positive": c.n_positive,
+                "reasons": c.reasons,
+            }
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.source is not None:
+            return self.source.to_dict()
+        return {
+            "format": CALIBRATION_FORMAT,
+            "target": self.target,
+            "min_support": self.min_support,
+            "procedures": self.procedures,
+            "contexts": {n: c.to_dict() for n, c in self.contexts.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_cosine(cls, cosine: CosineCalibration) -> Calibration:
+        """A format ``/1`` curve read as the within-procedure context (legacy)."""
+        n = int(cosine.metrics.get("n_pairs", 0))
+        pos = int(cosine.metrics.get("n_positive", 0))
+        none = "a legacy calibration has no held-out operating point"
+        try:
+            curve = cosine.curve()
+        except InvalidInputError:  # a falling curve: nothing monotone to keep
+            curve = None
+        within = ContextFit(
+            WITHIN,
+            curve is not None,
+            pos / n if n else 0.0,
+            curve,
+            Rule("same", reason=none),
+            Rule("different", reason=none),
+            n_pairs={"fit": n},
+            n_positive={"fit": pos},
+            metrics={"legacy": cosine.metrics, "legacy_threshold": cosine.threshold},
+            reason=LEGACY_WARNING,
+            legacy=True,
+        )
+        return cls({WITHIN: within}, legacy=True, warnings=(LEGACY_WARNING,), source=cosine)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Calibration:
+        """Read a calibration of format ``/2``, or ``/1`` as :meth:`from_cosine`.
+
+        Raises:
+            InvalidInputError: anything else, or a malformed one.
+        """
+        if isinstance(data, dict) and data.get("format") == COSINE_FORMAT:
+            return cls.from_cosine(CosineCalibration.from_dict(data))
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise InvalidInputError(f"not a {CALIBRATION_FORMAT} (or {COSINE_FORMAT}) calibration")
+        try:
+            contexts = {str(n): ContextFit.from_dict(c) for n, c in dict(data["contexts"]).items()}
+            return cls(
+                contexts,
+                target=float(data["target"]),
+                min_support=int(data["min_support"]),
+                procedures={k: list(v) for k, v in dict(data.get("procedures") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InvalidInputError(f"malformed calibration: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise InvalidInputError(f"calibration is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def fit_reid_calibration(
+    pairs: PairSet, target: float = DEFAULT_TARGET, min_support: int = DEFAULT_MIN_SUPPORT
+) -> Calibration:
+    """Fit every context on the fitting half of ``pairs`` and choose its operating
+    points on the other half (module docstring).
+
+    Args:
+        pairs: the validation pairs (:func:`~model.scoring.pairs.pair_set`).
+        target: the precision of ``same`` and the NPV of ``different`` to reach (0.5, 1).
+        min_support: held-out answers behind an operating point.
+    """
+    contexts: dict[str, ContextFit] = {}
+    for name, features in CONTEXT_FEATURES.items():
+        columns = [FEATURES.index(f) for f in features]
+        within = name != CROSS
+        halves = []
+        for half in (0, 1):
+            x, y = pairs.select(within, half)
+            known = np.all(np.isfinite(x[:, columns]), axis=1)  # e.g. a tracklet without boxes
+            halves.append((x[known][:, columns], y[known]))
+        contexts[name] = fit_context(name, features, halves[0], halves[1], target, min_support)
+    fit, operating = pairs.procedures
+    return Calibration(
+        contexts, target, min_support, {"fit": list(fit), "operating": list(operating)}
+    )
+
+
+def fit_tracklet_calibration(
+    embeddings: np.ndarray,
+    tracklets: Sequence[Tracklet],
+    target: float = DEFAULT_TARGET,
+    min_support: int = DEFAULT_MIN_SUPPORT,
+) -> Calibration:
+    """:func:`fit_reid_calibration` on every pair of a split's tracklets (their videos
+    are their procedures, their identities the truth): what training calls on the
+    validation tracklets."""
+    facts = [TrackletFacts.of_tracklet(t, i) for i, t in enumerate(tracklets)]
+    identities = [str(t.identity_id) for t in tracklets]
+    return fit_reid_calibration(pair_set(embeddings, identities, facts), target, min_support)

@@ -2,7 +2,10 @@
 (docs/grouping.md).
 
 Input: the tracklets' time spans and boxes, and the pairwise same-polyp
-probabilities (:func:`model.scoring.reid.same_polyp_probability` of their cosines). Hard
+probabilities: on a calibrated model the within-procedure ones of the re-ID decision
+(:func:`within_probabilities`, :func:`model.scoring.reid.probability_matrix`: cosine,
+time gap, frame overlap, box size ratio), merged at the within context's ``same``
+operating point by default (:func:`calibrated_cut`). Hard
 constraint ("cannot-link"): two tracklets that share frames with different boxes
 (mean IoU over the shared frames below :data:`SAME_BOX_IOU`) show two polyps at
 once, so they are never in one entity, whatever the probabilities say.
@@ -31,6 +34,9 @@ import numpy as np
 
 from polypindex.model.core.errors import InvalidInputError
 from polypindex.model.data.tracklets import box_iou_matrix
+from polypindex.model.scoring.calibration import Calibration
+from polypindex.model.scoring.pairs import WITHIN, TrackletFacts
+from polypindex.model.scoring.reid import probability_matrix
 
 __all__ = [
     "DEFAULT_CUT",
@@ -38,12 +44,14 @@ __all__ = [
     "METHODS",
     "SAME_BOX_IOU",
     "TrackletSpan",
+    "calibrated_cut",
     "cannot_link_matrix",
     "entity_labels",
     "group",
     "one_per_tracklet",
     "time_gap_groups",
     "violations",
+    "within_probabilities",
 ]
 
 METHODS = ("average", "complete", "components")
@@ -90,11 +98,38 @@ class TrackletSpan:
     def end(self) -> int:
         return int(self.frame_ids.max())
 
+    def facts(self) -> TrackletFacts:
+        """The pair facts of this tracklet (its frames and mean box; one procedure)."""
+        box = self.boxes.mean(axis=0)
+        return TrackletFacts(
+            procedure="", tracklet_id=self.id, frame_ids=self.frame_ids, box=tuple(box)
+        )  # type: ignore[arg-type]
+
     def boxes_at(self, frames: np.ndarray) -> np.ndarray:
         """The (len(frames), 4) boxes at these frames (which must be the tracklet's)."""
         if self.boxes.shape[0] == 1:
             return np.repeat(self.boxes, len(frames), axis=0)
         return self.boxes[np.searchsorted(self.frame_ids, frames)]
+
+
+def calibrated_cut(calibration: Calibration) -> float:
+    """The merge cut on a calibrated model's within-procedure probabilities: the within
+    context's ``same`` operating point (merge where the decision says ``same``), 1.0
+    when it has none (nothing merges but identical embeddings), and
+    :data:`DEFAULT_CUT` for a legacy calibration (one pooled curve, no operating point)."""
+    within = calibration.context(WITHIN)
+    if calibration.legacy or within is None:
+        return DEFAULT_CUT
+    threshold = within.same.threshold
+    return 1.0 if threshold is None or not within.estimable else float(threshold)
+
+
+def within_probabilities(
+    embeddings: np.ndarray, spans: Sequence[TrackletSpan], calibration: Calibration
+) -> np.ndarray:
+    """(N, N) within-procedure P(same polyp) of one procedure's tracklets (the
+    re-ID decision's, :func:`model.scoring.reid.probability_matrix`)."""
+    return probability_matrix(embeddings, [s.facts() for s in spans], calibration)[0]
 
 
 def _cannot_link(a: TrackletSpan, b: TrackletSpan, same_box_iou: float) -> bool:

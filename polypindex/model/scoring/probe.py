@@ -25,6 +25,12 @@ A polyp (or tracklet) is decided by a majority vote over its fragments
 (:func:`majority_vote`): each fragment votes ``classes[1]`` when its
 calibrated probability is ≥ 0.5; a tie is decided by the mean calibrated
 probability (``classes[1]`` when it is ≥ 0.5).
+
+A probe knows its quality (:meth:`Probe.quality`): training stores its validation
+metrics (``metrics["validation"]``: AUROC, ECE and, for histology, the NPV for
+adenoma on diminutive polyps); a probe whose AUROC is below a setting (default
+:data:`model.scoring.probe_quality.RELIABLE_AUROC`) is ``unreliable``, and one without a measured AUROC (files of
+older releases without metrics) is ``unknown`` — neither is ever shown as a decision.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import numpy as np
 from polypindex.model.core.errors import EncoderMismatchError, InvalidInputError, ModelLoadError
 from polypindex.model.core.files import atomic_path
 from polypindex.model.core.versions import canonical_version
+from polypindex.model.scoring.probe_quality import RELIABLE_AUROC, ProbeQuality, probe_quality
 
 TASKS = ("size", "histology")
 CLASSES: dict[str, tuple[str, str]] = {
@@ -307,6 +314,21 @@ class Probe:
     def arrays(self) -> dict[str, np.ndarray]:
         """Copies of the layer weights (float32, torch layout)."""
         return {k: v.copy() for k, v in self._weights.items()}
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The stored metrics (``{}`` for a probe without any)."""
+        stored = self.metadata.get("metrics")
+        return dict(stored) if isinstance(stored, Mapping) else {}
+
+    def quality(self, min_auroc: float = RELIABLE_AUROC) -> ProbeQuality:
+        """:func:`probe_quality` of this probe's metrics against ``min_auroc``."""
+        return probe_quality(self.task, self.metrics, min_auroc)
+
+    @property
+    def reliable(self) -> bool:
+        """Validation AUROC ≥ :data:`RELIABLE_AUROC` (``False`` when not measured)."""
+        return self.quality().reliable
 
     def check_encoder(self, encoder_version: str) -> None:
         """Raise :class:`EncoderMismatchError` unless ``encoder_version`` is the probe's encoder."""
