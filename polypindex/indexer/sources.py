@@ -346,7 +346,7 @@ def frame_files(folder: str | Path) -> dict[int, str]:
 
 
 def _image_size(path: str) -> tuple[int, int]:
-    image = read_image(path)  # ImageReadError names the file
+    image = read_image(path)  # the pixel limit from its header; ImageReadError names the file
     return image.shape[1], image.shape[0]
 
 
@@ -389,8 +389,8 @@ def frames_source(
     first = files[min(files)]
     try:
         width, height = _image_size(first)
-    except ImageReadError as exc:
-        raise ImageReadError(f"cannot read frame size from {first}: {exc}") from exc
+    except ImageReadError as exc:  # ImageTooLargeError (over the pixel limit) stays one
+        raise type(exc)(f"cannot read frame size from {first}: {exc}") from exc
     check_boxes_inside(detections, width, height, f"frames folder {root}")
     return _detections_source(
         uid or root.name,

@@ -34,6 +34,7 @@ from polypindex.indexer.locations import parse_source, resolve
 from polypindex.indexer.sources import check_in_roots, frame_files
 from polypindex.indexer.tables import ProcedureRecord, TrackletRecord
 from polypindex.model.core.errors import ConflictError, InvalidInputError
+from polypindex.model.data.image_header import MAX_IMAGE_PIXELS, ImageTooLargeError
 from polypindex.model.data.preprocess import read_image
 
 BOX_COLOUR_BGR = (60, 220, 60)
@@ -193,6 +194,10 @@ def tracklet_strip(
     frames = strip_frames(record, procedure, data_roots, n, home)
     try:
         return render_strip(frames, height), frames.exact
+    except ImageTooLargeError as exc:  # refused from its header, nothing decoded
+        raise _unavailable(
+            record, f"a source frame is over the pixel limit of {MAX_IMAGE_PIXELS} pixels"
+        ) from exc
     except InvalidInputError as exc:  # an image file gone or undecodable since indexing
         raise _unavailable(record, "a source frame is missing or not decodable") from exc
 
@@ -201,7 +206,7 @@ def render_strip(frames: StripFrames, height: int, quality: int = 85) -> bytes:
     """The frames scaled to ``height`` pixels, each with its box, side by side (JPEG)."""
     tiles: list[np.ndarray] = []
     for path, box in zip(frames.paths, frames.boxes, strict=True):
-        rgb = read_image(path)
+        rgb = read_image(path)  # the pixel limit checked on its header first
         scale = height / rgb.shape[0]
         width = max(1, round(rgb.shape[1] * scale))
         tile = cv2.resize(

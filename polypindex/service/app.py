@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from polypindex.service import ui
 from polypindex.service.auth import decide_auth_mode, require_scope
 from polypindex.service.errors import AUTH_ERRORS, install_error_handlers
-from polypindex.service.limits import BodyLimitMiddleware, install_openapi
+from polypindex.service.limits import AuthFirstMiddleware, BodyLimitMiddleware, install_openapi
 from polypindex.service.metrics import install_metrics
 from polypindex.service.observability import REQUEST_ID_HEADER, RequestMiddleware
 from polypindex.service.resources import (
@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The body limit counts bytes as they arrive (service/limits.py); inside the request
     # middleware, so a 413 is logged and audited like any answer.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthFirstMiddleware)  # the key before the body (outside the limit)
     install_openapi(app, settings)  # the settings' and the model's limits in the schema
     app.add_middleware(RequestMiddleware)  # outermost: request id, request log, audit
     return app

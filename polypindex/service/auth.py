@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from polypindex.indexer.keys import Scope, count_active_keys, scope_allows, verify_token
 from polypindex.indexer.store import Store
@@ -256,6 +257,8 @@ def require_scope(scope: Scope) -> Callable[..., None]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
+        if getattr(request.state, "checked_scope", None) == scope:
+            return  # checked before the body was read (service.limits.AuthFirstMiddleware)
         if scope in AUDITED_SCOPES and request.method not in SAFE_METHODS:
             request.state.audited = True  # before the check: refusals are audited too
         token = credentials.credentials if credentials is not None else None
@@ -263,6 +266,20 @@ def require_scope(scope: Scope) -> Callable[..., None]:
 
     check_api_key.required_scope = scope  # type: ignore[attr-defined]
     return check_api_key
+
+
+def authenticate_request(request: Request, needed: Scope) -> str:
+    """What :func:`require_scope`'s dependency checks, from the request's headers alone
+    (so before its body is read): the audit mark, then the key from
+    ``Authorization: Bearer``. Marks the request checked for ``needed``, so the
+    dependency does not check it again. Raises the dependency's errors."""
+    if needed in AUDITED_SCOPES and request.method not in SAFE_METHODS:
+        request.state.audited = True  # before the check: refusals are audited too
+    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    name = _authenticate(request, token if scheme.lower() == "bearer" else None, needed)
+    request.state.key_name = name
+    request.state.checked_scope = needed
+    return name
 
 
 def required_scope(dependency: object) -> str | None:

@@ -32,7 +32,8 @@ from polypindex.model.core.errors import (
     IndexNotReadyError,
     InvalidInputError,
 )
-from polypindex.model.data.preprocess import decode_image
+from polypindex.model.data.config import PreprocessConfig
+from polypindex.model.data.preprocess import crop_frame, decode_image
 from polypindex.service import metrics
 from polypindex.service.errors import field_error
 from polypindex.service.limits import check_image_b64_lengths
@@ -75,14 +76,25 @@ def _b64_bytes(text: str, where: str, max_bytes: int) -> bytes:
 
 
 def decode_frames(
-    frames: Sequence[FrameInput], where: str, settings: Settings
+    frames: Sequence[FrameInput],
+    where: str,
+    settings: Settings,
+    crop: PreprocessConfig | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Decode a query's frames: RGB uint8 ``(H, W, 3)`` images and ``(s, 4)`` float boxes.
+    """Decode a query's frames, one at a time: RGB uint8 images and ``(s, 4)`` boxes.
+
+    With ``crop`` (the encoder's preprocessing), each frame is cropped around its box
+    as soon as it is decoded (:func:`~polypindex.model.data.preprocess.crop_frame`) and
+    the full frame dropped; the box returned for it then spans its whole crop, which
+    the encoder's own crop reproduces exactly. So at most one full frame is held at a
+    time (``max_image_pixels`` × 3 bytes) beside the crops (``im_size``² × 3 bytes each).
+    Without it, the full frames are returned.
 
     Raises:
         RequestValidationError: more frames than ``settings.max_frames_per_request``.
         InvalidInputError / ImageReadError: invalid base64 or an undecodable image; the
             message names the frame (``body.query.frames.3.image_b64: ...``).
+        ImageTooLargeError: a frame over ``max_image_pixels`` (413, from its header).
     """
     if len(frames) > settings.max_frames_per_request:
         raise field_error(
@@ -91,15 +103,34 @@ def decode_frames(
         )
     check_image_b64_lengths(frames, where, settings.max_image_bytes)  # the schema's maxLength
     images = []
+    boxes = np.asarray([f.bbox for f in frames], dtype=np.float64).reshape(-1, 4)
     for i, frame in enumerate(frames):
         path = f"{where}.frames.{i}.image_b64"
         data = _b64_bytes(frame.image_b64, path, settings.max_image_bytes)
         try:  # the pixel limit is read from the header, before decoding
-            images.append(decode_image(data, max_pixels=settings.max_image_pixels))
+            image = decode_image(data, max_pixels=settings.max_image_pixels)
         except ImageReadError as exc:  # ImageTooLargeError stays one (413)
             raise type(exc)(f"{path}: {exc}") from exc
-    boxes = np.asarray([f.bbox for f in frames], dtype=np.float64).reshape(-1, 4)
+        del data
+        if crop is not None:
+            image = crop_frame(image, boxes[i], crop)
+            boxes[i] = _whole_crop_box(crop)
+        images.append(image)
     return images, boxes
+
+
+def _whole_crop_box(config: PreprocessConfig) -> np.ndarray:
+    """The box whose enlarged window (``bbox_scale_factor``×, clamped) is a whole
+    ``im_size``² crop, so cropping a crop with it gives the crop back unchanged."""
+    size = float(config.im_size)
+    side = size / config.bbox_scale_factor
+    return np.array([(size - side) / 2.0, (size - side) / 2.0, side, side])
+
+
+def _crop_config(encoder: Encoder) -> PreprocessConfig | None:
+    """The encoder's preprocessing, when it says it crops with one (the ONNX encoders)."""
+    config = getattr(encoder, "preprocess", None)
+    return config if isinstance(config, PreprocessConfig) else None
 
 
 @dataclass(frozen=True)
@@ -157,7 +188,7 @@ def embed_input(
     assert value.frames is not None
     with slots if slots is not None else nullcontext():
         started = time.perf_counter()
-        images, boxes = decode_frames(value.frames, where, settings)
+        images, boxes = decode_frames(value.frames, where, settings, _crop_config(encoder))
         vector = np.asarray(encoder.embed_tracklet(images, boxes), dtype=np.float32).reshape(-1)
         del images
         metrics.observe_embedding(time.perf_counter() - started)

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from polypindex.indexer.faults import public_message, storage_fault
 from polypindex.indexer.jobs import JobNotFoundError
@@ -48,6 +49,7 @@ from polypindex.model.core.errors import (
 )
 from polypindex.model.data.image_header import ImageTooLargeError
 from polypindex.service.auth import AuthUnavailableError, ForbiddenError, UnauthorizedError
+from polypindex.service.observability import app_routes
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +151,22 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
     )
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:  # every method of the path, not only the first route's
+        response.headers["Allow"] = ", ".join(allowed_methods(request.scope))
     return response
+
+
+def allowed_methods(scope: Any) -> list[str]:
+    """The methods of every route whose path matches ``scope``'s (sorted)."""
+    methods: set[str] = set()
+    for route in app_routes(scope.get("app")):
+        try:
+            match, _ = route.matches({**scope, "method": "GET"})
+        except Exception:  # a route kind that cannot match this scope
+            continue
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _handle_known(request: Request, exc: Exception) -> JSONResponse:

@@ -4,6 +4,15 @@
   over ``max_body_bytes`` while it is read (at once from a too large
   ``Content-Length``, else when the bytes received pass the limit): 413
   ``payload_too_large``, nothing parsed, at most the limit held in memory.
+- :class:`AuthFirstMiddleware`: the API key of a request that may carry a body (not
+  GET/HEAD/OPTIONS) is checked from its headers before a byte of the body is read, for
+  the scope of the route it goes to (:func:`polypindex.service.auth.authenticate_request`,
+  the same 401/403 answers as the routers' dependency): a keyless 63 MiB body costs
+  nothing but its headers.
+- the body's shape, before it is parsed (in :class:`BodyLimitMiddleware`): at most
+  :data:`MAX_JSON_VALUES` JSON values (413 ``payload_too_large``) nested at most
+  :data:`MAX_JSON_DEPTH` deep (422 ``validation_error``), counted on the raw bytes, so
+  no parse can build millions of Python objects.
 - :func:`check_image_b64_lengths`: the base64 length of every frame against the
   ``maxLength`` the schema publishes (422 ``validation_error``). The decoded-pixel
   limit (``max_image_pixels``) is read from each image's header before it is decoded
@@ -18,14 +27,19 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI
+import fastapi.routing
+import numpy as np
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from polypindex.service.errors import field_error
+from polypindex.service.auth import SAFE_METHODS, authenticate_request, required_scope
+from polypindex.service.errors import classify, error_response, field_error, public
 from polypindex.service.schemas import MAX_ID, FrameInput
 from polypindex.service.settings import Settings
 
@@ -33,6 +47,14 @@ from polypindex.service.settings import Settings
 _PREFIX_ROOM = 64
 # Wrapped base64 (PEM, MIME) breaks lines every 64 or 76 characters; room for CRLF every 64.
 _LINE = 64
+MAX_JSON_VALUES = 200_000
+"""Most JSON values in one request body (counted as ``,`` ``[`` ``{`` on the raw bytes,
+an upper bound): the largest valid body, two tracklets of 65,536 embedding values, 10,000
+excluded ids and 1,000 procedure uids, holds under 145,000. Parsed, 200,000 numbers take
+about 7 MB."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of JSON arrays and objects in a request body (the schema's is 5)."""
+_DEPTH_CHUNK = 1 << 20
 
 
 def max_image_b64_chars(max_image_bytes: int) -> int:
@@ -94,6 +116,11 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             await self._refuse(send)
             return
+        if _is_json(scope):
+            refused = json_shape_error([m.get("body", b"") for m in messages])
+            if refused is not None:
+                await _send_error(send, *refused)
+                return
         replay = iter(messages)
 
         async def replayed() -> Message:
@@ -117,19 +144,151 @@ class BodyLimitMiddleware:
                 return messages
 
     async def _refuse(self, send: Send) -> None:
-        body = payload_too_large_body(self.max_bytes)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await _send_error(send, 413, payload_too_large_body(self.max_bytes))
+
+
+async def _send_error(send: Send, status: int, body: bytes) -> None:
+    """Answer ``status`` with a JSON error ``body`` and close (the body may be unread)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return b"json" in value.lower()
+    return True  # no content type: FastAPI parses the body as JSON
+
+
+def json_shape_error(chunks: Sequence[bytes]) -> tuple[int, bytes] | None:
+    """``(status, error body)`` when the raw JSON in ``chunks`` holds over
+    :data:`MAX_JSON_VALUES` values or nests deeper than :data:`MAX_JSON_DEPTH`; else
+    ``None``. Counted on the bytes (C speed, nothing parsed); a ``,`` ``[`` or ``{``
+    inside a string counts too, so both are upper bounds."""
+    commas = opens = 0
+    for chunk in chunks:
+        commas += chunk.count(b",")
+        opens += chunk.count(b"[") + chunk.count(b"{")
+    if commas + opens + 1 > MAX_JSON_VALUES:
+        return 413, _error_body(
+            "payload_too_large",
+            f"the request body holds about {commas + opens + 1} JSON values, over the limit "
+            f"of {MAX_JSON_VALUES}; refused before parsing",
         )
-        await send({"type": "http.response.body", "body": body})
+    if opens > MAX_JSON_DEPTH and _depth_over(chunks, MAX_JSON_DEPTH):
+        return 422, _error_body(
+            "validation_error",
+            f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels; refused before parsing",
+        )
+    return None
+
+
+def _depth_over(chunks: Sequence[bytes], limit: int) -> bool:
+    depth = 0
+    for chunk in chunks:
+        for start in range(0, len(chunk), _DEPTH_CHUNK):
+            a = np.frombuffer(chunk, dtype=np.uint8)[start : start + _DEPTH_CHUNK]
+            step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32)
+            step -= ((a == 0x5D) | (a == 0x7D)).astype(np.int32)
+            levels = np.cumsum(step) + depth
+            if levels.size and int(levels.max()) > limit:
+                return True
+            depth = int(levels[-1]) if levels.size else depth
+    return False
+
+
+# -- the key before the body -----------------------------------------------------------
+
+
+_ScopedRoute = tuple[re.Pattern[str], frozenset[str], str, Any]
+
+
+def scoped_routes(app: Any) -> list[_ScopedRoute]:
+    """``(path pattern, methods, scope, route)`` of every route of ``app`` behind a
+    :func:`require_scope` dependency, in the router's order (included routers
+    flattened, as FastAPI includes them lazily: ``iter_route_contexts``)."""
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    routes = iterate(app.routes) if iterate is not None else app.routes
+    found = []
+    for route in routes:
+        pattern = getattr(route, "path_regex", None)
+        for dependency in getattr(route, "dependencies", None) or ():
+            needed = required_scope(getattr(dependency, "dependency", None))
+            if needed is not None and pattern is not None:
+                found.append((pattern, frozenset(route.methods or ()), needed, route))
+                break
+    return found
+
+
+class AuthFirstMiddleware:
+    """Check the API key of a request that may carry a body before the body is read.
+
+    For a method other than GET/HEAD/OPTIONS to a route with a scope, the check of
+    :func:`~polypindex.service.auth.require_scope` runs here on the headers; a refusal
+    is answered at once with the same status, body and ``WWW-Authenticate`` header,
+    and the body is never read (nor parsed). A pass marks the request checked, so the
+    route's dependency does not look the key up again. A check that fails otherwise (a
+    storage fault) is left to the route, whose error handlers answer it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._routes: list[_ScopedRoute] | None = None
+
+    def route_scope(self, scope: Scope) -> tuple[str, dict[str, Any]] | None:
+        """The scope the route that ``scope`` goes to needs and what routing would put
+        on ``scope`` for it (``route``, ``path_params``: a refusal is logged and audited
+        under its route like any answer); ``None`` for an open route."""
+        if self._routes is None:  # the routes are all in place once a request comes
+            self._routes = scoped_routes(scope["app"])
+        path, root = scope["path"], scope.get("root_path", "")
+        path = path[len(root) :] if root and path.startswith(root) else path
+        method = scope.get("method", "GET")
+        for pattern, methods, needed, route in self._routes:
+            match = pattern.match(path)
+            if method in methods and match:
+                convertors = getattr(route, "param_convertors", None) or {}
+                params = {
+                    name: convertors[name].convert(value) if name in convertors else value
+                    for name, value in match.groupdict().items()
+                }
+                return needed, {"route": route, "path_params": params}
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method", "GET") in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        found = self.route_scope(scope)
+        if found is not None:
+            needed, routed = found
+            request = Request(scope)
+            try:
+                await run_in_threadpool(authenticate_request, request, needed)  # type: ignore[arg-type]
+            except Exception as exc:
+                row = classify(exc)
+                if row is not None:
+                    response = error_response(row[0], row[1], public(request, str(exc)))
+                    response.headers.update(getattr(exc, "headers", None) or {})
+                    response.headers["connection"] = "close"  # the body is left unread
+                    scope.update(routed)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

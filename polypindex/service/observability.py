@@ -167,6 +167,14 @@ def _audit_target(
     return location
 
 
+def app_routes(app: Any) -> list[Any]:
+    """Every route of ``app``, included routers flattened (FastAPI includes them lazily:
+    ``iter_route_contexts``), each with its inclusion's dependencies."""
+    routes = getattr(app, "routes", None) or ()
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    return list(iterate(routes) if iterate is not None else routes)
+
+
 def audited_route(scope: Scope) -> tuple[bool, str | None, dict[str, Any]]:
     """Whether the request ``scope`` is a write to an endpoint needing ``write`` or
     ``admin`` (audited whatever happens to it), its route template and path parameters;
@@ -174,10 +182,7 @@ def audited_route(scope: Scope) -> tuple[bool, str | None, dict[str, Any]]:
     has run."""
     if scope.get("method", "GET") in SAFE_METHODS:
         return False, None, {}
-    app = scope.get("app")
-    routes = getattr(app, "routes", None) or ()
-    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
-    for route in iterate(routes) if iterate is not None else routes:
+    for route in app_routes(scope.get("app")):
         try:
             match, child = route.matches(scope)
         except Exception:  # a route kind that cannot match this scope

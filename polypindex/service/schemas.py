@@ -64,9 +64,15 @@ MAX_EXCLUDED_IDS = 10_000
 # Box coordinates, pixels: far beyond any image the pixel limit lets through.
 MAX_COORDINATE = 1_000_000.0
 # What ``image_b64`` may look like: an optional data URL prefix, then base64 (line
-# breaks allowed, as in wrapped base64). The base64 itself is checked when decoded.
+# breaks allowed, as in wrapped base64) in whole groups of 4 characters, padding only at
+# the end: what the server's decoder (base64.b64decode(validate=True)) accepts, so the
+# published schema and the server agree (issue 24).
 DATA_URL_PREFIX = r"data:image/[A-Za-z0-9.+-]{1,40};base64,"
-IMAGE_B64_PATTERN = rf"^({DATA_URL_PREFIX})?[A-Za-z0-9+/=\r\n]+$"
+_B64 = r"(?:[A-Za-z0-9+/][\r\n]*)"
+IMAGE_B64_PATTERN = (
+    rf"^({DATA_URL_PREFIX})?[\r\n]*(?:{_B64}{{4}})*"
+    rf"(?:{_B64}{{4}}|{_B64}{{2}}=[\r\n]*=|{_B64}{{3}}=)[\r\n]*$"
+)
 Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 Extent = Annotated[float, Field(gt=0, le=MAX_COORDINATE)]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from polypindex.service.schemas import (
     EXAMPLE_PNG_B64,
@@ -29,11 +29,23 @@ MAX_BATCH_QUERIES = 64
 """Most queries one ``POST /search`` may carry in ``queries``."""
 
 
+_SET = {"not": {"type": "null"}}
+ONE_OF_QUERIES: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["query"], "properties": {"query": _SET}},
+        {"required": ["queries"], "properties": {"queries": _SET}},
+    ],
+    "not": {"required": ["query", "queries"], "properties": {"query": _SET, "queries": _SET}},
+}
+"""JSON Schema: ``query`` or ``queries`` given (not null), never both."""
+
+
 class SearchRequest(BaseModel):
     """``POST /search``: the nearest indexed tracklets of a query tracklet (``query``), or
     of several searched together (``queries``); exactly one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
+    # exactly one of query / queries non-null, as the validator below says (issue 24)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [ONE_OF_QUERIES]})
 
     query: TrackletInput | None = Field(
         default=None, description="The query tracklet (a request has `query` or `queries`)."
@@ -48,7 +60,7 @@ class SearchRequest(BaseModel):
         ge=1,
         description="Results wanted (at most the service's `max_k`, 100 by default).",
     )
-    exclude_same_procedure: bool = Field(
+    exclude_same_procedure: StrictBool = Field(  # true or false, not 0 or "yes"
         default=False,
         description="For a query by `tracklet_id`: leave out every tracklet of its procedure.",
     )

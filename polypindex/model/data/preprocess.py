@@ -18,19 +18,26 @@ import numpy as np
 from polypindex.model.core.errors import ImageReadError, InvalidInputError
 from polypindex.model.core.files import atomic_write
 from polypindex.model.data.config import PreprocessConfig
-from polypindex.model.data.image_header import check_pixels, image_size
+from polypindex.model.data.image_header import MAX_IMAGE_PIXELS, check_pixels
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 ``(H, W, 3)``; raise ImageReadError naming the file."""
+def read_image(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read an image file as RGB uint8 ``(H, W, 3)``; raise ImageReadError naming the file.
+
+    Args:
+        path: the image file.
+        max_pixels: the pixel limit checked on its header before decoding (see
+            :func:`decode_image`); default the service's default ``max_image_pixels``,
+            so a frame of a source being indexed or shown is bounded like a query's.
+    """
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(f"image file not found: {p}")
     data = np.fromfile(str(p), dtype=np.uint8)
     try:
-        return decode_image(data.tobytes())
-    except ImageReadError as exc:
-        raise ImageReadError(f"cannot decode image {p}: {exc}") from exc
+        return decode_image(data.tobytes(), max_pixels=max_pixels)
+    except ImageReadError as exc:  # ImageTooLargeError stays one
+        raise type(exc)(f"cannot decode image {p}: {exc}") from exc
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
@@ -38,21 +45,21 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
 
     Args:
         data: the encoded image.
-        max_pixels: when given, only a PNG, JPEG or BMP whose header declares at most
-            this many pixels is decoded (ImageTooLargeError otherwise, before decoding).
+        max_pixels: when given, only an image whose header (one of
+            :data:`~polypindex.model.data.image_header.FORMATS`) declares at most this
+            many pixels is decoded: ImageTooLargeError over it, ImageReadError for a
+            format or a header not read there, both before decoding.
     """
     if not data:
         raise ImageReadError("empty image data")
     if max_pixels is not None:
-        if image_size(data) is None:
-            raise ImageReadError(
-                "not a decodable JPEG, PNG or BMP image (unknown format or damaged header)"
-            )
         check_pixels(data, max_pixels)
     try:
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:  # e.g. over OpenCV's own pixel limit (CV_IO_MAX_IMAGE_PIXELS)
-        raise ImageReadError(f"cannot decode the image: {str(exc).strip()[-200:]}") from exc
+        raise ImageReadError(
+            "cannot decode the image (damaged or over the decoder's limits)"
+        ) from exc
     if img is None or img.size == 0:
         raise ImageReadError("not a decodable image (corrupt or unsupported format)")
     return np.ascontiguousarray(img[:, :, ::-1])

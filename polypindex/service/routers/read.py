@@ -4,12 +4,14 @@ index. Nothing here writes or embeds."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query, Request, Response
+from pydantic import BeforeValidator
 
-from polypindex.indexer.reads import ProcedureFilter
+from polypindex.indexer.reads import MAP_METHODS, ProcedureFilter, umap_available
 from polypindex.service.deps import OptionalEncoderDep, SettingsDep, StoreDep
 from polypindex.service.errors import error_responses
 from polypindex.service.read import (
@@ -45,6 +47,20 @@ TrackletId = Annotated[int, Path(ge=1, le=2**63 - 1, description="An indexed tra
 MapLimit = Annotated[
     int, Query(ge=1, le=MAX_MAP_POINTS, description="Most points, evenly spread by id.")
 ]
+# The projections this installation can make (umap needs the optional umap-learn).
+MAP_METHODS_HERE = MAP_METHODS if umap_available() else ("pca",)
+_NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def _iso_only(value: Any) -> Any:
+    """A date-time query value must be ISO 8601, as the schema's ``format`` says: a bare
+    number (pydantic would read it as a Unix time) is refused (issue 24)."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.match(value)):
+        raise ValueError("an ISO 8601 date-time (e.g. 2026-12-01T09:00:00Z), not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 # What a read without a path parameter can answer besides 200.
 LIST_ERRORS = error_responses(422, 500, 503)
 
@@ -73,8 +89,8 @@ def list_procedures(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1, description="Procedures skipped.")] = 0,
     dataset: Annotated[str | None, _text("Only this dataset.")] = None,
-    indexed_after: Annotated[datetime | None, Query(description="Indexed at or after.")] = None,
-    indexed_before: Annotated[datetime | None, Query(description="Indexed before.")] = None,
+    indexed_after: Annotated[IsoDateTime | None, Query(description="Indexed at or after.")] = None,
+    indexed_before: Annotated[IsoDateTime | None, Query(description="Indexed before.")] = None,
     predicted_size: Annotated[SizeLabel | None, Query()] = None,
     predicted_histology: Annotated[HistologyLabel | None, Query()] = None,
     encoder_version: Annotated[str | None, _text("Only this encoder version.")] = None,
@@ -172,7 +188,11 @@ def index_map(
     store: StoreDep,
     encoder: OptionalEncoderDep,
     limit: MapLimit = 2000,
-    method: Annotated[Literal["pca", "umap"], Query(description="Projection.")] = "pca",
+    method: Annotated[
+        Literal["pca", "umap"],
+        # the schema lists umap only where umap-learn is installed, as the server allows
+        Query(description="Projection.", json_schema_extra={"enum": list(MAP_METHODS_HERE)}),
+    ] = "pca",
     encoder_version: Annotated[str | None, _text("Only this encoder version.")] = None,
 ) -> IndexMapResponse:
     """Each sampled vector of the served encoder version (or `encoder_version`) projected
