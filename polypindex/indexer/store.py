@@ -30,7 +30,7 @@ from sqlalchemy.pool import StaticPool
 from polypindex.indexer.hits import query_tracklet
 from polypindex.indexer.migrate import check_schema
 from polypindex.indexer.migrate import upgrade as migrate_schema
-from polypindex.indexer.sqlite import set_sqlite_pragmas
+from polypindex.indexer.sqlite import set_sqlite_pragmas, writable_check
 from polypindex.indexer.tables import (
     PredictionModel,
     PredictionRow,
@@ -115,6 +115,10 @@ class Store:
         self.url = url
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
+            if parsed.database not in (None, "", ":memory:"):  # no SIGBUS on a read-only file
+                check = writable_check(parsed.database)
+                event.listen(self.engine, "connect", check)  # before the pragmas
+                event.listen(self.engine, "checkout", check)
             event.listen(self.engine, "connect", set_sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
