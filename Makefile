@@ -61,3 +61,13 @@ lock:
 
 clean:
 	rm -rf var
+
+# PolypIndex beside Chroma (benchmarks/peers/): Chroma in its own venv, never in .venv;
+# JSON to benchmarks/results/peers.json, table in docs/results.md (PEERS_ARGS=... to pass options).
+PEERS_VENV ?= var/bench/peers-venv
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	test -x $(PEERS_VENV)/bin/chroma || { $(PYTHON) -m venv $(PEERS_VENV) && \
+	  $(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip && \
+	  $(PEERS_VENV)/bin/python -m pip install --quiet 'chromadb==1.5.9'; }
+	$(BIN)/python -m polypindex.benchmarks.peers --chroma $(PEERS_VENV)/bin/chroma $(PEERS_ARGS)
