@@ -3,7 +3,7 @@
     python -m tests.helpers.memory_probe CASE WORKDIR    # prints one JSON line
 
 The service runs in this process (``TestClient``, a stand-in encoder that crops like
-the ONNX encoders, ``auth="keys"`` with one read key, an empty SQLite store under
+the ONNX encoders, ``auth="keys"`` with one read key, a SQLite store of one tracklet under
 ``WORKDIR``). After a warm-up request and once the input is built, the peak resident
 memory is reset (``/proc/self/clear_refs``); the line printed gives the answer's status
 and code and ``growth_mb``: the peak (``VmHWM``) over the resident memory just before
@@ -27,9 +27,9 @@ from tests.helpers import bombs
 CASES = (
     "keyless_body",  # 63 MiB of empty lists, no key: POST /search
     "huge_embedding",  # 12.6 M numbers (48 MiB) as a query embedding, with a key
-    "query_frames",  # 32 frames of a 5000² PNG (84 kB each) as a query (POST /reid)
+    "query_frames",  # 32 frames of a 5000² PNG (84 kB each) as a query
     "strip_png",  # a strip whose source frame is a 20000² PNG
-    "strip_tiff",  # ... an 11-400 kB TIFF declaring 20000²
+    "strip_tiff",  # ... a 389 kB TIFF declaring 20000²
     "strip_gif",  # ... a 35-byte GIF declaring 20000²
     "strip_webp",  # ... a 32-byte WebP declaring 16383²
 )
@@ -76,21 +76,32 @@ class CroppingEncoder:
 def _service_case(case: str, workdir: Path) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
+    from polypindex.indexer.generations import open_or_rebuild
+    from polypindex.indexer.store import Store
+    from polypindex.indexer.tables import TrackletRow
     from polypindex.service.app import create_app
     from polypindex.service.settings import Settings
     from tests.helpers.auth import add_key, bearer
 
     settings = Settings(home=workdir / "home", auth="keys")
     token = add_key(settings, "reader", "read")
+    store = Store(settings.database_url)
+    try:  # one stored tracklet of the encoder's version, so /search serves
+        row = TrackletRow(
+            key="p/0", start_frame=0, end_frame=1, n_frames=2, embedding=np.ones(3) / 3**0.5
+        )
+        store.replace_procedure("p", "test", "synthetic", CroppingEncoder.version, [row])
+        open_or_rebuild(settings.index_dir, store, CroppingEncoder.version, 3, save=True)
+    finally:
+        store.close()
     app = create_app(settings)
     app.state.encoder = CroppingEncoder()
     with TestClient(app) as client:
         small = base64.b64encode(bombs.png(64)).decode()
         frame = {"image_b64": small, "bbox": [10, 10, 20, 20]}
-        warm = {"a": {"frames": [frame]}, "b": {"embedding": [1.0, 0.0, 0.0]}}
-        client.post("/reid", json=warm, headers=bearer(token))
+        client.post("/search", json={"query": {"frames": [frame]}}, headers=bearer(token))
         client.post("/search", content=b"[[]]")  # warm-up: the paths the case takes
-        headers, route = {"content-type": "application/json"}, "/search"
+        headers = {"content-type": "application/json"}
         if case == "keyless_body":
             n = (63 << 20) // 3
             body = b"[" + b"[]," * (n - 1) + b"[]]"
@@ -101,10 +112,9 @@ def _service_case(case: str, workdir: Path) -> dict[str, Any]:
         else:
             big = base64.b64encode(bombs.png(5000)).decode()
             one = {"image_b64": big, "bbox": [2000, 2000, 400, 400]}
-            query = {"a": {"frames": [one] * 32}, "b": {"embedding": [1.0, 0.0, 0.0]}}
-            body, route = json.dumps(query).encode(), "/reid"
+            body = json.dumps({"query": {"frames": [one] * 32}}).encode()
             headers.update(bearer(token))
-        r, growth = _measure(lambda: client.post(route, content=body, headers=headers))
+        r, growth = _measure(lambda: client.post("/search", content=body, headers=headers))
         code = r.json().get("error", {}).get("code") if r.status_code >= 400 else None
         return {"case": case, "status": r.status_code, "code": code, "growth_mb": growth}
 

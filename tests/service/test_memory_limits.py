@@ -8,6 +8,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ from helpers.auth import add_key, bearer, keys_settings
 from helpers.indexing import write_csv, write_frames
 from helpers.service_api import MeanColourEncoder, Setup, assert_error, frame, started
 
+from polypindex.indexer import strips
 from polypindex.indexer.sources import frames_source
 from polypindex.model.core.errors import InvalidInputError
 from polypindex.model.data.config import PreprocessConfig
@@ -146,3 +148,17 @@ def test_an_indexing_job_frame_over_the_limit_names_its_file(tmp_path: Path) -> 
     with pytest.raises(ImageTooLargeError, match=r"000000\.jpg") as info:
         frames_source(folder, csv)
     assert isinstance(info.value, InvalidInputError)  # the job fails with a clear 4xx-kind error
+
+
+def test_a_strip_frame_over_the_limit_is_unavailable_naming_no_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bomb = tmp_path / "secret-folder" / "000001.png"
+    bomb.parent.mkdir()
+    bomb.write_bytes(bombs.gif())
+    frames = strips.StripFrames([bomb], np.array([[1.0, 1.0, 4.0, 4.0]]), True)
+    monkeypatch.setattr(strips, "strip_frames", lambda *args, **kwargs: frames)
+    record = SimpleNamespace(id=7)
+    with pytest.raises(strips.FramesUnavailableError, match="over the pixel limit") as info:
+        strips.tracklet_strip(record, None, [tmp_path], 3, 64)  # type: ignore[arg-type]
+    assert "secret-folder" not in str(info.value) and "000001" not in str(info.value)
