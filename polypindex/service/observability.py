@@ -270,8 +270,9 @@ class RequestMiddleware:
                 },
             )
             audited, params = bool(state.get("audited")), None
-            if not audited:  # refused before the key check ran (413, an unparsable body)
-                audited, found, params = audited_route(scope)
+            if not audited or route is None:  # refused before routing (413) or the key check
+                matched, found, params = audited_route(scope)
+                audited = audited or matched
                 template = template if route is not None else (found or template)
             if audited:
                 checked = state.get("key_name") is not None or state.get("audited")
