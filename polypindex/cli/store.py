@@ -2,16 +2,18 @@
 
 Each command parses its options and calls one library function of
 :mod:`polypindex.indexer`. ``polypindex index DATA`` (no sub-command) still means
-``polypindex index coco DATA``. Locations not given come from ``POLYPINDEX_*`` or
+``polypindex index coco DATA``. The ``index`` command of each input kind (``coco``,
+``video``, ``frames``) is made from the kind's declaration
+(:mod:`polypindex.indexer.kinds`). Locations not given come from ``POLYPINDEX_*`` or
 ``--home`` (:func:`polypindex.cli.options.layout`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_type_hints
 
 import typer
 from typer.core import TyperGroup
@@ -28,20 +30,36 @@ from polypindex.cli.options import (
 from polypindex.model.core.errors import PolypIndexError
 
 if TYPE_CHECKING:
+    from polypindex.indexer.kinds.base import Batch, InputKind
     from polypindex.indexer.store import Store
     from polypindex.indexer.vectors import IndexPolicy
     from polypindex.model.core.layout import Layout
-    from polypindex.model.data.config import TrackletConfig
-
-ForceOpt = Annotated[bool, typer.Option(help="Re-embed procedures that are already indexed.")]
-DetectionsOpt = Annotated[Path, typer.Option(help="MOT-style CSV: frame,x,y,w,h,score[,track_id].")]
-MinScoreOpt = Annotated[float, typer.Option(help="Ignore boxes scoring below this.")]
 
 
-class _CocoByDefault(TyperGroup):
-    """A group whose first argument, when it is not a sub-command, goes to ``coco``."""
+class _IndexGroup(TyperGroup):
+    """``polypindex index``: one command per input kind (:func:`kind_commands`), then the
+    others; a first argument that is no command goes to ``coco``.
+
+    The kind commands are added when the group is first used, so that no other command
+    imports the indexer to build its command line."""
+
+    _kinds_added = False
+
+    def _add_kinds(self) -> None:
+        if not self._kinds_added:
+            self.commands = {**kind_commands(), **self.commands}
+            self._kinds_added = True
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        self._add_kinds()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        self._add_kinds()
+        return super().get_command(ctx, cmd_name)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        self._add_kinds()
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             args = ["coco", *args]
         return super().parse_args(ctx, args)
@@ -49,7 +67,7 @@ class _CocoByDefault(TyperGroup):
 
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 index_app = typer.Typer(
-    cls=_CocoByDefault,
+    cls=_IndexGroup,
     help="Index procedures (COCO folder, video + CSV, frames + CSV); rebuild or list index generations.",
     no_args_is_help=True,
 )
@@ -162,71 +180,6 @@ class IndexRun(Locations, PolicyOptions):
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class Detections:
-    """A procedure's detections (a MOT-style CSV) and how they are linked into tracklets."""
-
-    detections: Annotated[Path, typer.Option(help="MOT-style CSV: frame,x,y,w,h,score[,track_id].")]
-    min_score: Annotated[float, typer.Option(help="Ignore boxes scoring below this.")] = 0.0
-    min_tracklet_length: Annotated[
-        int,
-        typer.Option(help="Tracklets with fewer frames are dropped (docs/method.md#tracklets)."),
-    ] = 30
-    separation_thresh: Annotated[
-        int, typer.Option(help="A larger frame gap starts a new tracklet.")
-    ] = 1
-    iou_thresh: Annotated[
-        float, typer.Option(help="A lower IoU with the previous box starts a new one.")
-    ] = 0.1
-
-    @property
-    def config(self) -> TrackletConfig:
-        from polypindex.model.data.config import TrackletConfig
-
-        linking = ("separation_thresh", "iou_thresh", "min_tracklet_length")
-        return TrackletConfig(**{name: getattr(self, name) for name in linking})
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoInput:
-    """A video file as one procedure (streamed, never fully loaded)."""
-
-    video: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, avi ...).")]
-    uid: Annotated[str | None, typer.Option(help="Procedure UID (default: the file stem).")] = None
-    first_frame: Annotated[
-        int, typer.Option(help="Number of the video's first frame in the CSV (MOT: 1).")
-    ] = 0
-
-    def source(self, found: Detections) -> Any:
-        from polypindex.indexer.sources import video_source
-
-        return video_source(
-            self.video,
-            found.detections,
-            self.uid,
-            first_frame=self.first_frame,
-            min_score=found.min_score,
-            config=found.config,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class FramesInput:
-    """A folder of frame images as one procedure."""
-
-    folder: Annotated[Path, typer.Argument(help="Folder of frame images (number in each name).")]
-    uid: Annotated[str | None, typer.Option(help="Procedure UID (default: the folder name).")] = (
-        None
-    )
-
-    def source(self, found: Detections) -> Any:
-        from polypindex.indexer.sources import frames_source
-
-        return frames_source(
-            self.folder, found.detections, self.uid, min_score=found.min_score, config=found.config
-        )
-
-
 def _echo(data: Any) -> None:
     typer.echo(json.dumps(data, default=str, indent=2))
 
@@ -279,48 +232,80 @@ def db_current(database_url: DatabaseOpt = None, home: HomeOpt = None) -> None:
 # -- index ------------------------------------------------------------------------------
 
 
-@index_app.command("coco")
-@option_groups
-def index_coco(
-    data: Annotated[Path, typer.Argument(help="COCO dataset folder (images/ + annotations/).")],
-    split: Annotated[
-        list[str] | None, typer.Option(help="Split(s) to index (repeatable; default: test).")
-    ] = None,
-    *,
-    run: IndexRun,
-) -> None:
-    """Index the procedures of a COCO dataset: tracklets -> embeddings -> SQL rows + FAISS."""
-    from polypindex.indexer.sources import coco_sources
+def _typer_group(group: type) -> type:
+    """A dataclass of :class:`~polypindex.indexer.kinds.base.CliArgument` /
+    :class:`~polypindex.indexer.kinds.base.CliOption` fields as Typer reads it: the same
+    fields, defaults and help, as ``typer.Argument`` / ``typer.Option``."""
+    from polypindex.indexer.kinds.base import CliArgument, CliOption
 
+    hints = get_type_hints(group, include_extras=True)
+    fields: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(group):
+        kind, *marks = get_args(hints[f.name])
+        (mark,) = [m for m in marks if isinstance(m, CliArgument | CliOption)]
+        param = (
+            typer.Argument(help=mark.help)
+            if isinstance(mark, CliArgument)
+            else typer.Option(help=mark.help)
+        )
+        default = {} if f.default is dataclasses.MISSING else {"default": f.default}
+        fields.append((f.name, Annotated[kind, param], dataclasses.field(**default)))
+    return dataclasses.make_dataclass(group.__name__, fields, frozen=True)
+
+
+def _as(group: type, values: Any) -> Any:
+    """``values`` (an instance of ``_typer_group(group)``) as a ``group``."""
+    return group(**{f.name: getattr(values, f.name) for f in dataclasses.fields(values)})
+
+
+def _index_command(kind: InputKind[Any]) -> Any:
+    """``polypindex index <kind>``: the kind's inputs (and detections options), then the
+    locations, policy and engine of :class:`IndexRun`."""
+    from polypindex.indexer.kinds.base import DetectionOptions
+
+    cli = kind.cli
+    groups: dict[str, type] = {"procedure": cli.inputs}
+    if cli.detections:
+        groups["found"] = DetectionOptions
+    typed = {name: _typer_group(group) for name, group in groups.items()}
+
+    def command(**values: Any) -> None:
+        given = {name: _as(group, values[name]) for name, group in groups.items()}
+        _index(kind.cli_batches(given["procedure"], given.get("found")), values["run"])
+
+    parameters = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation)
+        for name, annotation in [*typed.items(), ("run", IndexRun)]
+    ]
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__name__ = f"index_{kind.name}"
+    command.__doc__ = inspect.cleandoc(cli.inputs.__doc__ or "")
+    return option_groups(command)
+
+
+def kind_commands() -> dict[str, Any]:
+    """One click command per input kind (:data:`~polypindex.indexer.kinds.registry.KINDS`),
+    in the registry's order."""
+    from polypindex.indexer.kinds.registry import KINDS
+
+    commands = {}
+    for name, kind in KINDS.items():
+        single = typer.Typer(add_completion=False)
+        single.command(name)(_index_command(kind))
+        commands[name] = typer.main.get_command(single)
+    return commands
+
+
+def _index(batches: list[Batch], run: IndexRun) -> None:
+    """Index each batch of a kind's command as ``run`` says, one report each."""
     lay = run.layout
     encoder = _load_encoder(lay)
-    for s in split or ["test"]:
-        sources = coco_sources(data, s)
+    for batch in batches:
         report = run.run_batch(
-            sources, lay, encoder, policy=run.policy, description=f"indexing {s}"
+            batch.sources(), lay, encoder, policy=run.policy, description=batch.description
         )
         _echo(report.to_dict())
-
-
-def _index_source(source: Any, run: IndexRun) -> None:
-    """Index one procedure source as ``run`` says."""
-    lay = run.layout
-    encoder = _load_encoder(lay)
-    _echo(run.run_batch([source], lay, encoder, policy=run.policy).to_dict())
-
-
-@index_app.command("video")
-@option_groups
-def index_video(*, procedure: VideoInput, found: Detections, run: IndexRun) -> None:
-    """Index one procedure from a video file and its detections (streamed, never fully loaded)."""
-    _index_source(procedure.source(found), run)
-
-
-@index_app.command("frames")
-@option_groups
-def index_frames(*, procedure: FramesInput, found: Detections, run: IndexRun) -> None:
-    """Index one procedure from a folder of frames and its detections."""
-    _index_source(procedure.source(found), run)
 
 
 @index_app.command("predict")

@@ -1,4 +1,4 @@
-"""Indexing jobs with their state in the database, run in the background (docs/store.md, issue 4).
+"""Indexing jobs with their state in the database, run in the background (docs/store.md).
 
 What ``POST /procedures`` and ``GET /jobs/{id}`` need, without HTTP:
 
@@ -31,57 +31,33 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import Select, select, update
 
 from polypindex.indexer.embed import Embedder
 from polypindex.indexer.faults import display_path, public_message, storage_fault
 from polypindex.indexer.generations import IndexSink
+from polypindex.indexer.job_store import JobStore, utc_now
+from polypindex.indexer.kinds.base import InputKind, P
+from polypindex.indexer.kinds.registry import input_kind
 from polypindex.indexer.locations import Anchors
 from polypindex.indexer.pipeline import index_sources
 from polypindex.indexer.progress import Progress
-from polypindex.indexer.sources import (
-    ProcedureSource,
-    SourceOptions,
-    check_in_roots,
-    coco_sources,
-    frames_source,
-    video_source,
-)
+from polypindex.indexer.sources import ProcedureSource, check_in_roots
 from polypindex.indexer.store import Store
 from polypindex.indexer.tables import JobModel
 from polypindex.indexer.vectors import IndexPolicy
+from polypindex.indexer.worker import BackgroundWorker
 from polypindex.model.core.errors import InvalidInputError, NotFoundError
-from polypindex.model.data.config import TrackletConfig
 from polypindex.model.scoring.probe import Probe
 
-JOB_KINDS = ("coco", "video", "frames")
 STATUSES = ("queued", "running", "succeeded", "failed")
-# Which request fields are paths (checked against the data roots), per kind.
-_PATH_FIELDS = {
-    "coco": ("root",),
-    "video": ("video", "detections"),
-    "frames": ("folder", "detections"),
-}
-_FOLDER_FIELDS = {"root", "folder"}
-_REQUIRED = {
-    "coco": ("root",),
-    "video": ("video", "detections"),
-    "frames": ("folder", "detections"),
-}
-_OPTIONAL = {
-    "coco": ("split", "force", "min_tracklet_length"),
-    "video": ("uid", "first_frame", "min_score", "force", "min_tracklet_length"),
-    "frames": ("uid", "min_score", "force", "min_tracklet_length"),
-}
+logger = logging.getLogger(__name__)
 
 
 class JobNotFoundError(NotFoundError):
@@ -120,29 +96,12 @@ class JobRecord:
         }
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+_DECODED = {"params": "params_json", "progress": "progress_json"}  # JSON text columns
 
 
 def _record(m: JobModel) -> JobRecord:
-    return JobRecord(
-        id=m.id,
-        kind=m.kind,
-        status=m.status,
-        params=json.loads(m.params_json),
-        progress=json.loads(m.progress_json),
-        error=m.error,
-        worker=m.worker,
-        created_at=m.created_at,
-        updated_at=m.updated_at,
-        started_at=m.started_at,
-        finished_at=m.finished_at,
-    )
-
-
-def _records(store: Store, query: Select[JobModel]) -> list[JobRecord]:
-    with store.sessions() as session:
-        return [_record(m) for m in session.scalars(query)]
+    values = {f.name: getattr(m, _DECODED.get(f.name, f.name)) for f in fields(JobRecord)}
+    return JobRecord(**{k: json.loads(v) if k in _DECODED else v for k, v in values.items()})
 
 
 def validate_request(
@@ -150,70 +109,51 @@ def validate_request(
 ) -> dict[str, Any]:
     """Check an indexing request; return it with its paths resolved.
 
+    The kind's job model checks the fields (:mod:`polypindex.indexer.kinds`); here, what
+    needs the file system: each path field inside the data roots, there, a folder or a
+    file as the field says, then the kind's own check (the COCO annotation file).
+
     Raises:
-        InvalidInputError: unknown kind, missing or unknown fields, a path that does not exist.
+        InvalidInputError: unknown kind, missing, unknown or invalid fields, a path that
+            does not exist.
         PathNotAllowedError: a path outside the data roots.
     """
-    if kind not in JOB_KINDS:
-        raise InvalidInputError(f"unknown job kind {kind!r}; expected one of {list(JOB_KINDS)}")
-    missing = [f for f in _REQUIRED[kind] if not params.get(f)]
-    if missing:
-        raise InvalidInputError(f"a {kind!r} job needs field(s) {missing}")
-    unknown = sorted(set(params) - set(_REQUIRED[kind]) - set(_OPTIONAL[kind]))
-    if unknown:
-        raise InvalidInputError(
-            f"unknown field(s) {unknown} for a {kind!r} job; allowed: "
-            f"{[*_REQUIRED[kind], *_OPTIONAL[kind]]}"
-        )
-    out = dict(params)
-    for name in _PATH_FIELDS[kind]:
-        path = check_in_roots(str(params[name]), data_roots, name)
+    spec = input_kind(kind)
+    job = spec.parse(params)
+    resolved: dict[str, str] = {}
+    for name, field in spec.path_fields.items():
+        value = getattr(job, name)
+        if value is None:
+            continue
+        path = check_in_roots(value, data_roots, name)
         shown = display_path(path, data_roots)
         if not path.exists():
             raise InvalidInputError(f"{name}: {shown} does not exist")
-        want_dir = name in _FOLDER_FIELDS
-        if want_dir != path.is_dir():
-            raise InvalidInputError(f"{name}: {shown} is not a {'folder' if want_dir else 'file'}")
-        out[name] = str(path)
-    if kind == "coco":  # the annotation file is known now: check it now
-        from polypindex.model.data.coco import annotation_path  # pycocotools is slow to import
-
-        split = str(params.get("split", "test"))
-        annotations = check_in_roots(
-            annotation_path(out["root"], split),
-            data_roots,
-            f"the annotation file of split {split!r}",
-        )
-        if not annotations.is_file():
+        if field.folder != path.is_dir():
             raise InvalidInputError(
-                f"root: {display_path(annotations, data_roots)} does not exist "
-                f"(expected ROOT/annotations/instances_{split}.json)"
+                f"{name}: {shown} is not a {'folder' if field.folder else 'file'}"
             )
-    return out
+        resolved[name] = str(path)
+    if spec.check is not None:
+        spec.check(job.model_copy(update=resolved), data_roots)
+    return {**params, **resolved}
 
 
 def build_sources(
-    kind: str, params: dict[str, Any], data_roots: Sequence[str | Path] | None = None
+    spec: InputKind[P], job: P, data_roots: Sequence[str | Path] | None = None
 ) -> list[ProcedureSource]:
-    """The procedures of a validated request.
+    """The procedures of a validated request (``job``, of kind ``spec``).
 
     With ``data_roots``, the request's paths are checked again (a symlink may have
     changed since it was queued) and so is every file the sources will read (COCO
     images, frame files), before anything is read or written.
     """
     if data_roots is not None:
-        for name in _PATH_FIELDS[kind]:
-            check_in_roots(params[name], data_roots, name)
-    config = TrackletConfig(min_tracklet_length=int(params.get("min_tracklet_length", 30)))
-    if kind == "coco":
-        return coco_sources(params["root"], params.get("split", "test"), config, roots=data_roots)
-    # a video or a frames folder, each with its detections CSV
-    detections, uid = params["detections"], params.get("uid")
-    options: SourceOptions = {"config": config, "min_score": float(params.get("min_score", 0.0))}
-    if kind == "video":
-        first_frame = int(params.get("first_frame", 0))
-        return [video_source(params["video"], detections, uid, first_frame=first_frame, **options)]
-    return [frames_source(params["folder"], detections, uid, roots=data_roots, **options)]
+        for name in spec.path_fields:
+            value = getattr(job, name)
+            if value is not None:
+                check_in_roots(value, data_roots, name)
+    return spec.job_sources(job, data_roots)
 
 
 class JobRunner:
@@ -255,9 +195,14 @@ class JobRunner:
         self.sink = sink
         self.anchors = Anchors(Path(home) if home is not None else None, tuple(self.data_roots))
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.jobs = JobStore(store)
+        self._worker = BackgroundWorker(
+            "polypindex-jobs",
+            self._work,
+            lambda: self.poll_s,
+            error="job worker error",
+            logger=logger,
+        )
         # Final job states that could not be written yet (job id -> column values).
         self.unrecorded: dict[str, dict[str, Any]] = {}
         self.finish_attempts = 3
@@ -268,7 +213,7 @@ class JobRunner:
     def submit(self, kind: str, params: dict[str, Any]) -> JobRecord:
         """Validate a request and queue it; nothing is written when it is refused."""
         checked = validate_request(kind, params, self.data_roots)
-        now = _now()
+        now = utc_now()
         model = JobModel(
             id=uuid.uuid4().hex,
             kind=kind,
@@ -278,24 +223,20 @@ class JobRunner:
             created_at=now,
             updated_at=now,
         )
-        with self.store.sessions.begin() as session:
-            session.add(model)
-        self._wake.set()
+        self.jobs.insert(model)
+        self._worker.wake()
         return self.get(model.id)
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raises JobNotFoundError."""
-        found = _records(self.store, select(JobModel).where(JobModel.id == job_id))
-        if not found:
+        found = self.jobs.find(job_id)
+        if found is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        return found[0]
+        return _record(found)
 
     def list(self, status: str | None = None) -> list[JobRecord]:
         """Jobs, oldest first (of one status when given)."""
-        query = select(JobModel).order_by(JobModel.created_at, JobModel.id)
-        if status is not None:
-            query = query.where(JobModel.status == status)
-        return _records(self.store, query)
+        return [_record(m) for m in self.jobs.list(status)]
 
     # -- the worker side ---------------------------------------------------------------
 
@@ -304,43 +245,13 @@ class JobRunner:
 
         Call it once at start-up, when no other runner is alive on this database.
         """
-        with self.store.sessions.begin() as session:
-            result = session.execute(
-                update(JobModel)
-                .where(JobModel.status == "running")
-                .values(status="queued", worker=None, updated_at=_now())
-            )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return self.jobs.requeue_running()
 
     def _claim(self) -> str | None:
-        with self.store.sessions() as session:
-            candidates = list(
-                session.scalars(
-                    select(JobModel.id)
-                    .where(JobModel.status == "queued")
-                    .order_by(JobModel.created_at, JobModel.id)
-                    .limit(5)
-                )
-            )
-        for job_id in candidates:
-            with self.store.sessions.begin() as session:
-                now = _now()
-                result = session.execute(
-                    update(JobModel)
-                    .where(JobModel.id == job_id, JobModel.status == "queued")
-                    .values(
-                        status="running", worker=self.worker_name, started_at=now, updated_at=now
-                    )
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    return job_id
-        return None
+        return self.jobs.claim(self.worker_name)
 
     def _set(self, job_id: str, **values: Any) -> None:
-        with self.store.sessions.begin() as session:
-            session.execute(
-                update(JobModel).where(JobModel.id == job_id).values(updated_at=_now(), **values)
-            )
+        self.jobs.update(job_id, **values)
 
     def run_one(self) -> JobRecord | None:
         """Claim and run one queued job in this thread; ``None`` when none is queued."""
@@ -353,13 +264,14 @@ class JobRunner:
             self._set(job_id, progress_json=json.dumps(p.to_dict()))
 
         try:
-            sources = build_sources(job.kind, job.params, self.data_roots)
+            spec = input_kind(job.kind)
+            request = spec.parse(job.params)
             report = index_sources(
-                sources,
+                build_sources(spec, request, self.data_roots),
                 self.store,
                 self.index_dir,
                 self.encoder,
-                force=bool(job.params.get("force", False)),
+                force=request.force,
                 progress=False,
                 on_progress=progress,
                 policy=self.policy,
@@ -369,19 +281,19 @@ class JobRunner:
             )
         except Exception as exc:
             error = self.describe(exc)
-            logging.getLogger(__name__).warning("job %s failed: %s", job_id, error)
-            return self._finish(job, status="failed", error=error, finished_at=_now())
+            logger.warning("job %s failed: %s", job_id, error)
+            return self._finish(job, status="failed", error=error, finished_at=utc_now())
         try:
             current = self.get(job_id).progress
             self._set(
                 job_id,
                 status="succeeded",
                 progress_json=json.dumps({**current, "report": report.to_dict()}),
-                finished_at=_now(),
+                finished_at=utc_now(),
             )
         except Exception as exc:  # indexed, but the job row cannot be written
             error = f"the job's result could not be recorded: {self.describe(exc)}"
-            return self._finish(job, status="failed", error=error, finished_at=_now())
+            return self._finish(job, status="failed", error=error, finished_at=utc_now())
         return self.get(job_id)
 
     def describe(self, exc: BaseException) -> str:
@@ -401,7 +313,7 @@ class JobRunner:
                 self._set(job.id, **values)
                 return self.get(job.id)
             except Exception:
-                logging.getLogger(__name__).exception(
+                logger.exception(
                     "cannot record job %s as %s (attempt %d)", job.id, values["status"], attempt + 1
                 )
                 time.sleep(self.retry_s * (attempt + 1))
@@ -420,30 +332,17 @@ class JobRunner:
 
     def start(self) -> None:
         """Recover interrupted jobs and start the worker thread."""
-        if self._thread is not None:
+        if self._worker.running:
             return
         self.recover()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="polypindex-jobs", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Stop after the current job (a job cut short is recovered at the next start)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._worker.stop(timeout)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                # while the store still cannot be written, run nothing new
-                stuck = bool(self.unrecorded) and self.retry_unrecorded() > 0
-                ran = None if stuck else self.run_one()
-            except Exception:  # the database is away: keep the thread alive, retry later
-                logging.getLogger(__name__).exception("job worker error")
-                ran = None
-            if ran is None:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+    def _work(self) -> bool:
+        """One pass of the worker thread: whether it ran a job (then it looks again at once)."""
+        if self.unrecorded and self.retry_unrecorded() > 0:
+            return False  # while the store still cannot be written, run nothing new
+        return self.run_one() is not None

@@ -1,106 +1,39 @@
 """The bodies of the indexing endpoints: ``POST /procedures`` (one typed model per input
 kind, a discriminated union on ``kind``), the job and delete responses.
 
-Extra fields are forbidden, every path and UID refuses control characters and has a
-length cap, every integer has a range, so a malformed job is a 422 at submission,
-never a job that fails later in the worker.
+The job models are the input kinds' (:mod:`polypindex.indexer.kinds`, one per kind in
+:data:`~polypindex.indexer.kinds.registry.KINDS`): extra fields are forbidden, every
+path and UID refuses control characters and has a length cap, every integer has a
+range, so a malformed job is a 422 at submission, never a job that fails later in the
+worker.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-from polypindex.service.schemas import MAX_ID, InputPath, ProcedureUid
+from polypindex.indexer.kinds.base import JobParams
+from polypindex.indexer.kinds.registry import KINDS
 
-MAX_TRACKLET_LENGTH = 1_000_000
-MinTrackletLength = Annotated[
-    int,
-    Field(
-        ge=1,
-        le=MAX_TRACKLET_LENGTH,
-        description="Tracklets shorter than this many frames are not indexed (default 30).",
-    ),
-]
-MinScore = Annotated[
-    float,
-    Field(ge=-1e9, le=1e9, description="Boxes scoring below it are ignored (default 0)."),
-]
-JOB_PATH_NOTE = (
-    " Absolute, inside the service's data roots (symlinks are followed and must stay inside)."
-)
-
-
-class _JobBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    force: bool = Field(default=False, description="Re-index procedures already stored.")
-    min_tracklet_length: MinTrackletLength = 30
-
-
-class CocoJob(_JobBase):
-    """A COCO dataset folder: ``ROOT/annotations/instances_<split>.json`` and ``ROOT/images``.
-    Every image the annotations name must lie inside the data roots too."""
-
-    kind: Literal["coco"]
-    root: InputPath = Field(description="The dataset folder." + JOB_PATH_NOTE)
-    split: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = Field(
-        default="test", description="The split (letters, digits, `_`, `-`)."
-    )
-
-
-class VideoJob(_JobBase):
-    """A video file and its detections CSV (``frame,x,y,w,h,score[,track_id]``)."""
-
-    kind: Literal["video"]
-    video: InputPath = Field(description="The video file." + JOB_PATH_NOTE)
-    detections: InputPath = Field(description="The detections CSV." + JOB_PATH_NOTE)
-    uid: ProcedureUid | None = Field(default=None, description="Default: the video's stem.")
-    first_frame: int = Field(
-        default=0, ge=0, le=MAX_ID, description="The number of the video's first frame."
-    )
-    min_score: MinScore = 0.0
-
-
-class FramesJob(_JobBase):
-    """A folder of frame images (the frame number is the last number of each file name)
-    and its detections CSV."""
-
-    kind: Literal["frames"]
-    folder: InputPath = Field(description="The frames folder." + JOB_PATH_NOTE)
-    detections: InputPath = Field(description="The detections CSV." + JOB_PATH_NOTE)
-    uid: ProcedureUid | None = Field(default=None, description="Default: the folder's name.")
-    min_score: MinScore = 0.0
-
-
-IndexRequest = Annotated[CocoJob | VideoJob | FramesJob, Field(discriminator="kind")]
+if TYPE_CHECKING:
+    IndexRequest = JobParams
+else:
+    IndexRequest = Annotated[
+        Union[tuple(kind.params for kind in KINDS.values())],  # noqa: UP007
+        Field(discriminator="kind"),
+    ]
 """``POST /procedures``: an indexing job, one model per ``kind`` (no other fields)."""
 
-JOB_EXAMPLES: dict[str, dict[str, Any]] = {
-    "coco": {
-        "summary": "A COCO dataset folder",
-        "value": {"kind": "coco", "root": "/data/coco/new", "split": "test"},
-    },
-    "video": {
-        "summary": "A video and its detections",
-        "value": {"kind": "video", "video": "/data/v/p1.mp4", "detections": "/data/v/p1.csv"},
-    },
-    "frames": {
-        "summary": "A frames folder and its detections",
-        "value": {
-            "kind": "frames",
-            "folder": "/data/f/p2",
-            "detections": "/data/f/p2.csv",
-            "min_tracklet_length": 10,
-        },
-    },
-}
+JOB_EXAMPLES: dict[str, dict[str, Any]] = {name: kind.example for name, kind in KINDS.items()}
 
 
-def job_params(job: CocoJob | VideoJob | FramesJob) -> dict[str, Any]:
-    """The job's fields but ``kind``, as the job runner takes them (unset optionals left out)."""
-    return job.model_dump(exclude={"kind"}, exclude_none=True)
+def job_request(job: JobParams) -> tuple[str, dict[str, Any]]:
+    """The job's kind, and its other fields as the job runner takes them (``None``
+    optionals left out)."""
+    fields = job.model_dump(exclude_none=True)
+    return str(fields.pop("kind")), fields
 
 
 class JobResponse(BaseModel):

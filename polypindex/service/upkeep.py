@@ -41,6 +41,7 @@ import numpy as np
 from polypindex.indexer.generations import build_from_store, generation_dir, sync_with_store
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
+from polypindex.indexer.worker import BackgroundWorker
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,13 @@ class IndexUpkeep:
         self._last_save = time.monotonic()
         self._saved_changes = index.changes if index is not None else -1
         self._saved_structural = index.structural_changes if index is not None else -1
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = BackgroundWorker(
+            "polypindex-index-upkeep",
+            self._pass,
+            lambda: max(0.02, min(self.refresh_s, 1.0)),
+            error="index upkeep failed; the loaded index keeps serving",
+            logger=logger,
+        )
         self._lock = threading.Lock()  # one pass at a time (the thread, or step() in tests)
         self._save_lock = threading.Lock()
         self.passes = 0
@@ -118,7 +123,7 @@ class IndexUpkeep:
         index = self.index
         if index is None or index.corrupt or self._state != READY:
             if index is not None and index.corrupt:
-                self._wake.set()
+                self._worker.wake()
             return None
         return index
 
@@ -133,7 +138,7 @@ class IndexUpkeep:
         index.remove(removed)
         index.add(np.asarray(ids, dtype=np.int64), vectors, skip_present=True)
         self._expect(before, len(ids) - len(removed), max(ids) if len(ids) else None)
-        self._wake.set()
+        self._worker.wake()
 
     def deleted(self, ids: Sequence[int]) -> None:
         """A procedure's rows were deleted: tombstones now, compacted in the background."""
@@ -143,7 +148,7 @@ class IndexUpkeep:
         before = self._seen
         index.remove(ids)
         self._expect(before, -len(ids), None)
-        self._wake.set()
+        self._worker.wake()
 
     def _expect(self, before: tuple[int, int], count_delta: int, new_max: int | None) -> None:
         """Take the store's fingerprint as seen if it moved exactly as this change did
@@ -161,34 +166,19 @@ class IndexUpkeep:
     # -- the thread ----------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._loop, name="polypindex-index-upkeep", daemon=True
-        )
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Stop the thread, then save a changed index."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._worker.stop(timeout)
         try:
             self._save(force=True)
         except Exception:
             logger.exception("cannot save the index snapshot at shutdown")
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except Exception:
-                logger.exception("index upkeep failed; the loaded index keeps serving")
-            self._wake.wait(max(0.02, min(self.refresh_s, 1.0)))
-            self._wake.clear()
+    def _pass(self) -> bool:
+        self.step()
+        return False  # the next pass after the wait (or a wake-up)
 
     def step(self) -> dict[str, Any]:
         """One pass: repair, catch up, compact, save (what the thread runs; tests call it)."""

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Path, Query, Response
 
 from polypindex.indexer.faults import display_path, public_message
+from polypindex.indexer.jobs import JobRecord
+from polypindex.indexer.kinds.registry import KINDS, path_fields
 from polypindex.service import backend
 from polypindex.service.deps import JobsDep, OptionalUpkeepDep, SettingsDep, StoreDep
 from polypindex.service.errors import error_responses
@@ -21,7 +23,7 @@ from polypindex.service.job_schemas import (
     IndexRequest,
     JobListResponse,
     JobResponse,
-    job_params,
+    job_request,
 )
 from polypindex.service.routers.documented import documented_router
 from polypindex.service.schemas import MAX_UID_LENGTH, NO_CONTROL_CHARS
@@ -43,7 +45,7 @@ ProcedureUidPath = Annotated[
         description="The procedure's UID (may contain `/`).",
     ),
 ]
-PATH_PARAMS = {"root", "video", "detections", "folder"}
+PATH_PARAMS = path_fields()
 
 
 def _shown(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -54,7 +56,7 @@ def _shown(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     }
 
 
-def job_response(job: backend.JobRecord, settings: Settings) -> JobResponse:
+def job_response(job: JobRecord, settings: Settings) -> JobResponse:
     d = job.to_dict()
     return JobResponse(
         job_id=d["id"],
@@ -70,10 +72,31 @@ def job_response(job: backend.JobRecord, settings: Settings) -> JobResponse:
     )
 
 
+def _kinds_sentence() -> str:
+    """The input kinds and their required fields, as ``POST /procedures`` lists them."""
+    listed = []
+    for name, kind in KINDS.items():
+        fields = ", ".join(f"`{f}`" for f in kind.required)
+        listed.append(f"`{name}` ({'field ' if len(kind.required) == 1 else ''}{fields})")
+    return ", ".join(listed[:-1]) + " or " + listed[-1] if len(listed) > 1 else listed[0]
+
+
+SUBMIT_DESCRIPTION = (
+    f"Queues an indexing job: `kind` is {_kinds_sentence()}, plus that kind's optional "
+    "fields and no others (else 422). Every path must lie inside the service's data roots "
+    "(`POLYPINDEX_DATA_ROOTS`), symlinks followed: else 403 `path_not_allowed` and nothing "
+    "is written; a file found only when the job runs (a COCO image) that lies outside "
+    "fails the job before anything is written. Poll `GET /jobs/{job_id}` (the `Location` "
+    "header). Each procedure is committed whole or not at all; a job that fails keeps the "
+    "procedures it finished."
+)
+
+
 @router.post(
     "/procedures",
     status_code=202,
     summary="Index new procedures (a background job)",
+    description=SUBMIT_DESCRIPTION,
     responses=error_responses(403, 413, 422, 500, 503, 507),
 )
 def submit_procedures(
@@ -82,16 +105,7 @@ def submit_procedures(
     settings: SettingsDep,
     response: Response,
 ) -> JobResponse:
-    """Queues an indexing job: `kind` is `coco` (field `root`), `video` (`video`,
-    `detections`) or `frames` (`folder`, `detections`), plus that kind's optional fields
-    and no others (else 422). Every path must lie inside the service's data roots
-    (`POLYPINDEX_DATA_ROOTS`), symlinks followed: else 403 `path_not_allowed` and nothing
-    is written; a file found only when the job runs (a COCO image) that lies outside
-    fails the job before anything is written. Poll `GET /jobs/{job_id}` (the `Location`
-    header). Each procedure is committed whole or not at all; a job that fails keeps the
-    procedures it finished.
-    """
-    job = backend.submit_job(runner, body.kind, job_params(body))
+    job = backend.submit_job(runner, *job_request(body))
     response.headers["Location"] = f"/jobs/{job.id}"
     return job_response(job, settings)
 
