@@ -93,13 +93,12 @@ def test_non_finite_bbox_is_422(client: TestClient) -> None:
 
 def test_bad_base64_is_422_naming_the_frame(client: TestClient) -> None:
     # Outside the published pattern: a schema error (issue 11: the schema is as strict as
-    # the server); base64 characters that do not decode: the decoder's error.
-    frames = [frame(), {"image_b64": "this is *not* base64!", "bbox": [0, 0, 4, 4]}]
-    r = client.post("/search", json={"query": {"frames": frames}})
-    assert_error(r, 422, "validation_error", "body.query.frames.1.image_b64", "pattern")
-    frames = [frame(), {"image_b64": "abcde", "bbox": [0, 0, 4, 4]}]
-    r = client.post("/search", json={"query": {"frames": frames}})
-    assert_error(r, 422, "invalid_input", "body.query.frames.1.image_b64", "base64")
+    # the server); base64 of a wrong length too, since the pattern is base64's own grammar
+    # (issue 24: what the pattern accepts, the decoder accepts).
+    for bad in ("this is *not* base64!", "abcde"):
+        frames = [frame(), {"image_b64": bad, "bbox": [0, 0, 4, 4]}]
+        r = client.post("/search", json={"query": {"frames": frames}})
+        assert_error(r, 422, "validation_error", "body.query.frames.1.image_b64", "pattern")
 
 
 def test_undecodable_image_is_422_naming_the_frame(client: TestClient) -> None:
