@@ -5,11 +5,14 @@ polyp (:func:`reid_pair`). Each tracklet is embedded by :class:`service.backend.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import numpy as np
 
+from polypindex.indexer.grouping import reid_calibration
 from polypindex.indexer.predictions import predict
+from polypindex.indexer.tables import TrackletRecord
+from polypindex.model.scoring.pairs import TrackletFacts, pair_evidence
 from polypindex.model.scoring.reid import decide
-from polypindex.service.backend import QueryEmbedder
+from polypindex.service.backend import EmbeddedInput, QueryEmbedder
 from polypindex.service.resources import Probes
 from polypindex.service.schemas import (
     Prediction,
@@ -19,7 +22,21 @@ from polypindex.service.schemas import (
     ReidResponse,
 )
 
-__all__ = ["predict_tracklet", "reid_pair"]
+__all__ = ["facts_of_record", "predict_tracklet", "reid_pair"]
+
+
+def facts_of_record(record: TrackletRecord | None) -> TrackletFacts | None:
+    """What the store knows of a query tracklet given by id (procedure, span, boxes);
+    ``None`` for one given as frames or an embedding (its context is ``unknown``)."""
+    if record is None:
+        return None
+    return TrackletFacts.of_stored(
+        record.procedure_uid, record.id, record.start_frame, record.end_frame, record.boxes
+    )
+
+
+def _facts(query: EmbeddedInput) -> TrackletFacts | None:
+    return facts_of_record(query.record)
 
 
 def predict_tracklet(body: PredictRequest, embed: QueryEmbedder, probes: Probes) -> PredictResponse:
@@ -43,11 +60,27 @@ def predict_tracklet(body: PredictRequest, embed: QueryEmbedder, probes: Probes)
 
 
 def reid_pair(body: ReidRequest, embed: QueryEmbedder) -> ReidResponse:
-    """The two tracklets' cosine similarity and the model's same-polyp decision (its
-    calibrated probability and threshold when it has a calibration)."""
+    """The two tracklets' cosine similarity and the model's three-way decision
+    (model.scoring.reid.decide): stored tracklets bring their procedure, span and boxes,
+    so the pair's context is known; a tracklet given as frames or an embedding has no
+    facts and the pair's context is ``unknown`` (``uncertain``, unless the embeddings
+    are identical)."""
     a, b = embed(body.a, "body.a"), embed(body.b, "body.b")
     encoder = embed.encoder
-    calibration = getattr(encoder, "reid_calibration", None)  # absent on older encoders
-    decision = decide(a.vector, b.vector, encoder.reid_threshold, calibration)
-    # the response is the decision's fields (similarity, probability, same_polyp, threshold)
-    return ReidResponse(**asdict(decision), encoder_version=encoder.version)
+    cosine = float(np.clip(np.dot(a.vector, b.vector), -1.0, 1.0))
+    evidence = pair_evidence(cosine, _facts(a), _facts(b))
+    decision = decide(evidence, reid_calibration(encoder))
+    return ReidResponse(
+        similarity=decision.similarity,
+        probability=decision.probability,
+        same_polyp=decision.same_polyp,
+        answer=decision.answer,  # type: ignore[arg-type]
+        context=decision.context,
+        reason=decision.reason,
+        estimable=decision.estimable,
+        threshold=decision.same_threshold,
+        different_threshold=decision.different_threshold,
+        label=decision.label,
+        calibrated=decision.calibrated,
+        encoder_version=encoder.version,
+    )

@@ -203,7 +203,8 @@ class ReidRequest(BaseModel):
 
 
 class ReidResponse(BaseModel):
-    """The two tracklets' similarity and the model's same-polyp decision."""
+    """The two tracklets' similarity and the model's three-way same-polyp decision
+    (docs/method.md#re-identification-decision)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -211,8 +212,14 @@ class ReidResponse(BaseModel):
                 {
                     "similarity": 0.82,
                     "probability": 0.694,
-                    "same_polyp": True,
-                    "threshold": 0.66,
+                    "same_polyp": False,
+                    "answer": "uncertain",
+                    "context": "within",
+                    "reason": "p=0.694 is below the same-polyp point 0.910",
+                    "estimable": True,
+                    "threshold": 0.91,
+                    "different_threshold": 0.12,
+                    "label": "uncertain · p=0.69 (same needs ≥ 0.91)",
                     "calibrated": True,
                     "encoder_version": "hmve-demo-3f2a9c1b",
                 }
@@ -221,14 +228,40 @@ class ReidResponse(BaseModel):
     )
 
     similarity: float = Field(description="Cosine similarity of the two embeddings.")
-    probability: float = Field(
-        description="P(same polyp): the model's calibrated probability when `calibrated`, "
-        "else sigmoid(similarity) (not a calibrated probability)."
+    probability: float | None = Field(
+        description="The calibrated P(same polyp) in the pair's context (1 for the same "
+        "tracklet or identical embeddings); null when there is none (a model without a "
+        "calibration, or a pair whose context is not known)."
     )
-    same_polyp: bool = Field(description="probability >= threshold.")
-    threshold: float = Field(
-        description="The decision threshold: the calibration's when `calibrated`, else the "
-        "model's re-identification threshold."
+    same_polyp: bool = Field(description='answer == "same".')
+    answer: Literal["same", "different", "uncertain"] = Field(
+        description="same: at or above the context's same-polyp point; different: at or "
+        "below its different-polyp point; uncertain: anything else (see `reason`)."
+    )
+    context: str = Field(
+        description="The pair's context: within (one procedure), within_cosine (one "
+        "procedure, time or boxes not known), cross (two procedures) or unknown (a side "
+        "given as frames or an embedding)."
+    )
+    reason: str | None = Field(
+        default=None, description="Why the answer is what it is (always set for uncertain)."
+    )
+    estimable: bool = Field(
+        default=False,
+        description="Whether the context's probability is an estimate (false: the prior "
+        "of a context without same-polyp pairs in the calibration data).",
+    )
+    threshold: float | None = Field(
+        default=None,
+        description="The context's same-polyp operating point; null where it has none.",
+    )
+    different_threshold: float | None = Field(
+        default=None,
+        description="The context's different-polyp operating point; null where it has none.",
+    )
+    label: str = Field(
+        description="The answer in words with its probability, printed so that the printed "
+        "numbers compare as the numbers do (never 'p=0.13 < 0.13')."
     )
     calibrated: bool = Field(
         default=False, description="Whether the model carries a fitted calibration."

@@ -23,12 +23,16 @@ from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
 from polypindex.model.core.errors import IndexNotReadyError, ProcedureNotFoundError
 from polypindex.model.scoring.calibration import Calibration
+from polypindex.model.scoring.pairs import TrackletFacts, pair_evidence
+from polypindex.model.scoring.reid import decide
 from polypindex.service import metrics
 from polypindex.service.backend import EmbeddedInput, QueryEmbedder
+from polypindex.service.decisions import facts_of_record
 from polypindex.service.errors import field_error
 from polypindex.service.resources import Encoder, Probes, empty_index_problem
 from polypindex.service.schemas import Prediction, TrackletInput, predicted_labels
 from polypindex.service.search_schemas import (
+    HitDecision,
     SearchBatchItem,
     SearchHit,
     SearchRequest,
@@ -113,11 +117,11 @@ def run_search(
     calibration = reid_calibration(encoder)
     per_query = [
         [
-            _hit(tid, score, rec, calibration)
+            _hit(tid, score, rec, calibration, facts_of_record(q.record))
             for tid, score in hits
             if (rec := records.get(tid)) is not None  # a row deleted since the index answered
         ]
-        for hits in found
+        for q, hits in zip(embedded, found, strict=True)
     ]
     if not query.batch:
         return SearchResponse(encoder_version=encoder.version, results=per_query[0])
@@ -179,7 +183,19 @@ def _tracklet_ids_of_procedures(store: Store, uids: Sequence[str]) -> set[int]:
     return ids
 
 
-def _hit(tid: int, score: float, rec: HitRecord, calibration: Calibration | None) -> SearchHit:
+def _hit(
+    tid: int,
+    score: float,
+    rec: HitRecord,
+    calibration: Calibration | None,
+    query: TrackletFacts | None,
+) -> SearchHit:
+    """One hit with the decision on (query, hit): the hit's procedure and span are known
+    (its boxes are not in the hit's stored facts, so a pair within one procedure is
+    decided in the cosine-only context); a query given as frames or an embedding has no
+    facts (context ``unknown``)."""
+    facts = TrackletFacts.of_stored(rec.procedure_uid, tid, rec.start_frame, rec.end_frame, None)
+    decision = decide(pair_evidence(score, query, facts), calibration)
     return SearchHit(
         tracklet_id=tid,
         score=score,
@@ -189,9 +205,15 @@ def _hit(tid: int, score: float, rec: HitRecord, calibration: Calibration | None
             for task, p in rec.predictions.items()
         },
         entity_id=rec.entity_id,
-        same_polyp_probability=None
-        if calibration is None
-        else float(calibration.probability(score)),
+        same_polyp_probability=decision.probability,
+        decision=HitDecision(
+            answer=decision.answer,  # type: ignore[arg-type]
+            probability=decision.probability,
+            context=decision.context,
+            reason=decision.reason,
+            estimable=decision.estimable,
+            label=decision.label,
+        ),
     )
 
 

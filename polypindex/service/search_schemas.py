@@ -8,7 +8,7 @@ checked once when the request becomes a :class:`~service.search.SearchQuery` (42
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -98,6 +98,23 @@ class SearchRequest(BaseModel):
         return [self.query] if self.query is not None else list(self.queries or [])
 
 
+class HitDecision(BaseModel):
+    """The re-identification decision on (query, hit), as ``POST /reid`` gives it, so
+    a client needs no ``/reid`` per hit."""
+
+    answer: Literal["same", "different", "uncertain"] = Field(
+        description="same / different / uncertain (see `reason`)."
+    )
+    probability: float | None = Field(
+        description="The calibrated P(same polyp) in the pair's context; null when there "
+        "is none (no calibration, or a query whose procedure is not known)."
+    )
+    context: str = Field(description="within, within_cosine, cross or unknown.")
+    reason: str | None = Field(default=None, description="Why (always set for uncertain).")
+    estimable: bool = Field(description="Whether the context's probability is an estimate.")
+    label: str = Field(description="The answer in words, numbers printed as they compare.")
+
+
 class SearchHit(BaseModel):
     """One indexed tracklet found by a search."""
 
@@ -118,8 +135,12 @@ class SearchHit(BaseModel):
     )
     same_polyp_probability: float | None = Field(
         default=None,
-        description="The model's calibrated P(same polyp as the query) of `score`; null when "
-        "the model has no calibration.",
+        description="`decision.probability`: the calibrated P(same polyp as the query) in "
+        "the pair's context; null when there is none.",
+    )
+    decision: HitDecision | None = Field(
+        default=None,
+        description="The re-identification decision on the query and this hit.",
     )
     entity_id: int | None = Field(
         default=None,

@@ -35,9 +35,10 @@ def test_reid_is_symmetric_and_matches_cosine(client: TestClient, setup: Setup) 
     cosine = float(setup.vectors[a] @ setup.vectors[b])
     assert ab["similarity"] == pytest.approx(cosine, abs=1e-5)
     assert ba["similarity"] == pytest.approx(ab["similarity"], abs=1e-6)
-    assert ab["probability"] == pytest.approx(1.0 / (1.0 + np.exp(-cosine)), abs=1e-5)
-    assert ab["threshold"] == 0.6 and ab["encoder_version"] == VERSION
-    assert ab["same_polyp"] is (ab["probability"] >= 0.6)
+    assert ab["encoder_version"] == VERSION
+    # no calibration: the similarity is not a probability, and nothing is decided
+    assert ab["probability"] is None and ab["answer"] == "uncertain"
+    assert ab["same_polyp"] is False and "no calibration" in ab["reason"]
 
 
 def test_reid_frames_against_their_indexed_tracklet(client: TestClient, setup: Setup) -> None:
@@ -45,24 +46,9 @@ def test_reid_frames_against_their_indexed_tracklet(client: TestClient, setup: S
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["similarity"] == pytest.approx(1.0, abs=1e-5)
-    assert body["probability"] == pytest.approx(1.0 / (1.0 + np.exp(-1.0)), abs=1e-5)
-    assert body["same_polyp"] is True
-
-
-def test_reid_decision_at_the_threshold(setup: Setup) -> None:
-    encoder = MeanColourEncoder()
-    body = {
-        "a": {"tracklet_id": list(setup.vectors)[2]},
-        "b": {"tracklet_id": list(setup.vectors)[3]},
-    }
-    with started(setup.settings, encoder) as c:
-        probability = c.post("/reid", json=body).json()["probability"]
-        encoder.reid_threshold = probability  # exactly at the threshold: same polyp
-        at = c.post("/reid", json=body).json()
-        encoder.reid_threshold = float(np.nextafter(probability, 1.0))  # just above: not
-        above = c.post("/reid", json=body).json()
-    assert at["same_polyp"] is True and at["threshold"] == probability
-    assert above["same_polyp"] is False
+    # identical embeddings: the same polyp whatever the context
+    assert body["probability"] == 1.0 and body["answer"] == "same"
+    assert body["same_polyp"] is True and body["context"] == "unknown"
 
 
 class SlowEncoder(MeanColourEncoder):

@@ -57,7 +57,15 @@ def test_search_results_carry_the_tracklet_rows(client: TestClient, setup: Setup
         "identity_label": None,
         "predictions": {},
         "entity_id": None,  # not grouped (tests/service/test_polyps.py)
-        "same_polyp_probability": None,  # no calibration
+        "same_polyp_probability": 1.0,  # its own embedding: identical
+        "decision": {
+            "answer": "same",  # identical embeddings
+            "probability": 1.0,
+            "context": "unknown",  # a query given as an embedding
+            "reason": "identical embeddings",
+            "estimable": True,
+            "label": "same polyp · p=1.00",
+        },
     }
 
 
