@@ -203,8 +203,10 @@ def _plots(sets: dict[str, Any], out: Path) -> list[str]:
                         c["_y"].astype(np.int64),
                     )
         path = out / f"calibration_{context}.png"
-        title = f"same-polyp probability, pairs {'within one' if context == 'within' else 'across'} procedure(s)"
-        written.append(str(save_reliability_png(curves, path, title=title, n_bins=10)))
+        where = "within one procedure" if context == "within" else "across procedures"
+        written.append(
+            str(save_reliability_png(curves, path, title=f"same-polyp probability, pairs {where}"))
+        )
     return written
 
 
