@@ -9,8 +9,9 @@ import numpy as np
 
 from polypindex.indexer.grouping import reid_calibration
 from polypindex.indexer.predictions import predict
-from polypindex.indexer.tables import TrackletRecord
+from polypindex.indexer.tables import PredictionRow, TrackletRecord
 from polypindex.model.scoring.pairs import TrackletFacts, pair_evidence
+from polypindex.model.scoring.probe_quality import ProbeQuality
 from polypindex.model.scoring.reid import decide
 from polypindex.service.backend import EmbeddedInput, QueryEmbedder
 from polypindex.service.resources import Probes
@@ -22,7 +23,45 @@ from polypindex.service.schemas import (
     ReidResponse,
 )
 
-__all__ = ["facts_of_record", "predict_tracklet", "reid_pair"]
+__all__ = [
+    "Qualities",
+    "facts_of_record",
+    "predict_tracklet",
+    "prediction_of",
+    "probe_qualities",
+    "reid_pair",
+]
+
+# task -> (the installed probe's version, its quality against the setting)
+Qualities = dict[str, tuple[str, ProbeQuality]]
+
+
+def probe_qualities(probes: Probes, min_auroc: float) -> Qualities:
+    """Each installed probe's version and :class:`ProbeQuality` against ``min_auroc``."""
+    return {task: (p.version, p.quality(min_auroc)) for task, p in probes.installed.items()}
+
+
+def prediction_of(row: PredictionRow, qualities: Qualities) -> Prediction:
+    """A prediction as the API shows it: its ``decision`` is its label only when the
+    probe that made it is installed and reliable (a stored prediction of a probe since
+    replaced is judged unreliable: its quality is not known)."""
+    installed = qualities.get(row.task)
+    if installed is not None and installed[0] == row.probe_version:
+        reliable, reason = installed[1].reliable, installed[1].reason
+    else:
+        reliable = False
+        reason = (
+            f"made by the {row.task} probe {row.probe_version}, which is not the one "
+            f"installed: its quality is not known"
+        )
+    return Prediction(
+        label=row.label,
+        probability=row.probability,
+        probe_version=row.probe_version,
+        reliable=reliable,
+        decision=row.label if reliable else None,
+        quality_reason=reason,
+    )
 
 
 def facts_of_record(record: TrackletRecord | None) -> TrackletFacts | None:
@@ -50,12 +89,11 @@ def predict_tracklet(body: PredictRequest, embed: QueryEmbedder, probes: Probes)
     chosen = [probes.require(task) for task in dict.fromkeys(body.tasks)]
     query = embed(body.tracklet, "body.tracklet")
     rows = predict(chosen, query.vector)
+    qualities = probe_qualities(probes, embed.settings.min_probe_auroc)
     return PredictResponse(
         encoder_version=embed.encoder.version,
         tracklet_id=query.record.id if query.record is not None else None,
-        predictions={
-            row.task: Prediction.model_validate(row, from_attributes=True) for row in rows
-        },
+        predictions={row.task: prediction_of(row, qualities) for row in rows},
     )
 
 

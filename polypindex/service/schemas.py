@@ -184,6 +184,21 @@ class Prediction(BaseModel):
         "adenoma for histology), in [0, 1]."
     )
     probe_version: str = Field(description="The probe that made the prediction.")
+    reliable: bool | None = Field(
+        default=None,
+        description="Whether the probe's validation AUROC reaches the service's "
+        "`min_probe_auroc` (POLYPINDEX_MIN_PROBE_AUROC, default 0.7): only then is `label` "
+        "a decision; false for a probe without a measured AUROC or one no longer "
+        "installed; null where not judged (stored predictions read by id).",
+    )
+    decision: str | None = Field(
+        default=None,
+        description="`label` when `reliable`, else null: an unreliable probe's class is "
+        "shown, never a decision.",
+    )
+    quality_reason: str | None = Field(
+        default=None, description="Why the prediction is (not) reliable, in one sentence."
+    )
 
 
 def predictions_by_task(rows: Mapping[str, PredictionRow]) -> dict[str, Prediction]:

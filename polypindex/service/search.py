@@ -27,10 +27,15 @@ from polypindex.model.scoring.pairs import TrackletFacts, pair_evidence
 from polypindex.model.scoring.reid import decide
 from polypindex.service import metrics
 from polypindex.service.backend import EmbeddedInput, QueryEmbedder
-from polypindex.service.decisions import facts_of_record
+from polypindex.service.decisions import (
+    Qualities,
+    facts_of_record,
+    prediction_of,
+    probe_qualities,
+)
 from polypindex.service.errors import field_error
 from polypindex.service.resources import Encoder, Probes, empty_index_problem
-from polypindex.service.schemas import Prediction, TrackletInput, predicted_labels
+from polypindex.service.schemas import TrackletInput, predicted_labels
 from polypindex.service.search_schemas import (
     HitDecision,
     SearchBatchItem,
@@ -115,9 +120,10 @@ def run_search(
     found = search_batch(index, vectors, query.k, excludes, shared_exclude=shared, allowed=allowed)
     records = hit_records(store.engine, sorted({i for hits in found for i, _ in hits}))
     calibration = reid_calibration(encoder)
+    qualities = probe_qualities(probes, embed.settings.min_probe_auroc)
     per_query = [
         [
-            _hit(tid, score, rec, calibration, facts_of_record(q.record))
+            _hit(tid, score, rec, calibration, facts_of_record(q.record), qualities)
             for tid, score in hits
             if (rec := records.get(tid)) is not None  # a row deleted since the index answered
         ]
@@ -189,6 +195,7 @@ def _hit(
     rec: HitRecord,
     calibration: Calibration | None,
     query: TrackletFacts | None,
+    qualities: Qualities,
 ) -> SearchHit:
     """One hit with the decision on (query, hit): the hit's procedure and span are known
     (its boxes are not in the hit's stored facts, so a pair within one procedure is
@@ -200,10 +207,7 @@ def _hit(
         tracklet_id=tid,
         score=score,
         **{name: getattr(rec, name) for name in _STORED},
-        predictions={
-            task: Prediction.model_validate(p, from_attributes=True)
-            for task, p in rec.predictions.items()
-        },
+        predictions={task: prediction_of(p, qualities) for task, p in rec.predictions.items()},
         entity_id=rec.entity_id,
         same_polyp_probability=decision.probability,
         decision=HitDecision(

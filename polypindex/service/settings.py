@@ -31,6 +31,8 @@ class Settings(Layout):
         max_concurrent_embeddings: requests decoding and embedding frames at the same
             time; more wait their turn (bounds memory: every frame of a request is
             decoded at once, and ONNX Runtime already uses all cores per call).
+        min_probe_auroc: the validation AUROC a probe needs for its predictions to be
+            shown as decisions (``reliable``; model.scoring.probe_quality).
         index_refresh_seconds: how often the index upkeep thread checks the store for
             procedures indexed or deleted by another process (and then syncs the index
             with it, off the request path); ``0``: every pass (about 20 ms). Jobs run by
@@ -57,6 +59,7 @@ class Settings(Layout):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_concurrent_embeddings: int = Field(default=2, ge=1)
     index_refresh_seconds: float = Field(default=10.0, ge=0)
+    min_probe_auroc: float = Field(default=0.7, ge=0.0, le=1.0)
     run_jobs: bool = True
     # Access (docs/deploy.md#keys-and-scopes; service/auth.py).
     auth: Literal["auto", "keys", "open"] = "auto"
