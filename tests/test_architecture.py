@@ -369,3 +369,56 @@ def test_one_way_to_get_an_encoder() -> None:
                 if name in runtimes:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}(...)")
     assert not offenders, f"load through polypindex.model.runtime.loader.load_encoder: {offenders}"
+
+
+# The store layer (docs/architecture.md#the-store): the only modules that build engines or
+# open sessions.
+STORE_LAYER = {
+    PACKAGE / "indexer" / name
+    for name in (
+        "store.py",
+        "store_views.py",
+        "store_entities.py",
+        "store_access.py",
+        "job_store.py",
+        "store_schema.py",
+        "migrations/env.py",
+    )
+}
+
+
+def _session_uses(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """``create_engine`` / ``sessionmaker`` named (imports included), ``Session(...)`` called,
+    ``.sessions`` read: ``(line, what)``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name in ("create_engine", "sessionmaker"):
+                    yield node.lineno, f"import {alias.name}"
+        elif isinstance(node, ast.Name) and node.id in ("create_engine", "sessionmaker"):
+            yield node.lineno, node.id
+        elif isinstance(node, ast.Attribute) and node.attr in (
+            "create_engine",
+            "sessionmaker",
+            "sessions",
+        ):
+            yield node.lineno, f".{node.attr}"
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name == "Session":
+                yield node.lineno, "Session(...)"
+
+
+def test_sessions_only_in_the_store_layer() -> None:
+    """Engines and sessions are made only by the store layer; every other module calls it."""
+    offenders, idle = [], []
+    for path in _all_files():
+        uses = list(_session_uses(ast.parse(path.read_text(), filename=str(path))))
+        if path in STORE_LAYER:
+            idle += [] if uses else [str(path.relative_to(ROOT))]
+        else:
+            offenders += [f"{path.relative_to(ROOT)}:{line} {what}" for line, what in uses]
+    assert not offenders, f"go through the store layer (indexer/store*.py): {offenders}"
+    assert not idle, f"STORE_LAYER lists modules that open no session: {idle}"
+    assert all(p.is_file() for p in STORE_LAYER)

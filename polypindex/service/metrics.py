@@ -37,8 +37,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from polypindex.indexer.job_store import JobStore
 from polypindex.indexer.store import Store
-from polypindex.indexer.store_jobs import job_status_counts
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def observe_index_search(seconds: float) -> None:
 
 
 def _job_counts(store: Store) -> dict[str, int]:
-    counts = job_status_counts(store)
+    counts = JobStore(store).status_counts()
     return {status: counts.get(status, 0) for status in (*JOB_STATUSES, *counts)}
 
 
