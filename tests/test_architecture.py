@@ -381,6 +381,7 @@ STORE_LAYER = {
         "store_entities.py",
         "store_access.py",
         "job_store.py",
+        "store_changes.py",
         "store_schema.py",
         "migrations/env.py",
     )

@@ -36,7 +36,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BASELINE_REVISION = "0001"
 # The newest revision in migrations/versions (a test checks it against Alembic's own
 # view): kept here so that opening a store at the head never imports Alembic.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 # pg_advisory_xact_lock key: any constant shared by every PolypIndex process.
 _PG_LOCK_KEY = 0x504F4C5950  # "POLYP"
 

@@ -31,6 +31,7 @@ from polypindex.indexer.hits import query_tracklet
 from polypindex.indexer.migrate import check_schema
 from polypindex.indexer.migrate import upgrade as migrate_schema
 from polypindex.indexer.sqlite import set_sqlite_pragmas, writable_check
+from polypindex.indexer.store_changes import DELETED, REPLACED, WRITTEN, conflict, record_change
 from polypindex.indexer.tables import (
     PredictionModel,
     PredictionRow,
@@ -47,7 +48,6 @@ from polypindex.indexer.tables import (
     tracklet_record,
 )
 from polypindex.model.core.errors import (
-    ConflictError,
     InvalidInputError,
     ProcedureNotFoundError,
 )
@@ -160,6 +160,8 @@ class Store:
         source: str,
         encoder_version: str,
         rows: Sequence[TrackletRow],
+        *,
+        if_absent: bool = False,
     ) -> list[int]:
         """Atomically replace a procedure's tracklets of one encoder version.
 
@@ -174,13 +176,16 @@ class Store:
             source: where it was read from (annotation file path / split).
             encoder_version: the encoder that made every row's embedding.
             rows: the tracklets; keys must be unique and embeddings share one dim.
+            if_absent: the writer found the procedure absent when it began (it indexes
+                without ``force``): a copy stored by now is another writer's, a conflict.
 
         Returns:
             The new tracklet ids (FAISS ids), in the order of ``rows``.
 
         Raises:
             ConflictError: another process committed this procedure and encoder version
-                while this transaction ran (nothing of this call is kept).
+                while this transaction ran, or (``if_absent``) since this writer began
+                (nothing of this call is kept).
         """
         if not uid:
             raise InvalidInputError("procedure uid must be a non-empty string")
@@ -204,26 +209,26 @@ class Store:
             n_tracklets=len(rows),
         )
         try:
-            return self._insert_procedure(procedure, rows, encoded)
+            return self._insert_procedure(procedure, rows, encoded, if_absent)
         except IntegrityError as exc:
             # The delete-then-insert transaction saw no row with this UID, yet one was
             # committed before ours: another indexer wrote the same procedure meanwhile.
-            raise ConflictError(
-                f"procedure {uid!r} (encoder {encoder_version}) was written by another "
-                f"indexer while this one was indexing it; this write was rolled back and the "
-                f"other one stands. Index each procedure from one process at a time; "
-                f"re-running skips it (or replaces it with --force)"
-            ) from exc
+            raise conflict(uid, encoder_version) from exc
 
     def _insert_procedure(
         self,
         procedure: ProcedureModel,
         rows: Sequence[TrackletRow],
         encoded: Sequence[tuple[bytes, int]],
+        if_absent: bool,
     ) -> list[int]:
-        """One transaction: delete the procedure's old generation, insert the new one."""
+        """One transaction: delete the procedure's old generation, insert the new one,
+        log the change (``indexer.store_changes``)."""
+        uid, version = procedure.uid, procedure.encoder_version
         with self._sessions.begin() as session:
-            self._delete_procedure(session, procedure.uid, procedure.encoder_version)
+            old = self._delete_procedure(session, uid, version)
+            if old is not None and if_absent:
+                raise conflict(uid, version)
             session.add(procedure)
             session.flush()
             models = [
@@ -237,7 +242,9 @@ class Store:
                 for row, m in zip(rows, models, strict=True)
                 for p in row.predictions
             )
-            return [int(m.id) for m in models]
+            new = [int(m.id) for m in models]
+            record_change(session, REPLACED if old else WRITTEN, uid, version, new, old or [])
+            return new
 
     def delete_procedure(self, uid: str, encoder_version: str | None = None) -> list[int]:
         """Delete a procedure and its tracklets (of every encoder version unless one is given).
@@ -250,6 +257,8 @@ class Store:
         """
         with self._sessions.begin() as session:
             removed = self._delete_procedure(session, uid, encoder_version)
+            if removed is not None:
+                record_change(session, DELETED, uid, encoder_version, [], removed)
         if removed is None:
             raise ProcedureNotFoundError(f"no procedure with uid {uid!r}")
         return removed

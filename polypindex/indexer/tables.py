@@ -160,6 +160,8 @@ class JobModel(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the lease of a running job, renewed by its worker (indexer.job_store)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ApiKeyModel(Base):
@@ -193,6 +195,27 @@ class AuditModel(Base):
     target: Mapped[str | None] = mapped_column(String(512), nullable=True)
     status: Mapped[int] = mapped_column(Integer, nullable=False)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class ChangeModel(Base):
+    """One write to a procedure, numbered by ``id`` (only grows): what replicas follow
+    (``indexer.store_changes``)."""
+
+    __tablename__ = "changes"
+    __table_args__ = (
+        Index("ix_changes_encoder_version_id", "encoder_version", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=_utcnow)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    uid: Mapped[str] = mapped_column(String(255), nullable=False)
+    encoder_version: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    added_json: Mapped[str] = mapped_column(Text, nullable=False)
+    removed_json: Mapped[str] = mapped_column(Text, nullable=False)
 
 
 @dataclass(frozen=True)

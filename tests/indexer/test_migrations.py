@@ -24,6 +24,7 @@ TABLES = {
     "api_keys",
     "audit",
     "tracklet_entities",
+    "changes",
 }
 
 
