@@ -1,15 +1,19 @@
 """The ``jobs`` table of a store: every query the job runner (:mod:`indexer.jobs`) makes.
 
 Sessions come from the :class:`~polypindex.indexer.store.Store` (its engine and
-session factory), never from a second engine. A claim is an atomic
-``UPDATE ... WHERE status = 'queued'``, so several runners on one PostgreSQL database
-never run a job twice. Rows are returned detached (the store's sessions do not expire
-them on commit), as plain reads of their columns.
+session factory), never from a second engine. A claim takes the oldest queued row
+with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL (an atomic
+``UPDATE ... WHERE status = 'queued'`` on SQLite, whose writers are serialised), so
+several runners on one database never run a job twice. A running job holds a lease:
+its worker renews ``heartbeat_at`` (:meth:`JobStore.heartbeat`), and only a job whose
+lease expired is queued again (:meth:`JobStore.requeue_expired`): a restarted replica
+never takes a job another live replica runs. Rows are returned detached (the store's
+sessions do not expire them on commit), as plain reads of their columns.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -64,19 +68,38 @@ class JobStore:
                 update(JobModel).where(JobModel.id == job_id).values(updated_at=utc_now(), **values)
             )
 
-    def requeue_running(self) -> int:
-        """Put every ``running`` job back to ``queued``; returns how many."""
+    def requeue_expired(self, lease_s: float) -> int:
+        """Put back to ``queued`` the ``running`` jobs whose lease was last renewed more
+        than ``lease_s`` seconds ago (their worker died or hangs); returns how many."""
+        cutoff = utc_now() - timedelta(seconds=lease_s)
+        renewed = func.coalesce(JobModel.heartbeat_at, JobModel.updated_at)
         with self.store.sessions.begin() as session:
             result = session.execute(
                 update(JobModel)
-                .where(JobModel.status == "running")
-                .values(status="queued", worker=None, updated_at=utc_now())
+                .where(JobModel.status == "running", renewed < cutoff)
+                .values(status="queued", worker=None, heartbeat_at=None, updated_at=utc_now())
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
+    def heartbeat(self, job_id: str, worker: str) -> bool:
+        """Renew ``worker``'s lease on a running job; ``False`` when it no longer holds it."""
+        with self.store.sessions.begin() as session:
+            result = session.execute(
+                update(JobModel)
+                .where(
+                    JobModel.id == job_id,
+                    JobModel.status == "running",
+                    JobModel.worker == worker,
+                )
+                .values(heartbeat_at=utc_now())
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
     def claim(self, worker: str) -> str | None:
         """Mark the oldest queued job that no other worker took first ``running`` by
-        ``worker``; its id, or ``None`` when none is queued."""
+        ``worker`` (its lease starts now); its id, or ``None`` when none is queued."""
+        if self.store.engine.dialect.name == "postgresql":
+            return self._claim_locked(worker)
         with self.store.sessions() as session:
             candidates = list(
                 session.scalars(
@@ -92,8 +115,36 @@ class JobStore:
                 result = session.execute(
                     update(JobModel)
                     .where(JobModel.id == job_id, JobModel.status == "queued")
-                    .values(status="running", worker=worker, started_at=now, updated_at=now)
+                    .values(_running(worker, now))
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
                     return job_id
         return None
+
+    def _claim_locked(self, worker: str) -> str | None:
+        """The claim on PostgreSQL: lock the oldest queued row no one else has locked."""
+        with self.store.sessions.begin() as session:
+            job_id = session.scalar(
+                select(JobModel.id)
+                .where(JobModel.status == "queued")
+                .order_by(JobModel.created_at, JobModel.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if job_id is None:
+                return None
+            session.execute(
+                update(JobModel).where(JobModel.id == job_id).values(_running(worker, utc_now()))
+            )
+            return str(job_id)
+
+
+def _running(worker: str, now: datetime) -> dict[str, Any]:
+    """The columns of a job just claimed by ``worker``."""
+    return {
+        "status": "running",
+        "worker": worker,
+        "started_at": now,
+        "updated_at": now,
+        "heartbeat_at": now,
+    }

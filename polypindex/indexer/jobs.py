@@ -5,9 +5,10 @@ What ``POST /procedures`` and ``GET /jobs/{id}`` need, without HTTP:
 - :meth:`JobRunner.submit` checks the request (input paths must lie inside the
   configured data roots; the files must exist) and inserts a ``queued`` row;
   a refused request writes nothing.
-- A worker thread claims queued jobs one at a time (an atomic
-  ``UPDATE ... WHERE status = 'queued'``, so several runners on one PostgreSQL
-  database never run a job twice), runs :func:`indexer.pipeline.index_sources`
+- A worker thread claims queued jobs one at a time (``SELECT ... FOR UPDATE SKIP
+  LOCKED`` on PostgreSQL, an atomic ``UPDATE ... WHERE status = 'queued'`` on SQLite:
+  :mod:`indexer.job_store`, so several runners on one database never run a job
+  twice), holds it with a lease it renews every ``lease_s / 4`` seconds, runs :func:`indexer.pipeline.index_sources`
   and writes its progress (frames and tracklets done and in total, rates, ETA) to the
   row after each procedure and, within a long one, about once a second.
 - A job ends ``succeeded`` with the report, or ``failed`` with the error
@@ -20,9 +21,10 @@ What ``POST /procedures`` and ``GET /jobs/{id}`` need, without HTTP:
   read or written, must lie inside the data roots, symlinks followed.
 - Sources are stored relative to their data root (or the home):
   :mod:`indexer.locations`, so a moved home still reads them.
-- Jobs survive a restart: :meth:`JobRunner.start` puts back to ``queued`` the
-  jobs a dead process left ``running``; indexing is idempotent, so re-running
-  one only finishes what was not committed.
+- Jobs survive a restart: the runner puts back to ``queued`` the jobs whose lease
+  expired (their process died), at start and every ``lease_s / 2`` seconds after,
+  never a job another live runner holds; indexing is idempotent, so re-running one
+  only finishes what was not committed.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -207,6 +211,9 @@ class JobRunner:
         self.unrecorded: dict[str, dict[str, Any]] = {}
         self.finish_attempts = 3
         self.retry_s = 0.2
+        # a running job's lease: renewed every lease_s / 4, taken back after lease_s
+        self.lease_s = 60.0
+        self._recovered_at = 0.0
 
     # -- the API side ------------------------------------------------------------------
 
@@ -241,11 +248,31 @@ class JobRunner:
     # -- the worker side ---------------------------------------------------------------
 
     def recover(self) -> int:
-        """Put back to ``queued`` the jobs left ``running`` by a process that died; returns how many.
+        """Put back to ``queued`` the ``running`` jobs whose lease expired (their process
+        died or hangs); returns how many. Jobs other live runners hold are left alone."""
+        self._recovered_at = time.monotonic()
+        return self.jobs.requeue_expired(self.lease_s)
 
-        Call it once at start-up, when no other runner is alive on this database.
-        """
-        return self.jobs.requeue_running()
+    @contextmanager
+    def _lease(self, job_id: str) -> Iterator[None]:
+        """Renew this runner's lease on ``job_id`` from a thread while the job runs."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.lease_s / 4):
+                try:
+                    if not self.jobs.heartbeat(job_id, self.worker_name):
+                        logger.warning("job %s: lease lost", job_id)
+                except Exception:
+                    logger.exception("job %s: cannot renew the lease", job_id)
+
+        thread = threading.Thread(target=renew, name="polypindex-job-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _claim(self) -> str | None:
         return self.jobs.claim(self.worker_name)
@@ -266,19 +293,20 @@ class JobRunner:
         try:
             spec = input_kind(job.kind)
             request = spec.parse(job.params)
-            report = index_sources(
-                build_sources(spec, request, self.data_roots),
-                self.store,
-                self.index_dir,
-                self.encoder,
-                force=request.force,
-                progress=False,
-                on_progress=progress,
-                policy=self.policy,
-                probes=self.probes,
-                sink=self.sink,
-                anchors=self.anchors,
-            )
+            with self._lease(job_id):
+                report = index_sources(
+                    build_sources(spec, request, self.data_roots),
+                    self.store,
+                    self.index_dir,
+                    self.encoder,
+                    force=request.force,
+                    progress=False,
+                    on_progress=progress,
+                    policy=self.policy,
+                    probes=self.probes,
+                    sink=self.sink,
+                    anchors=self.anchors,
+                )
         except Exception as exc:
             error = self.describe(exc)
             logger.warning("job %s failed: %s", job_id, error)
@@ -345,4 +373,6 @@ class JobRunner:
         """One pass of the worker thread: whether it ran a job (then it looks again at once)."""
         if self.unrecorded and self.retry_unrecorded() > 0:
             return False  # while the store still cannot be written, run nothing new
+        if time.monotonic() - self._recovered_at >= self.lease_s / 2:
+            self.recover()
         return self.run_one() is not None

@@ -90,6 +90,7 @@ def test_jobs_survive_a_restart_and_run_in_the_background(setup: tuple[JobRunner
     restarted = JobRunner(
         runner.store, runner.index_dir, FakeEncoder(), runner.data_roots, poll_s=0.05
     )
+    restarted.lease_s = 0.5  # taken back once the dead process's lease expired
     restarted.start()
     try:
         deadline = time.monotonic() + 30
