@@ -30,9 +30,11 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from polypindex.service import ui
+from polypindex.service.admission import AdmissionMiddleware, bound_worker_pool
 from polypindex.service.auth import decide_auth_mode, require_scope
 from polypindex.service.errors import AUTH_ERRORS, install_error_handlers
 from polypindex.service.limits import AuthFirstMiddleware, BodyLimitMiddleware, install_openapi
@@ -81,6 +83,12 @@ def _version() -> str:
         return "0.0.0"
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operation id, unless it names one: its endpoint's name (``search``,
+    ``get_tracklet``, ``list_jobs``), so generated clients have those function names."""
+    return route.name
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the model, store and index load when it starts (``lifespan``).
 
@@ -91,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bound_worker_pool(settings.worker_threads)  # not anyio's 40 threads (admission.py)
         injected = app.state.resources.encoder
         resources = await run_in_threadpool(load_resources, settings, injected)
         try:
@@ -117,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     not_started = "the service has not started yet"
     app.state = ServiceState(
@@ -160,5 +170,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthFirstMiddleware)  # the key before the body (outside the limit)
     install_openapi(app, settings)  # the settings' and the model's limits in the schema
+    # Above capacity: 503 overloaded + Retry-After, before any work (service/admission.py).
+    app.add_middleware(
+        AdmissionMiddleware,
+        capacity=settings.worker_threads,
+        max_queued=settings.max_queued_requests,
+    )
     app.add_middleware(RequestMiddleware)  # outermost: request id, request log, audit
     return app

@@ -44,7 +44,7 @@ from polypindex.service.search_schemas import (
     SearchResponse,
 )
 
-__all__ = ["SearchQuery", "run_search", "search", "search_batch"]
+__all__ = ["SearchQuery", "run_search", "search", "search_batch", "search_json"]
 
 # The facts of a stored hit that a SearchHit carries as they are.
 _STORED = ("procedure_uid", "key", "start_frame", "end_frame", "n_frames", "identity_label")
@@ -136,6 +136,14 @@ def run_search(
         results=[],
         batch=[SearchBatchItem(results=r) for r in per_query],
     )
+
+
+def search_json(
+    query: SearchQuery, embed: QueryEmbedder, store: Store, index: VectorIndex, probes: Probes
+) -> bytes:
+    """:func:`run_search`'s answer as the response body: serialised once, from the model
+    it built (validated as it was built: no second validation, no intermediate dict)."""
+    return run_search(query, embed, store, index, probes).model_dump_json().encode()
 
 
 def _require_searchable(index: VectorIndex, encoder: Encoder) -> None:

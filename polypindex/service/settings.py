@@ -10,11 +10,20 @@ set on its own (``POLYPINDEX_MODEL_PATH``, ``POLYPINDEX_DATABASE_URL``,
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
 
 from polypindex.model.core.layout import Layout
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; a container's CPU set)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class Settings(Layout):
@@ -31,6 +40,13 @@ class Settings(Layout):
         max_concurrent_embeddings: requests decoding and embedding frames at the same
             time; more wait their turn (bounds memory: every frame of a request is
             decoded at once, and ONNX Runtime already uses all cores per call).
+        worker_threads: threads running the blocking work of requests (sync endpoints,
+            search, store reads, embedding); default: the cores this process may use.
+            More threads than cores only convoy on the GIL (docs/deploy.md#sizing).
+        max_queued_requests: requests admitted beyond ``worker_threads`` to wait for a
+            thread; above ``worker_threads + max_queued_requests`` in progress a request
+            is refused at once with 503 ``overloaded`` and ``Retry-After`` (the probes and
+            ``/metrics`` never are; service/admission.py).
         min_probe_auroc: the validation AUROC a probe needs for its predictions to be
             shown as decisions (``reliable``; model.scoring.probe_quality).
         index_refresh_seconds: how often the index upkeep thread checks the store for
@@ -58,6 +74,8 @@ class Settings(Layout):
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_concurrent_embeddings: int = Field(default=2, ge=1)
+    worker_threads: int = Field(default_factory=lambda: usable_cores(), ge=1)
+    max_queued_requests: int = Field(default=64, ge=0)
     index_refresh_seconds: float = Field(default=10.0, ge=0)
     min_probe_auroc: float = Field(default=0.7, ge=0.0, le=1.0)
     run_jobs: bool = True

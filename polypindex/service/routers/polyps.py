@@ -22,6 +22,7 @@ router = documented_router("polyps")
 
 @router.get(
     "/procedures/{uid:path}/polyps",
+    operation_id="get_procedure_polyps",
     summary="A procedure's polyps (its tracklets grouped into entities)",
     responses=error_responses(404, 422, 500, 503),
 )

@@ -139,13 +139,17 @@ def get_tracklet(tracklet_id: TrackletId, store: StoreDep) -> TrackletDetail:
 
 
 _JPEG: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/jpeg": {}}, "description": "A JPEG image."},
+    200: {
+        "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "A JPEG image.",
+    },
     304: {"description": "Not modified (`If-None-Match` names the current `ETag`)."},
 }
 
 
 @router.get(
     "/tracklets/{tracklet_id}/thumbnail",
+    operation_id="get_tracklet_thumbnail",
     summary="A tracklet's thumbnail (JPEG)",
     response_class=Response,
     responses={**_JPEG, **error_responses(404, 422, 500, 503)},
@@ -162,6 +166,7 @@ def get_thumbnail(
 
 @router.get(
     "/tracklets/{tracklet_id}/strip",
+    operation_id="get_tracklet_strip",
     summary="A strip of a tracklet's frames with its box drawn (JPEG)",
     response_class=Response,
     responses={**_JPEG, **error_responses(404, 409, 422, 500, 503)},
