@@ -32,6 +32,7 @@ from polypindex.indexer.generations import (
     rebuild_into,
     sync_with_store,
 )
+from polypindex.indexer.grouping import reid_calibration
 from polypindex.indexer.jobs import JobRunner
 from polypindex.indexer.store import Store
 from polypindex.indexer.vectors import VectorIndex
@@ -380,7 +381,35 @@ def health(res: Resources, settings: Settings, auth: AuthState | None) -> Health
         missing_probes=dict(res.probe_problems),
         auth=auth.mode if auth is not None else None,
         auth_reason=auth.reason if auth is not None else None,
+        calibration=calibration_health(encoder) if encoder is not None else None,
     )
+
+
+UNKNOWN_CONTEXT = (
+    "a tracklet given as frames or an embedding has no procedure: its pairs are uncertain "
+    "unless the embeddings are identical"
+)
+
+
+def calibration_health(encoder: object) -> dict[str, Any]:
+    """The re-identification calibration as ``/healthz`` shows it: the model's
+    ``Calibration.health()`` (per context: estimable, the answers it can give, their
+    held-out precision / NPV) with ``calibrated`` and ``always_uncertain`` (context →
+    why every answer there is ``uncertain``, when so)."""
+    calibration = reid_calibration(encoder)
+    if calibration is None:
+        why = (
+            "the model has no calibration (exported before calibration existed): every "
+            "answer is uncertain unless the embeddings are identical"
+        )
+        return {"calibrated": False, "always_uncertain": {"all": why}}
+    out = calibration.health()
+    always = {
+        name: "; ".join(c["reasons"]) or "no operating point reaches the target"
+        for name, c in out["contexts"].items()
+        if not c["answers"]
+    }
+    return {"calibrated": True, **out, "always_uncertain": {**always, "unknown": UNKNOWN_CONTEXT}}
 
 
 # -- readiness: may an orchestrator send this process requests? -------------------------

@@ -66,7 +66,7 @@ MAX_COORDINATE = 1_000_000.0
 # What ``image_b64`` may look like: an optional data URL prefix, then base64 (line
 # breaks allowed, as in wrapped base64) in whole groups of 4 characters, padding only at
 # the end: what the server's decoder (base64.b64decode(validate=True)) accepts, so the
-# published schema and the server agree (issue 24).
+# published schema and the server agree.
 DATA_URL_PREFIX = r"data:image/[A-Za-z0-9.+-]{1,40};base64,"
 _B64 = r"(?:[A-Za-z0-9+/][\r\n]*)"
 IMAGE_B64_PATTERN = (
@@ -367,6 +367,14 @@ class HealthResponse(BaseModel):
         "purpose); null before start-up.",
     )
     auth_reason: str | None = Field(default=None, description="Why the service runs in that mode.")
+    calibration: dict[str, Any] | None = Field(
+        default=None,
+        description="The re-identification calibration: `calibrated`; per context "
+        "(within, within_cosine, cross) whether it is estimable, the answers it can give "
+        "(same / different) with their held-out precision / NPV, and why not; "
+        "`always_uncertain`: context → why every answer there is uncertain. Null when no "
+        "model is loaded.",
+    )
 
 
 class LivenessResponse(BaseModel):

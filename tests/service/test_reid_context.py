@@ -129,3 +129,13 @@ def test_label_numbers_never_print_equal_across_a_comparison(
                 seen += 1
                 assert m.group(1) != m.group(2) and float(m.group(1)) < float(m.group(2))
     assert seen
+
+
+def test_healthz_says_where_every_answer_is_uncertain(calibrated: TestClient) -> None:
+    health = calibrated.get("/healthz").json()["calibration"]
+    assert health["calibrated"] is True
+    assert health["contexts"]["within"]["answers"] == ["same", "different"]
+    assert health["contexts"]["cross"]["estimable"] is False
+    always = health["always_uncertain"]
+    assert set(always) == {"cross", "unknown"}  # within can answer; these never do
+    assert "across procedures" in always["cross"] and "procedure" in always["unknown"]

@@ -98,6 +98,11 @@ def test_healthz_ok(client: TestClient, setup: Setup) -> None:
     assert "127.0.0.1" in body.pop("auth_reason")
     assert body.pop("index_state") == "ready"  # read from the upkeep thread, never synced here
     assert body.pop("encoder_runtime") is None  # this stand-in encoder has no describe()
+    calibration = body.pop("calibration")  # the stand-in has none: always uncertain
+    assert (
+        calibration["calibrated"] is False
+        and "no calibration" in calibration["always_uncertain"]["all"]
+    )
     assert body == {
         "status": "ok",  # probes are optional: none installed is not "degraded"
         "encoder_version": VERSION,
