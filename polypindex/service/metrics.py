@@ -29,6 +29,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -56,12 +57,22 @@ INDEX_SEARCH_SECONDS = Histogram(
     buckets=_SECONDS_BUCKETS,
     registry=None,
 )
+SHED_REQUESTS = Counter(
+    "polypindex_requests_shed",
+    "Requests refused with 503 overloaded (above worker_threads + max_queued_requests).",
+    registry=None,
+)
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
 
 
 def observe_embedding(seconds: float) -> None:
     """Record one query tracklet's decoding + embedding time."""
     EMBEDDING_SECONDS.observe(max(0.0, seconds))
+
+
+def observe_shed() -> None:
+    """Count one request refused because the service was at capacity."""
+    SHED_REQUESTS.inc()
 
 
 def observe_index_search(seconds: float) -> None:
@@ -131,6 +142,7 @@ def install_metrics(app: FastAPI) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(EMBEDDING_SECONDS)
     registry.register(INDEX_SEARCH_SECONDS)
+    registry.register(SHED_REQUESTS)
     registry.register(StateCollector(app))
     ProcessCollector(registry=registry)
     Instrumentator(
