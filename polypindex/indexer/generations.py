@@ -23,9 +23,11 @@ import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
+from polypindex.indexer.store_changes import ChangeLog
 from polypindex.indexer.vectors import (
     INDEX_FILE,
     SIDECAR_FILE,
@@ -44,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 GENERATIONS_DIR = "generations"
 _SYNC_BATCH = 4096
+_CHANGES_BATCH = 500
+# the last store change each open index holds (docs/store.md#replicas)
+_APPLIED: WeakKeyDictionary[VectorIndex, int] = WeakKeyDictionary()
 
 
 class GenerationOptions(TypedDict, total=False):
@@ -146,6 +151,7 @@ def build_from_store(
     """
     ids_parts: list[np.ndarray] = []
     vec_parts: list[np.ndarray] = []
+    latest = ChangeLog(store).latest()  # before the rows: later changes are replayed
     for ids, vectors in store.iter_embeddings(encoder_version, batch=_SYNC_BATCH):
         dim = int(vectors.shape[1]) if dim is None else dim
         _check_store_dim(encoder_version, vectors, dim)
@@ -159,7 +165,41 @@ def build_from_store(
     index = VectorIndex(dim, encoder_version, kind=None, **options)
     if ids_parts:  # one build, of the kind the whole collection calls for
         index.add(np.concatenate(ids_parts), np.concatenate(vec_parts))
+    _APPLIED[index] = latest
     return index
+
+
+def applied_change(index: VectorIndex) -> int | None:
+    """The number of the last store change (``indexer.store_changes``) ``index`` is known
+    to hold, or ``None`` when it was not synced with the store in this process."""
+    return _APPLIED.get(index)
+
+
+def apply_changes(index: VectorIndex, store: Store) -> tuple[int, int] | None:
+    """Apply to ``index`` the store's changes after :func:`applied_change` (of its encoder
+    version, deletes of every version included), oldest first, in batches.
+
+    Replaying a change the index already holds (an in-process write handed to it at
+    once) is harmless: removals of absent ids are ignored, and only ids the store still
+    holds are added, once. Returns ``(added, removed)``, or ``None`` when the index has
+    no change number yet (then :func:`sync_with_store` gives it one).
+    """
+    seq = _APPLIED.get(index)
+    if seq is None:
+        return None
+    log, added, removed = ChangeLog(store), 0, 0
+    while changes := log.after(seq, index.encoder_version, limit=_CHANGES_BATCH):
+        fresh: list[int] = []
+        for change in changes:
+            removed += index.remove(np.asarray(change.removed, dtype=np.int64))
+            fresh += change.added
+        for start in range(0, len(fresh), _SYNC_BATCH):
+            ids, vectors = store.embeddings_for_ids(fresh[start : start + _SYNC_BATCH])
+            if ids.size:
+                _check_store_dim(index.encoder_version, vectors, index.dim)
+                added += index.add(ids, vectors, skip_present=True)
+        seq = _APPLIED[index] = changes[-1].seq
+    return added, removed
 
 
 def sync_with_store(index: VectorIndex, store: Store) -> tuple[int, int]:
@@ -177,6 +217,8 @@ def sync_with_store(index: VectorIndex, store: Store) -> tuple[int, int]:
     """
     version, dim = index.encoder_version, index.dim
     added = removed = 0
+    # read first: a change committed during this sync is applied again later (harmless)
+    latest = ChangeLog(store).latest()
     for ids, vectors in store.iter_embeddings(version, after_id=index.max_id):
         _check_store_dim(version, vectors, dim)
         added += index.add(ids, vectors, skip_present=True)
@@ -191,6 +233,7 @@ def sync_with_store(index: VectorIndex, store: Store) -> tuple[int, int]:
         if ids.size:
             _check_store_dim(version, vectors, dim)
             added += index.add(ids, vectors, skip_present=True)
+    _APPLIED[index] = latest
     if added or removed:
         logger.info(
             "index %s: %d vectors added, %d removed from the store", version, added, removed
@@ -284,8 +327,13 @@ def open_or_rebuild(
     index.preprocess = options.get("preprocess") or index.preprocess
     index.fragment = options.get("fragment") or index.fragment
     added, removed = sync_with_store(index, store)
-    if save and (added or removed):
-        index.save(folder)
+    if added or removed:  # the start-up catch-up goes into the snapshot
+        try:
+            index.save(folder)
+        except OSError as exc:  # a read-only snapshot folder: the next writer saves it
+            if save:
+                raise
+            logger.warning("cannot save the caught-up index in %s: %s", folder, exc)
     return index
 
 

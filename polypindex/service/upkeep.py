@@ -4,11 +4,12 @@ Requests only search the loaded index (and put tombstones on it for a delete);
 everything that takes longer happens in this thread, never under the lock a
 search needs for longer than a swap:
 
-- **catch-up**: every ``index_refresh_seconds`` it compares the store's
-  fingerprint (highest tracklet id, tracklets of this encoder) with the last one
-  seen and, when another process changed the store, syncs the index with it
-  (:func:`~polypindex.indexer.generations.sync_with_store`: the store is read
-  with no index lock held, removals become tombstones);
+- **catch-up**: every ``index_refresh_seconds`` it applies the store's change log
+  after the last change the index holds
+  (:func:`~polypindex.indexer.generations.apply_changes`: every write, delete and
+  forced re-index of any replica, in order; the store is read with no index lock
+  held, removals become tombstones); :meth:`IndexUpkeep.behind` says by how many
+  changes, and how old the oldest, the index trails the store;
 - **in-process changes**: the job runner hands every procedure it commits to
   :meth:`IndexUpkeep.replaced` (the serving index is updated at once, no second
   copy is loaded), and ``DELETE /procedures/{uid}`` to :meth:`IndexUpkeep.deleted`;
@@ -38,8 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from polypindex.indexer.generations import build_from_store, generation_dir, sync_with_store
+from polypindex.indexer.generations import (
+    applied_change,
+    apply_changes,
+    build_from_store,
+    generation_dir,
+    sync_with_store,
+)
 from polypindex.indexer.store import Store
+from polypindex.indexer.store_changes import Behind, ChangeLog
 from polypindex.indexer.vectors import VectorIndex
 from polypindex.indexer.worker import BackgroundWorker
 
@@ -192,10 +200,12 @@ class IndexUpkeep:
             now = time.monotonic()
             if now - self._last_check >= self.refresh_s:
                 self._last_check = now
-                seen = fingerprint(self.store, self.encoder_version)
-                if seen != self._seen:
-                    done["synced"] = sync_with_store(index, self.store)
-                    self._seen = seen
+                synced = apply_changes(index, self.store)
+                if synced is None:  # not synced in this process yet
+                    synced = sync_with_store(index, self.store)
+                if synced != (0, 0):
+                    done["synced"] = synced
+                self._seen = fingerprint(self.store, self.encoder_version)
             if index.needs_compaction():
                 done["compacted"] = index.compact()
             done["saved"] = self._save()
@@ -228,6 +238,15 @@ class IndexUpkeep:
         self._state, self._problem = READY, None
         logger.info("index %s rebuilt from the store: %d vectors", self.encoder_version, len(index))
         return True
+
+    def behind(self) -> Behind | None:
+        """How far the serving index trails the store's change log (``None`` while there
+        is no index, or it was never synced); reads the store."""
+        index = self.index
+        seq = applied_change(index) if index is not None else None
+        if seq is None:
+            return None
+        return ChangeLog(self.store).behind(seq, self.encoder_version)
 
     def save_now(self) -> bool:
         """Save the index if it changed since the last snapshot; errors propagate."""
