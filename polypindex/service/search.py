@@ -224,6 +224,8 @@ def _hit(
             context=decision.context,
             reason=decision.reason,
             estimable=decision.estimable,
+            same_threshold=decision.same_threshold,
+            different_threshold=decision.different_threshold,
             label=decision.label,
         ),
     )

@@ -112,6 +112,13 @@ class HitDecision(BaseModel):
     context: str = Field(description="within, within_cosine, cross or unknown.")
     reason: str | None = Field(default=None, description="Why (always set for uncertain).")
     estimable: bool = Field(description="Whether the context's probability is an estimate.")
+    same_threshold: float | None = Field(
+        default=None, description="The context's same-polyp point; null where it has none."
+    )
+    different_threshold: float | None = Field(
+        default=None,
+        description="The context's different-polyp point; null where it has none.",
+    )
     label: str = Field(description="The answer in words, numbers printed as they compare.")
 
 

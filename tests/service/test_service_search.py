@@ -64,6 +64,8 @@ def test_search_results_carry_the_tracklet_rows(client: TestClient, setup: Setup
             "context": "unknown",  # a query given as an embedding
             "reason": "identical embeddings",
             "estimable": True,
+            "same_threshold": None,
+            "different_threshold": None,
             "label": "same polyp · p=1.00",
         },
     }

@@ -22,6 +22,9 @@ from helpers.auth import add_key, keys_settings
 from helpers.viewer import ViewerWorld, build_world, live_server
 
 from polypindex.benchmarks.screenshots import INSTALL_HINT, find_chromium
+from polypindex.model.scoring.calibration import Calibration
+from polypindex.model.scoring.contexts import ContextFit, Curve, Rule
+from polypindex.model.scoring.reid import format_pair
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +134,8 @@ def test_search_map_upload_and_errors_in_a_browser(
     assert all(w > 0 for w in images_loaded(page, "#results .card img"))
     assert images_loaded(page, "#query-card img.strip")[0] > 0  # the frame strip (COCO input)
     decisions = page.eval_on_selector_all("#results .decision", "ds => ds.map(d => d.textContent)")
-    assert all(d.startswith(("same polyp", "other polyp")) for d in decisions), decisions
+    # the stand-in encoder has no calibration: nothing is decided across procedures
+    assert decisions and all(d.startswith("uncertain") for d in decisions), decisions
     assert page.get_attribute("#timelines .bar.query", "data-id") == str(query)
     matched = page.eval_on_selector_all("#timelines .bar.match", "bs => bs.map(b => +b.dataset.id)")
     assert set(matched) == set(expected)
@@ -210,3 +214,89 @@ def test_the_page_asks_for_a_key_when_access_control_is_on(page: Any, tmp_path: 
         searched(page, 1)
         assert card_ids(page)
         assert all(w > 0 for w in images_loaded(page, "#results .card img"))  # sent with the key
+
+
+def _calibration(same_at: float) -> Calibration:
+    """Within one procedure p = sigmoid(10·cosine − 5), same at ≥ ``same_at`` (no
+    different point); across procedures not estimable, as on data without
+    cross-procedure identities."""
+    curve = Curve(
+        "logistic", ("cosine",), {"mean": [0.0], "scale": [1.0], "coef": [10.0], "intercept": -5.0}
+    )
+    none = "no threshold reaches the target"
+    within = ContextFit(
+        "within",
+        True,
+        0.3,
+        curve,
+        Rule("same", threshold=same_at, value=0.95, interval=(0.8, 0.99), n=40, correct=38),
+        Rule("different", reason=none),
+    )
+    why = "no same-polyp pairs across procedures in the calibration data"
+    cross = ContextFit(
+        "cross",
+        False,
+        0.0,
+        None,
+        Rule("same", reason=why),
+        Rule("different", reason=why),
+        reason=why,
+    )
+    return Calibration({"within": within, "cross": cross})
+
+
+def card_decisions(page: Any) -> dict[int, dict[str, str]]:
+    return {
+        int(d["id"]): d
+        for d in page.eval_on_selector_all(
+            "#results .card",
+            "cs => cs.map(c => { const d = c.querySelector('.decision'); return "
+            "{ id: c.dataset.id, answer: d.dataset.answer, context: d.dataset.context, "
+            "text: d.textContent }; })",
+        )
+    }
+
+
+@pytest.mark.timeout(150)
+def test_cards_decide_by_context_and_print_comparable_numbers(page: Any, tmp_path: Path) -> None:
+    world = build_world(tmp_path / "home")
+    world.encoder.reid_calibration = _calibration(0.9)  # type: ignore[attr-defined]
+    with live_server(world.settings, world.encoder) as url:
+        loaded(page, url)
+        query = world.id_of("001/p1/0")
+        own = world.procedure_of[query]
+        page.click(f"#procedure-tracklets .bar[data-id='{query}']")
+        searched(page, 1)
+        cards = card_decisions(page)
+        assert cards and all(world.procedure_of[i] != own for i in cards)
+        for d in cards.values():  # across procedures: never "same polyp"
+            assert d["context"] == "cross" and d["answer"] != "same", d
+            assert d["text"].startswith("uncertain") and "same polyp" not in d["text"]
+
+        # within the query's procedure too: a threshold that prints like the probability
+        page.uncheck("#exclude-own")
+        page.fill("#k", "50")
+        page.click("#search")
+        searched(page, 2)
+        body = {"query": {"tracklet_id": query}, "k": 50}
+        within = [h for h in api_hits(url, body) if h["procedure_uid"] == own]
+        assert within, "the query's procedure has other tracklets"
+        hit = within[0]
+        p = hit["decision"]["probability"]
+        k = round(p, 2)
+        t = (p + k + 0.005) / 2  # above p, and prints as p does with 2 decimals
+        assert f"{t:.2f}" == f"{p:.2f}" and t > p
+        world.encoder.reid_calibration = _calibration(t)  # type: ignore[attr-defined]
+        page.click("#search")
+        searched(page, 3)
+        card = card_decisions(page)[hit["tracklet_id"]]
+        a, b = format_pair(p, t)
+        assert a != b and float(a) < float(b)
+        assert card["answer"] == "uncertain" and card["context"] == "within"
+        assert card["text"] == f"uncertain · p={a} (same needs ≥ {b})", card
+        server = {h["tracklet_id"]: h for h in api_hits(url, body)}[hit["tracklet_id"]]
+        assert card["text"] == server["decision"]["label"]  # JS prints as the model does
+        for i, d in card_decisions(page).items():
+            if world.procedure_of[i] != own:
+                assert d["answer"] != "same", d
+    assert not page.page_errors

@@ -83,11 +83,49 @@ function clearError() { $("error").hidden = true; $("error").textContent = ""; }
 
 const pct = (p) => `${Math.round(p * 100)}%`;
 const frames = (t) => `frames ${t.start_frame}–${t.end_frame}`;
+function predictionPart(task, p) {
+  // a probe below min_probe_auroc (reliable: false) shows no class as a decision
+  if (p.reliable === false) return `${task} not reliable (${pct(p.probability)} ${p.label.replace("_", "-")})`;
+  return `${p.label.replace("_", "-")} ${pct(p.probability)}`;
+}
 function predictionText(predictions) {
   const parts = [];
-  if (predictions && predictions.size) parts.push(`${predictions.size.label.replace("_", "-")} ${pct(predictions.size.probability)}`);
-  if (predictions && predictions.histology) parts.push(`${predictions.histology.label.replace("_", "-")} ${pct(predictions.histology.probability)}`);
+  for (const task of ["size", "histology"]) {
+    if (predictions && predictions[task]) parts.push(predictionPart(task, predictions[task]));
+  }
   return parts.length ? parts.join(" · ") : "no predictions";
+}
+
+// A probability and a threshold printed so that the printed numbers compare as the
+// numbers do (model.scoring.reid.format_pair): more decimals while they would print
+// alike, never "p=0.13 < 0.13".
+function formatPair(p, t, digits = 2) {
+  let d = digits;
+  while (d < 12 && p !== t) {
+    const a = p.toFixed(d), b = t.toFixed(d);
+    if (a !== b) return [a, b];
+    d += 1;
+  }
+  return [p.toFixed(d), t.toFixed(d)];
+}
+const ANSWER_WORDS = { same: "same polyp", different: "different", uncertain: "uncertain" };
+function decisionLabel(d) {
+  const word = ANSWER_WORDS[d.answer] || "uncertain";
+  const p = d.probability;
+  if (p == null) return `${word} · no calibrated probability`;
+  if (d.answer === "same" && d.same_threshold != null && p < 1) {
+    const [a, b] = formatPair(p, d.same_threshold);
+    return `${word} · p=${a} ≥ ${b}`;
+  }
+  if (d.answer === "different" && d.different_threshold != null) {
+    const [a, b] = formatPair(p, d.different_threshold);
+    return `${word} · p=${a} ≤ ${b}`;
+  }
+  if (d.answer === "uncertain" && d.same_threshold != null) {
+    const [a, b] = formatPair(p, d.same_threshold);
+    return `${word} · p=${a} (same needs ≥ ${b})`;
+  }
+  return `${word} · p=${p.toFixed(2)}`;
 }
 
 // -- start-up ------------------------------------------------------------------------------
@@ -278,22 +316,6 @@ function queryInput() {
   return q.kind === "id" ? { tracklet_id: q.id } : { frames: q.frames };
 }
 
-async function decisions(results) {
-  // What /reid says for each match: one call per match for an indexed query; for uploaded
-  // frames one call (the top match) gives the threshold, applied to /search's probability.
-  const q = state.query;
-  if (!results.length) return [];
-  if (q.kind === "id") {
-    return Promise.all(results.map((r) => api("/reid", { method: "POST", body: { a: { tracklet_id: q.id }, b: { tracklet_id: r.tracklet_id } } })));
-  }
-  const top = await api("/reid", { method: "POST", body: { a: queryInput(), b: { tracklet_id: results[0].tracklet_id } } });
-  return results.map((r, i) => {
-    if (i === 0) return top;
-    const probability = r.same_polyp_probability ?? 1 / (1 + Math.exp(-r.score));
-    return { ...top, similarity: r.score, probability, same_polyp: probability >= top.threshold };
-  });
-}
-
 async function runSearch() {
   if (!$("upload-form").hidden) await uploadQuery();
   else if (!state.query) throw new Error("pick a query first: a procedure's tracklet, or upload frames");
@@ -312,15 +334,12 @@ async function runSearch() {
     throw err;
   }
   state.results = response.results;
-  const pending = decisions(state.results);
   const cards = state.results.map(card);
   $("results").replaceChildren(...cards);
   if (!cards.length) $("results").append(el("p", { class: "muted" }, "no match under these filters"));
   viewer.searchMs = performance.now() - t0;
   window.indexMap.setHighlights(state.query.kind === "id" ? state.query.id : null, state.results.map((r) => r.tracklet_id));
-  const [decided] = await Promise.all([pending.catch((e) => { showError(e); return []; }),
-    ...cards.map((c) => c.querySelector("img").ready)]);
-  decided.forEach((d, i) => fillDecision(cards[i], d, state.results[i]));
+  await Promise.all(cards.map((c) => c.querySelector("img").ready));
   viewer.searchCompleteMs = performance.now() - t0;
   viewer.searches += 1;
   $("search-info").textContent = `${state.results.length} of k=${body.k} · ${Math.round(viewer.searchCompleteMs)} ms`;
@@ -333,20 +352,19 @@ function card(r) {
   return el("article", { class: "card", "data-id": r.tracklet_id, onclick: () => setQueryId(r.tracklet_id, { search: true }).catch(showError) },
     img(`/tracklets/${r.tracklet_id}/thumbnail`, { alt: `tracklet ${r.tracklet_id}` }),
     el("div", {}, el("span", { class: "score" }, r.score.toFixed(3)), el("span", { class: "id" }, `#${r.tracklet_id}`)),
-    el("div", { class: "decision muted" }, "same polyp: …"),
+    decisionBox(r),
     el("div", { title: r.procedure_uid }, r.procedure_uid.length > 24 ? `…${r.procedure_uid.slice(-23)}` : r.procedure_uid),
     el("div", { class: "muted" }, `${frames(r)}${entity}`),
     el("div", {}, predictionText(r.predictions)));
 }
 
-function fillDecision(node, d, r) {
-  const box = node.querySelector(".decision");
-  if (!d) return;
-  const calibrated = d.calibrated ? "calibrated " : "";
-  box.className = `decision ${d.same_polyp ? "same" : "diff"}`;
-  const vs = d.same_polyp ? "≥" : "<";
-  box.textContent = `${d.same_polyp ? "same polyp" : "other polyp"} · ${calibrated}p=${d.probability.toFixed(2)} ${vs} ${d.threshold.toFixed(2)}`;
-  box.title = `threshold ${d.threshold.toFixed(3)}${r.same_polyp_probability != null ? `; /search probability ${r.same_polyp_probability.toFixed(3)}` : ""}`;
+function decisionBox(r) {
+  // each hit carries the decision on (query, hit): no /reid per card
+  const d = r.decision;
+  if (!d) return el("div", { class: "decision muted" }, "no decision");
+  const cls = { same: "same", different: "diff", uncertain: "uncertain" }[d.answer] || "uncertain";
+  const why = d.reason ? `${d.context}: ${d.reason}` : d.context;
+  return el("div", { class: `decision ${cls}`, "data-answer": d.answer, "data-context": d.context, title: why }, decisionLabel(d));
 }
 
 // -- the map -------------------------------------------------------------------------------
