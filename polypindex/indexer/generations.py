@@ -241,6 +241,23 @@ def sync_with_store(index: VectorIndex, store: Store) -> tuple[int, int]:
     return added, removed
 
 
+def catch_up(
+    index: VectorIndex, store: Store, folder: Path, *, strict: bool = False
+) -> tuple[int, int]:
+    """:func:`sync_with_store` a loaded snapshot, then write what it caught up back to
+    ``folder`` (so the next start does not redo it). A snapshot that cannot be written
+    is logged and left (the next save writes it) unless ``strict``."""
+    added, removed = sync_with_store(index, store)
+    if added or removed:
+        try:
+            index.save(folder)
+        except OSError as exc:
+            if strict:
+                raise
+            logger.warning("cannot save the caught-up index in %s: %s", folder, exc)
+    return added, removed
+
+
 def load_generation(
     folder: Path, encoder_version: str, dim: int, policy: IndexPolicy | None = None
 ) -> tuple[VectorIndex | None, str | None]:
@@ -326,14 +343,7 @@ def open_or_rebuild(
         return rebuild_into(folder, store, encoder_version, dim, problem, save=save, **options)
     index.preprocess = options.get("preprocess") or index.preprocess
     index.fragment = options.get("fragment") or index.fragment
-    added, removed = sync_with_store(index, store)
-    if added or removed:  # the start-up catch-up goes into the snapshot
-        try:
-            index.save(folder)
-        except OSError as exc:  # a read-only snapshot folder: the next writer saves it
-            if save:
-                raise
-            logger.warning("cannot save the caught-up index in %s: %s", folder, exc)
+    catch_up(index, store, folder, strict=save)
     return index
 
 

@@ -27,10 +27,10 @@ from starlette.datastructures import State
 
 from polypindex.indexer.faults import public_message
 from polypindex.indexer.generations import (
+    catch_up,
     generation_dir,
     load_generation,
     rebuild_into,
-    sync_with_store,
 )
 from polypindex.indexer.grouping import reid_calibration
 from polypindex.indexer.jobs import JobRunner
@@ -286,7 +286,7 @@ def open_serving_index(settings: Settings, store: Store, version: str, dim: int)
     folder = generation_dir(settings.index_dir, version)
     index, problem = load_generation(folder, version, dim)
     if index is not None:
-        sync_with_store(index, store)
+        catch_up(index, store, folder)  # written to the snapshot
     elif problem is not None and store.count_tracklets(version) > SYNC_REBUILD_MAX:
         logger.warning("%s: the index is rebuilt from the store in the background", problem)
     else:
@@ -300,6 +300,7 @@ def open_serving_index(settings: Settings, store: Store, version: str, dim: int)
         refresh_s=settings.index_refresh_seconds,
         seen=seen,
         reason=problem if index is None else None,
+        max_behind=settings.index_max_behind,
     )
 
 
@@ -449,10 +450,21 @@ def _index_serving(res: Resources) -> str | None:
     return None
 
 
-READINESS_CHECKS: list[ReadinessCheck] = [_started, _model_loaded, _store_answers, _index_serving]
-"""What ``GET /readyz`` checks, in order; each is cheap (at most one ``SELECT 1``). Append a
-:data:`ReadinessCheck` here to make readiness stricter (e.g. the index no further behind
-the store than a bound): ``/readyz`` and the container health check follow."""
+def _index_current(res: Resources) -> str | None:
+    """The index is no more than ``index_max_behind`` store changes behind (one count)."""
+    return res.upkeep.behind_problem() if res.upkeep is not None else None
+
+
+READINESS_CHECKS: list[ReadinessCheck] = [
+    _started,
+    _model_loaded,
+    _store_answers,
+    _index_serving,
+    _index_current,
+]
+"""What ``GET /readyz`` checks, in order; each is cheap (a ``SELECT 1``, or one count of
+the change log). Append a :data:`ReadinessCheck` here to make readiness stricter:
+``/readyz`` and the container health check follow."""
 
 
 def readiness(res: Resources, settings: Settings) -> list[str]:

@@ -53,6 +53,8 @@ class Settings(Layout):
             procedures indexed or deleted by another process (and then syncs the index
             with it, off the request path); ``0``: every pass (about 20 ms). Jobs run by
             this service reach its index at once, whatever this is.
+        index_max_behind: the most store changes (docs/store.md#replicas) the index may
+            not have applied yet for ``/readyz`` to say ready; ``None``: no bound.
         run_jobs: run indexing jobs in this process (a background worker thread);
             ``False``: ``POST /procedures`` and ``/jobs`` answer 503.
         auth: ``"keys"``: every endpoint but ``/healthz`` and ``/metrics`` needs an API key
@@ -77,6 +79,7 @@ class Settings(Layout):
     worker_threads: int = Field(default_factory=lambda: usable_cores(), ge=1)
     max_queued_requests: int = Field(default=64, ge=0)
     index_refresh_seconds: float = Field(default=10.0, ge=0)
+    index_max_behind: int | None = Field(default=1000, ge=0)
     min_probe_auroc: float = Field(default=0.7, ge=0.0, le=1.0)
     run_jobs: bool = True
     # Access (docs/deploy.md#keys-and-scopes; service/auth.py).

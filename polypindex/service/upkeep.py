@@ -75,6 +75,8 @@ class IndexUpkeep:
         seen: the store's :func:`fingerprint` taken before the index was loaded.
         reason: why the index is rebuilt in the background (with ``index=None``).
         save_every_s: least seconds between two snapshots of a changed index.
+        max_behind: the most store changes the index may trail by and be ready
+            (:meth:`behind_problem`); ``None``: no bound.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class IndexUpkeep:
         seen: tuple[int, int] | None = None,
         reason: str | None = None,
         save_every_s: float = 30.0,
+        max_behind: int | None = None,
     ) -> None:
         self.store = store
         self.index_root = Path(index_root)
@@ -97,6 +100,7 @@ class IndexUpkeep:
         self.index = index
         self.refresh_s = refresh_s
         self.save_every_s = save_every_s
+        self.max_behind = max_behind
         self._seen = seen if seen is not None else fingerprint(store, encoder_version)
         self._state = READY if index is not None else REBUILDING
         self._problem = reason
@@ -247,6 +251,19 @@ class IndexUpkeep:
         if seq is None:
             return None
         return ChangeLog(self.store).behind(seq, self.encoder_version)
+
+    def behind_problem(self) -> str | None:
+        """Why this replica is not ready for being too far behind the store: more than
+        :attr:`max_behind` changes not applied (``None``: within the bound, or no bound)."""
+        if self.max_behind is None:
+            return None
+        behind = self.behind()
+        if behind is None or behind.changes <= self.max_behind:
+            return None
+        return (
+            f"the index is {behind.changes} changes behind the store (more than "
+            f"{self.max_behind}; the oldest is {behind.oldest_age_s:.0f} s old): catching up"
+        )
 
     def save_now(self) -> bool:
         """Save the index if it changed since the last snapshot; errors propagate."""

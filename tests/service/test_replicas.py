@@ -87,3 +87,19 @@ def test_the_start_up_catch_up_is_written_to_the_snapshot(store: Store, tmp_path
     assert len(again) == 4
     infos = VectorIndex.read_infos(generation_dir(tmp_path, VERSION))
     assert infos is not None and infos["count"] == 4
+
+
+def test_a_replica_too_far_behind_is_not_ready_until_it_catches_up(
+    store: Store, tmp_path: Path
+) -> None:
+    store.replace_procedure("P1", "ds", "a", VERSION, _rows(3, seed=1))
+    a = _replica(store, tmp_path / "a")
+    a.max_behind = 1
+    assert a.behind_problem() is None
+    store.replace_procedure("P2", "ds", "b", VERSION, _rows(2, seed=2))  # by another replica
+    assert a.behind_problem() is None  # one change behind: within the bound
+    store.delete_procedure("P1")
+    problem = a.behind_problem()
+    assert problem is not None and "2 changes behind the store" in problem
+    a.step()
+    assert a.behind_problem() is None and _held(a) == _stored(store)
