@@ -27,6 +27,8 @@ from helpers.service_api import (
     started,
 )
 
+from polypindex.model.scoring.calibration import Calibration
+from polypindex.model.scoring.cosine_curve import CosineCalibration
 from polypindex.service.deps import get_encoder
 from polypindex.service.settings import Settings
 
@@ -209,12 +211,17 @@ def test_unexpected_exception_is_500_without_internals(
 
 def test_dependency_override_replaces_the_encoder(client: TestClient) -> None:
     app = client.app
-    app.dependency_overrides[get_encoder] = lambda: MeanColourEncoder(reid_threshold=0.0)  # type: ignore[attr-defined]
+    before = client.post("/reid", json={"a": {"tracklet_id": 1}, "b": {"tracklet_id": 2}}).json()
+    encoder = MeanColourEncoder()
+    encoder.reid_calibration = Calibration.from_cosine(  # type: ignore[attr-defined]
+        CosineCalibration("platt", {"a": 8.0, "b": -4.0}, threshold=0.0)
+    )
+    app.dependency_overrides[get_encoder] = lambda: encoder  # type: ignore[attr-defined]
     try:
         body = client.post("/reid", json={"a": {"tracklet_id": 1}, "b": {"tracklet_id": 2}}).json()
     finally:
         app.dependency_overrides.clear()  # type: ignore[attr-defined]
-    assert body["threshold"] == 0.0 and body["same_polyp"] is True
+    assert before["calibrated"] is False and body["calibrated"] is True
 
 
 def test_unknown_route_uses_the_error_body(client: TestClient) -> None:
