@@ -10,7 +10,8 @@ worker.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Union
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +37,63 @@ def job_request(job: JobParams) -> tuple[str, dict[str, Any]]:
     return str(fields.pop("kind")), fields
 
 
+class JobParamsShown(BaseModel):
+    """A job's request as stored (``kind`` apart), paths relative to the data roots; the
+    fields of its kind are set, the others left out (older jobs may carry other keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    root: str | None = Field(default=None, description="coco: the COCO folder.")
+    split: str | None = Field(default=None, description="coco: the split indexed.")
+    video: str | None = Field(default=None, description="video: the video file.")
+    folder: str | None = Field(default=None, description="frames: the frame folder.")
+    file: str | None = Field(default=None, description="dicom: the DICOM file or folder.")
+    detections: str | None = Field(default=None, description="The detections CSV.")
+    uid: str | None = Field(default=None, description="The procedure UID given.")
+    first_frame: int | None = Field(default=None, description="video: first frame read.")
+    force: bool | None = Field(default=None, description="Re-index procedures already stored.")
+    min_tracklet_length: int | None = None
+    min_score: float | None = None
+    linker: Literal["bytetrack", "greedy"] | None = None
+
+
+class JobReport(BaseModel):
+    """What a succeeded job indexed (``indexer.progress.IndexReport``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    procedures_indexed: int
+    procedures_skipped: int
+    tracklets: int
+    frames: int
+    images_decoded: int
+    seconds: float
+    index_size: int
+    encoder_version: str
+    indexed_uids: list[str] = Field(default_factory=list)
+    tracklets_per_s: float | None = None
+    frames_per_s: float | None = None
+
+
+class JobProgress(BaseModel):
+    """Where a job stands (``indexer.progress.Progress``); empty while queued."""
+
+    model_config = ConfigDict(extra="allow")
+
+    procedures_done: int | None = None
+    procedures_total: int | None = None
+    current_uid: str | None = None
+    tracklets: int | None = None
+    frames: int | None = None
+    elapsed_s: float | None = None
+    tracklets_per_s: float | None = None
+    eta_s: float | None = None
+    tracklets_total: int | None = None
+    frames_total: int | None = None
+    frames_per_s: float | None = None
+    report: JobReport | None = Field(default=None, description="When succeeded: what it indexed.")
+
+
 class JobResponse(BaseModel):
     """An indexing job as stored."""
 
@@ -49,9 +107,9 @@ class JobResponse(BaseModel):
                     "params": {"root": "<data_root>/coco/new", "split": "test"},
                     "progress": {"procedures_done": 3, "procedures_total": 10},
                     "error": None,
-                    "created_at": "2026-11-23T09:00:00+00:00",
-                    "updated_at": "2026-11-23T09:00:05+00:00",
-                    "started_at": "2026-11-23T09:00:01+00:00",
+                    "created_at": "2026-11-23T09:00:00Z",
+                    "updated_at": "2026-11-23T09:00:05Z",
+                    "started_at": "2026-11-23T09:00:01Z",
                     "finished_at": None,
                 }
             ]
@@ -61,11 +119,11 @@ class JobResponse(BaseModel):
     job_id: str
     kind: str
     status: str = Field(description='"queued", "running", "succeeded" or "failed".')
-    params: dict[str, Any] = Field(
+    params: JobParamsShown = Field(
         description="The request, its paths resolved and shown relative to the data roots "
         "(`<data_root>/...`; `<data_root:2>/...` for the second root, and so on)."
     )
-    progress: dict[str, Any] = Field(
+    progress: JobProgress = Field(
         description="Procedures and tracklets done, tracklets/s, ETA; when succeeded also "
         "`report` (what was indexed)."
     )
@@ -73,10 +131,10 @@ class JobResponse(BaseModel):
         description="Why the job failed (exception class and message; paths relative to the "
         "data roots)."
     )
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    finished_at: str | None
+    created_at: datetime = Field(description="When it was submitted (UTC, with its offset).")
+    updated_at: datetime = Field(description="Its last change (UTC).")
+    started_at: datetime | None = Field(description="When a worker took it (UTC).")
+    finished_at: datetime | None = Field(description="When it ended (UTC).")
 
 
 class JobListResponse(BaseModel):

@@ -7,6 +7,7 @@ job is a 422 at submission; paths in answers are shown relative to the data root
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Path, Query, Response
@@ -14,6 +15,7 @@ from fastapi import Body, Path, Query, Response
 from polypindex.indexer.faults import display_path, public_message
 from polypindex.indexer.jobs import JobRecord
 from polypindex.indexer.kinds.registry import KINDS, path_fields
+from polypindex.indexer.reads import as_utc
 from polypindex.service import backend
 from polypindex.service.deps import JobsDep, OptionalUpkeepDep, SettingsDep, StoreDep
 from polypindex.service.errors import error_responses
@@ -22,6 +24,8 @@ from polypindex.service.job_schemas import (
     DeleteProcedureResponse,
     IndexRequest,
     JobListResponse,
+    JobParamsShown,
+    JobProgress,
     JobResponse,
     job_request,
 )
@@ -56,19 +60,24 @@ def _shown(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     }
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    return as_utc(value) if value is not None else None
+
+
 def job_response(job: JobRecord, settings: Settings) -> JobResponse:
-    d = job.to_dict()
+    """The job as answered: paths shown relative to the data roots, every time aware UTC
+    (SQLite hands them back naive), progress and params typed."""
     return JobResponse(
-        job_id=d["id"],
-        kind=d["kind"],
-        status=d["status"],
-        params=_shown(d["params"], settings),
-        progress=d["progress"],
-        error=public_message(d["error"], settings.data_roots) if d["error"] else None,
-        created_at=d["created_at"],
-        updated_at=d["updated_at"],
-        started_at=d["started_at"],
-        finished_at=d["finished_at"],
+        job_id=job.id,
+        kind=job.kind,
+        status=job.status,
+        params=JobParamsShown.model_validate(_shown(job.params, settings)),
+        progress=JobProgress.model_validate(job.progress),
+        error=public_message(job.error, settings.data_roots) if job.error else None,
+        created_at=as_utc(job.created_at),
+        updated_at=as_utc(job.updated_at),
+        started_at=_utc(job.started_at),
+        finished_at=_utc(job.finished_at),
     )
 
 
