@@ -61,12 +61,16 @@ class JobStore:
         with self.store.sessions() as session:
             return {str(status): int(n) for status, n in session.execute(query)}
 
-    def update(self, job_id: str, **values: Any) -> None:
-        """Set columns of one job (and its ``updated_at``)."""
+    def update(self, job_id: str, held_by: str | None = None, **values: Any) -> bool:
+        """Set columns of one job (and its ``updated_at``); with ``held_by``, only while
+        that worker still holds the job (its lease was not taken back). Whether a row
+        was written."""
+        query = update(JobModel).where(JobModel.id == job_id)
+        if held_by is not None:
+            query = query.where(JobModel.worker == held_by)
         with self.store.sessions.begin() as session:
-            session.execute(
-                update(JobModel).where(JobModel.id == job_id).values(updated_at=utc_now(), **values)
-            )
+            result = session.execute(query.values(updated_at=utc_now(), **values))
+            return result.rowcount == 1  # type: ignore[attr-defined]
 
     def requeue_expired(self, lease_s: float) -> int:
         """Put back to ``queued`` the ``running`` jobs whose lease was last renewed more

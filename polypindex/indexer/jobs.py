@@ -278,7 +278,9 @@ class JobRunner:
         return self.jobs.claim(self.worker_name)
 
     def _set(self, job_id: str, **values: Any) -> None:
-        self.jobs.update(job_id, **values)
+        # a runner whose lease was taken back (it hung) no longer writes the job
+        if not self.jobs.update(job_id, held_by=self.worker_name, **values):
+            logger.warning("job %s is no longer held by %s: not updated", job_id, self.worker_name)
 
     def run_one(self) -> JobRecord | None:
         """Claim and run one queued job in this thread; ``None`` when none is queued."""

@@ -128,3 +128,17 @@ def test_concurrent_claims_on_postgresql_take_each_job_once(pg_url: str, tmp_pat
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_runner_whose_lease_was_taken_back_no_longer_writes_the_job(
+    setup: tuple[Store, Path, Path],
+) -> None:
+    store, data, index = setup
+    a, b = _runner(store, data, index, 0.2), _runner(store, data, index, 0.2)
+    job = a.submit("frames", _job(data))
+    assert a._claim() == job.id
+    time.sleep(0.3)  # A hangs past its lease; B takes the job
+    assert b.recover() == 1 and b._claim() == job.id
+    a._set(job.id, status="failed", error="late")
+    taken = b.get(job.id)
+    assert taken.status == "running" and taken.worker == b.worker_name and taken.error is None
