@@ -14,7 +14,7 @@
 
 # The project's files, copied once and shared by both targets.
 FROM scratch AS source
-COPY pyproject.toml Makefile README.md requirements-dev.lock /app/
+COPY pyproject.toml Makefile README.md requirements-dev.lock requirements-tracking.txt /app/
 # The package folder holds every file (the top-level model/, training/, ... are links into
 # it, for browsing: docs/architecture.md#layout).
 COPY polypindex /app/polypindex

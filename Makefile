@@ -10,14 +10,18 @@ STAMP  := $(VENV)/.installed
 # other extras (the serving image) resolve from pyproject.toml's ranges.
 LOCK   := requirements-dev.lock
 PIN    := $(if $(filter dev,$(EXTRAS)),-c $(LOCK),)
+# ByteTrack's packages, without their opencv-python (docs/inputs.md#linkers).
+TRACKING := requirements-tracking.txt
+COMMA  := ,
 
 .PHONY: serve test test-runtimes lint venv demo clean lock screenshots
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(TRACKING)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(PIN) -e '.[$(EXTRAS)]'
+	$(if $(filter dev tracking,$(subst $(COMMA), ,$(EXTRAS))),$(BIN)/python -m pip install --quiet --no-deps -r $(TRACKING))
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -55,6 +59,7 @@ lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
 	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	.lock-venv/bin/python -m pip install --quiet --no-deps -r $(TRACKING)
 	{ echo "# pip constraints for 'make venv' with EXTRAS=dev; regenerate with 'make lock'."; \
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(LOCK)
 	rm -rf .lock-venv

@@ -1,4 +1,4 @@
-"""Server memory while decompression bombs are refused (issue 11).
+"""Server memory while decompression bombs are refused.
 
 Starts the service with uvicorn in a subprocess (a cheap stand-in encoder, an empty
 store under a temporary home), sends a one-colour 20000×20000 PNG (about 1.2 MB,

@@ -160,7 +160,7 @@ def old_rule(
     identities: list[str],
 ) -> dict[str, Any]:
     """The same pairs under a pooled (format ``/1``) curve's rule: ``p ≥ θ_cal`` is
-    "same polyp", anything else "different" (what models before issue 23 answered)."""
+    "same polyp", anything else "different" (what models of older releases answered)."""
     pairs = _set_pairs(embeddings, facts, identities)
     out: dict[str, Any] = {}
     for name, within in (("within", True), ("cross", False)):

@@ -1,4 +1,4 @@
-"""Size and histology probe benchmark (docs/method.md#probes, issue 6).
+"""Size and histology probe benchmark (docs/method.md#probes).
 
 For each seed, the labelled polyps of the **train** split are divided 70/30 by
 polyp (stratified by label, :func:`training.probe.split_polyps`, seeded); a

@@ -13,6 +13,7 @@ from polypindex.cli import (
     audit,
     bench,
     data,
+    exchange,
     group,
     import_checkpoint,
     info,
@@ -78,6 +79,7 @@ app.add_typer(probe.probe_app, name="probe")
 app.command()(store.delete)
 app.add_typer(keys.keys_app, name="keys")
 audit.register(app)
+exchange.register(app)
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 Each command parses its options and calls one library function of
 :mod:`polypindex.indexer`. ``polypindex index DATA`` (no sub-command) still means
 ``polypindex index coco DATA``. The ``index`` command of each input kind (``coco``,
-``video``, ``frames``) is made from the kind's declaration
+``video``, ``frames``, ``dicom``) is made from the kind's declaration
 (:mod:`polypindex.indexer.kinds`). Locations not given come from ``POLYPINDEX_*`` or
 ``--home`` (:func:`polypindex.cli.options.layout`).
 """
@@ -68,7 +68,7 @@ class _IndexGroup(TyperGroup):
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 index_app = typer.Typer(
     cls=_IndexGroup,
-    help="Index procedures (COCO folder, video + CSV, frames + CSV); rebuild or list index generations.",
+    help="Index procedures (COCO folder, video, frames or DICOM + detections); rebuild or list index generations.",
     no_args_is_help=True,
 )
 

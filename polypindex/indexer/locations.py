@@ -18,7 +18,8 @@ checks the result against the data roots (:func:`indexer.sources.check_in_roots`
 stored value never reaches a file the roots do not allow.
 
 A procedure's source wraps such paths: ``ANNOTATIONS.json`` (a COCO split),
-``frames:FOLDER detections:CSV`` or ``video:VIDEO detections:CSV``
+``frames:FOLDER detections:CSV``, ``video:VIDEO detections:CSV`` or
+``dicom:FILE detections:CSV``
 (:func:`store_source`, :func:`parse_source`).
 """
 
@@ -35,7 +36,7 @@ from polypindex.indexer.sources import PathNotAllowedError
 HOME_PREFIX = "home:"
 ROOT_PREFIX = "root:"
 _WITH_DETECTIONS = re.compile(
-    r"^(?P<kind>frames|video):(?P<input>.+) detections:(?P<detections>.+)$"
+    r"^(?P<kind>frames|video|dicom):(?P<input>.+) detections:(?P<detections>.+)$"
 )
 
 
@@ -57,7 +58,7 @@ class SourceParts:
     """The stored paths of a procedure's source.
 
     Attributes:
-        kind: ``coco`` (``input`` is the annotation file), ``frames`` or ``video``.
+        kind: ``coco`` (``input`` is the annotation file), ``frames``, ``video`` or ``dicom``.
         input: the annotation file, frames folder or video, as stored.
         detections: the detections CSV as stored (``None`` for COCO).
     """

@@ -44,7 +44,7 @@ from polypindex.indexer.input_checks import check_uid, opened_path, resolve_inpu
 from polypindex.model.core.errors import ImageReadError, InvalidInputError
 from polypindex.model.data.config import TrackletConfig
 from polypindex.model.data.preprocess import read_image
-from polypindex.model.data.tracklets import Tracklet
+from polypindex.model.data.tracklets import DEFAULT_LINKER, DETECTION_SEPARATION_THRESH, Tracklet
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -87,14 +87,18 @@ class SourceOptions(TypedDict, total=False):
     """The options of a video or a frames folder with its detections CSV, besides the paths.
 
     Attributes:
-        config: the gap / IoU / minimum length rule (default ``TrackletConfig()``).
+        config: the gap / IoU / minimum length rule (default: ``TrackletConfig`` with the
+            detection inputs' gap of ``DETECTION_SEPARATION_THRESH`` frames).
         min_score: boxes scoring below it are ignored (default ``0``).
         dataset_id: the dataset the procedure belongs to (default none).
+        linker: how boxes without track ids are linked: ``"bytetrack"`` (default) or
+            ``"greedy"`` (docs/inputs.md#linkers).
     """
 
     config: TrackletConfig | None
     min_score: float
     dataset_id: str | None
+    linker: str
 
 
 def check_in_roots(
@@ -196,13 +200,20 @@ def _detections_source(
     **options: Unpack[SourceOptions],
 ) -> ProcedureSource:
     """The procedure of one detections CSV over frames from ``source`` (a video, a folder)."""
-    config = options.get("config") or TrackletConfig()
+    config = options.get("config") or TrackletConfig(separation_thresh=DETECTION_SEPARATION_THRESH)
     min_score = options.get("min_score", 0.0)
     return ProcedureSource(
         uid=uid,
         dataset_id=options.get("dataset_id"),
         source=f"{source} detections:{detections.path}",
-        tracklets=detection_tracklets(uid, detections, config, min_score, image_paths),
+        tracklets=detection_tracklets(
+            uid,
+            detections,
+            config,
+            min_score,
+            image_paths,
+            linker=options.get("linker", DEFAULT_LINKER),
+        ),
         frames=frames,
     )
 

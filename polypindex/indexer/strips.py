@@ -135,8 +135,10 @@ def strip_frames(
     parts = parse_source(procedure.source)
     if parts is None:
         raise _unavailable(record, "its source is not an image source the viewer can read")
-    if parts.kind == "video":
-        raise _unavailable(record, "it was indexed from a video (strips read image files)")
+    if parts.kind in ("video", "dicom"):
+        raise _unavailable(
+            record, f"it was indexed from a {parts.kind} file (strips read image files)"
+        )
     try:
         where = check_in_roots(resolve(parts.input, home, data_roots), data_roots)
         if parts.kind == "frames":

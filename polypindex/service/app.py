@@ -46,7 +46,7 @@ from polypindex.service.resources import (
     load_resources,
     start_job_runner,
 )
-from polypindex.service.routers import health, jobs, polyps, predict, reid, search
+from polypindex.service.routers import exchange, health, jobs, polyps, predict, reid, search
 from polypindex.service.routers import read as read_routes
 from polypindex.service.settings import Settings
 
@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(polyps.router, **read)  # before read_routes' /procedures/{uid:path}
     app.include_router(jobs.router, **write)  # POST/DELETE /procedures, GET /jobs*
     app.include_router(read_routes.router, **read)  # the viewer's reads (docs/viewer.md)
+    app.include_router(exchange.router, **read)  # GET /export (docs/inputs.md)
     app.include_router(ui.router)  # the viewer page at GET / (static, no data)
     install_metrics(app)  # GET /metrics and the request metrics middleware
     if settings.cors_origins:  # off unless an allowlist is configured

@@ -44,7 +44,7 @@ class SearchRequest(BaseModel):
     """``POST /search``: the nearest indexed tracklets of a query tracklet (``query``), or
     of several searched together (``queries``); exactly one of the two."""
 
-    # exactly one of query / queries non-null, as the validator below says (issue 24)
+    # exactly one of query / queries non-null, as the validator below says
     model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [ONE_OF_QUERIES]})
 
     query: TrackletInput | None = Field(

@@ -1,4 +1,4 @@
-"""Training size and histology probes on a frozen ONNX encoder (docs/method.md#probes, issue 6).
+"""Training size and histology probes on a frozen ONNX encoder (docs/method.md#probes).
 
 Pipeline: COCO split → tracklets → fragments (the encoder's own fragment rule,
 read from its ONNX metadata) → :class:`model.runtime.onnx.OnnxEncoder` embeddings

@@ -1,4 +1,4 @@
-"""The probes' data (docs/method.md#probes, issue 6): the features of every fragment of a dataset
+"""The probes' data (docs/method.md#probes): the features of every fragment of a dataset
 split and their labels per polyp, numpy only.
 
 Pipeline: COCO split → tracklets → fragments (the encoder's own fragment rule, read

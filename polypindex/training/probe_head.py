@@ -1,4 +1,4 @@
-"""The probe head and its fitting (docs/method.md#probes, issue 6): a linear or MLP head
+"""The probe head and its fitting (docs/method.md#probes): a linear or MLP head
 trained with
 BCE, AdamW and a one-cycle LR for a fixed number of epochs (the last kept), and the
 temperature scaling fitted on held-out polyps. torch; the served probe is

@@ -59,7 +59,7 @@ def test_refused_requests_write_nothing(setup: tuple[JobRunner, Path], tmp_path:
     with pytest.raises(InvalidInputError, match="does not exist"):
         runner.submit("frames", {**_frames_job(data), "folder": str(data / "nope")})
     with pytest.raises(InvalidInputError, match="unknown job kind"):
-        runner.submit("dicom", {})
+        runner.submit("hl7", {})
     with pytest.raises(InvalidInputError, match=r"needs field\(s\) \['detections'\]"):
         runner.submit("video", {"video": str(data / "d.csv")})
     with pytest.raises(InvalidInputError, match=r"unknown field\(s\) \['speed'\]"):

@@ -30,7 +30,7 @@ from polypindex.model.data.config import TrackletConfig
 
 
 def test_every_kind_names_its_model_and_its_path_fields() -> None:
-    assert list(KINDS) == ["coco", "video", "frames"]
+    assert list(KINDS) == ["coco", "video", "frames", "dicom"]
     for name, kind in KINDS.items():
         assert get_args(kind.params.model_fields["kind"].annotation) == (name,)
         assert kind.path_fields and set(kind.path_fields) <= set(kind.required)

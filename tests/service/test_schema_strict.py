@@ -81,12 +81,13 @@ def test_procedures_take_a_discriminated_union(doc: dict[str, Any]) -> None:
     body = doc["paths"]["/procedures"]["post"]["requestBody"]["content"]["application/json"]
     schema = body["schema"]
     assert schema["discriminator"]["propertyName"] == "kind"
-    assert set(schema["discriminator"]["mapping"]) == {"coco", "video", "frames"}
+    assert set(schema["discriminator"]["mapping"]) == {"coco", "video", "frames", "dicom"}
     schemas = doc["components"]["schemas"]
     for name, required in (
         ("CocoJob", {"kind", "root"}),
         ("VideoJob", {"kind", "video", "detections"}),
         ("FramesJob", {"kind", "folder", "detections"}),
+        ("DicomJob", {"kind", "file", "detections"}),
     ):
         assert schemas[name]["additionalProperties"] is False
         assert set(schemas[name]["required"]) == required

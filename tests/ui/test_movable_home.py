@@ -128,6 +128,9 @@ def test_the_first_root_holding_a_path_wins_then_the_home(tmp_path: Path) -> Non
     assert store_source(f"frames:{a / 'f'} detections:{b / 'd.csv'}", anchors) == (
         "frames:root:f detections:root:d.csv"
     )
+    assert store_source(f"dicom:{a / 's.dcm'} detections:{a / 'd.txt'}", anchors) == (
+        "dicom:root:s.dcm detections:root:d.txt"
+    )
     assert store_source("root:x.json", anchors) == "root:x.json"  # already stored: kept
 
 

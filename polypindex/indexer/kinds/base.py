@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -35,6 +35,7 @@ from polypindex.indexer.input_checks import MAX_UID_LENGTH
 from polypindex.indexer.sources import ProcedureSource, Roots
 from polypindex.model.core.errors import InvalidInputError
 from polypindex.model.data.config import TrackletConfig
+from polypindex.model.data.tracklets import DEFAULT_LINKER, DETECTION_SEPARATION_THRESH
 
 # No control characters (NUL included): refused before they reach SQL or a path.
 NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
@@ -70,6 +71,10 @@ MinTrackletLength = Annotated[
         description="Tracklets shorter than this many frames are not indexed (default 30).",
     ),
 ]
+Linker = Annotated[
+    Literal["bytetrack", "greedy"],
+    Field(description="How boxes without track ids are linked (docs/inputs.md#linkers)."),
+]
 MinScore = Annotated[
     float,
     Field(ge=-1e9, le=1e9, description="Boxes scoring below it are ignored (default 0)."),
@@ -91,6 +96,23 @@ class JobParams(BaseModel):
     def tracklet_config(self) -> TrackletConfig:
         """How the job's detections or instances are cut into tracklets."""
         return TrackletConfig(min_tracklet_length=self.min_tracklet_length)
+
+
+class DetectionJobParams(JobParams):
+    """The fields of a job whose input comes with a detections file: the score floor, the
+    linker of boxes without track ids, and the detection inputs' gap rule
+    (:data:`~polypindex.model.data.tracklets.DETECTION_SEPARATION_THRESH` frames: a
+    detector misses frames, docs/inputs.md#linkers)."""
+
+    min_score: MinScore = 0.0
+    linker: Linker = "bytetrack"
+
+    @property
+    def tracklet_config(self) -> TrackletConfig:
+        return TrackletConfig(
+            min_tracklet_length=self.min_tracklet_length,
+            separation_thresh=DETECTION_SEPARATION_THRESH,
+        )
 
 
 P = TypeVar("P", bound=JobParams)
@@ -118,12 +140,26 @@ class DetectionOptions:
     """The options of a command whose input comes with a detections CSV: the CSV and how
     its boxes are linked into tracklets (docs/method.md#tracklets)."""
 
-    detections: Annotated[Path, CliOption("MOT-style CSV: frame,x,y,w,h,score[,track_id].")]
+    detections: Annotated[
+        Path,
+        CliOption(
+            "Detections: MOTChallenge (frame,id,x,y,w,h,conf[,x,y,z], 1-based frames) or "
+            "frame,x,y,w,h,score[,track_id] behind its header (docs/inputs.md#detections)."
+        ),
+    ]
     min_score: Annotated[float, CliOption("Ignore boxes scoring below this.")] = 0.0
+    linker: Annotated[
+        str,
+        CliOption(
+            "Linker of boxes without track ids: bytetrack or greedy (docs/inputs.md#linkers)."
+        ),
+    ] = DEFAULT_LINKER
     min_tracklet_length: Annotated[
         int, CliOption("Tracklets with fewer frames are dropped (docs/method.md#tracklets).")
     ] = 30
-    separation_thresh: Annotated[int, CliOption("A larger frame gap starts a new tracklet.")] = 1
+    separation_thresh: Annotated[
+        int, CliOption("A larger frame gap starts a new tracklet (detectors miss frames).")
+    ] = DETECTION_SEPARATION_THRESH
     iou_thresh: Annotated[
         float, CliOption("A lower IoU with the previous box starts a new one.")
     ] = 0.1

@@ -14,18 +14,17 @@ from polypindex.indexer.kinds.base import (
     CliArgument,
     CliCommand,
     CliOption,
+    DetectionJobParams,
     InputFile,
     InputFolder,
     InputKind,
-    JobParams,
     JobUid,
-    MinScore,
 )
 from polypindex.indexer.sources import ProcedureSource, Roots, SourceOptions, frames_source
 from polypindex.model.data.config import TrackletConfig
 
 
-class FramesJob(JobParams):
+class FramesJob(DetectionJobParams):
     """A folder of frame images (the frame number is the last number of each file name)
     and its detections CSV."""
 
@@ -43,11 +42,10 @@ class FramesJob(JobParams):
     folder: InputFolder = Field(description="The frames folder." + JOB_PATH_NOTE)
     detections: InputFile = Field(description="The detections CSV." + JOB_PATH_NOTE)
     uid: JobUid | None = Field(default=None, description="Default: the folder's name.")
-    min_score: MinScore = 0.0
 
 
 def _sources(job: FramesJob, config: TrackletConfig, roots: Roots | None) -> list[ProcedureSource]:
-    options: SourceOptions = {"config": config, "min_score": job.min_score}
+    options: SourceOptions = {"config": config, "min_score": job.min_score, "linker": job.linker}
     return [frames_source(job.folder, job.detections, job.uid, roots=roots, **options)]
 
 

@@ -12,11 +12,12 @@ from typing import Any
 
 from polypindex.indexer.kinds.base import InputKind
 from polypindex.indexer.kinds.coco import COCO
+from polypindex.indexer.kinds.dicom import DICOM
 from polypindex.indexer.kinds.frames import FRAMES
 from polypindex.indexer.kinds.video import VIDEO
 from polypindex.model.core.errors import InvalidInputError
 
-KINDS: dict[str, InputKind[Any]] = {kind.name: kind for kind in (COCO, VIDEO, FRAMES)}
+KINDS: dict[str, InputKind[Any]] = {kind.name: kind for kind in (COCO, VIDEO, FRAMES, DICOM)}
 
 
 def input_kind(name: str) -> InputKind[Any]:

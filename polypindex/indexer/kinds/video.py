@@ -15,18 +15,17 @@ from polypindex.indexer.kinds.base import (
     CliArgument,
     CliCommand,
     CliOption,
+    DetectionJobParams,
     InputFile,
     InputKind,
-    JobParams,
     JobUid,
-    MinScore,
 )
 from polypindex.indexer.sources import ProcedureSource, Roots, SourceOptions, video_source
 from polypindex.model.data.config import TrackletConfig
 
 
-class VideoJob(JobParams):
-    """A video file and its detections CSV (``frame,x,y,w,h,score[,track_id]``)."""
+class VideoJob(DetectionJobParams):
+    """A video file and its detections (MOTChallenge or the project's CSV: docs/inputs.md)."""
 
     example: ClassVar[dict[str, Any]] = {
         "summary": "A video and its detections",
@@ -40,11 +39,10 @@ class VideoJob(JobParams):
     first_frame: int = Field(
         default=0, ge=0, le=MAX_FRAME_NUMBER, description="The number of the video's first frame."
     )
-    min_score: MinScore = 0.0
 
 
 def _sources(job: VideoJob, config: TrackletConfig, roots: Roots | None) -> list[ProcedureSource]:
-    options: SourceOptions = {"config": config, "min_score": job.min_score}
+    options: SourceOptions = {"config": config, "min_score": job.min_score, "linker": job.linker}
     return [
         video_source(
             job.video, job.detections, job.uid, first_frame=job.first_frame, roots=roots, **options
@@ -59,7 +57,10 @@ class VideoInput:
     video: Annotated[Path, CliArgument("Video file (mp4, mkv, avi ...).")]
     uid: Annotated[str | None, CliOption("Procedure UID (default: the file stem).")] = None
     first_frame: Annotated[
-        int, CliOption("Number of the video's first frame in the CSV (MOT: 1).")
+        int,
+        CliOption(
+            "Number of the video's first frame in the detections, once read (0-based: MOTChallenge's frame 1 is read as 0)."
+        ),
     ] = 0
 
 

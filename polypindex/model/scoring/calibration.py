@@ -77,7 +77,7 @@ CONTEXT_FEATURES: dict[str, tuple[str, ...]] = {
 CV_FOLDS = 5
 LEGACY_WARNING = (
     "legacy calibration (one cosine curve fitted on all validation pairs, within and "
-    "across procedures, before issue 23): read as the within-procedure context without "
+    "across procedures, an older release): read as the within-procedure context without "
     "held-out operating points, so every answer is uncertain; retrain the model to "
     "calibrate by context"
 )
@@ -151,7 +151,7 @@ def fit_calibration(
     cosines: np.ndarray, same: np.ndarray, method: str | None = None, seed: int = 0
 ) -> CosineCalibration:
     """Fit one P(same polyp | cosine) curve on pairs, whatever their context (the
-    calibration of models before issue 23, kept for ``bench counting``; models now
+    calibration of models of older releases, kept for ``bench counting``; models now
     carry :func:`fit_reid_calibration`'s).
 
     Args:

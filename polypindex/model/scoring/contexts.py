@@ -140,7 +140,7 @@ class Curve:
     Attributes:
         kind: ``"logistic"`` (``mean``/``scale``/``coef``/``intercept`` over
             ``features``) or ``"isotonic"`` (``x``/``y`` knots on the cosine, read from
-            calibrations written before issue 23).
+            calibrations written by older releases).
         features: the :data:`~model.scoring.pairs.FEATURES` it reads, in order.
         params: the parameters.
     """

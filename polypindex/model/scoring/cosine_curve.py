@@ -1,4 +1,4 @@
-"""The single cosine curve of calibrations written before issue 23 (format
+"""The single cosine curve of calibrations written before the calibration by context (format
 ``polypindex-reid-calibration/1``), and its two fitting methods.
 
 A :class:`CosineCalibration` maps a cosine to P(same polyp) with one curve over all
@@ -91,7 +91,7 @@ def fit_isotonic(cosines: np.ndarray, same: np.ndarray) -> tuple[list[float], li
 @dataclass(frozen=True)
 class CosineCalibration:
     """One curve from cosine similarity to P(same polyp) over all pairs, with its
-    best-F1 threshold (format ``/1``; what models trained before issue 23 carry).
+    best-F1 threshold (format ``/1``; what models trained before the calibration by context carry).
 
     Attributes:
         method: ``"platt"`` or ``"isotonic"``.

@@ -54,7 +54,7 @@ _NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
 
 def _iso_only(value: Any) -> Any:
     """A date-time query value must be ISO 8601, as the schema's ``format`` says: a bare
-    number (pydantic would read it as a Unix time) is refused (issue 24)."""
+    number (pydantic would read it as a Unix time) is refused."""
     if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.match(value)):
         raise ValueError("an ISO 8601 date-time (e.g. 2026-12-01T09:00:00Z), not a number")
     return value
