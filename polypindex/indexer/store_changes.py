@@ -6,7 +6,11 @@ Every write a replica's index must follow (a procedure written, re-indexed with
 tracklet ids it added and removed. Row ids only grow (an autoincrement that never
 reuses an id), so an index that recorded the last id it applied knows exactly what it
 still lacks: the rows after it (:meth:`ChangeLog.after`), and how far behind it is
-(:meth:`ChangeLog.behind`). docs/store.md#replicas.
+(:meth:`ChangeLog.behind`). On PostgreSQL a sequence number is drawn at insert, not
+at commit, so two writers could commit out of number order and a reader in between
+would skip the lower one: each write takes a transaction-level advisory lock before it
+draws its number, held to its commit, so numbers are committed in order. SQLite
+serialises writers anyway. docs/store.md#replicas.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from polypindex.indexer.tables import ChangeModel
@@ -26,6 +30,8 @@ from polypindex.model.core.errors import ConflictError
 if TYPE_CHECKING:  # the store imports this module to write its changes
     from polypindex.indexer.store import Store
 
+# pg_advisory_xact_lock key of the change log ("CHANGE"), distinct from the migrations'
+_PG_CHANGES_LOCK = 0x4348414E4745
 WRITTEN = "written"
 REPLACED = "replaced"
 DELETED = "deleted"
@@ -82,7 +88,10 @@ def record_change(
     added: Sequence[int],
     removed: Sequence[int],
 ) -> None:
-    """Add the change of a write to ``session`` (the write's own transaction)."""
+    """Add the change of a write to ``session`` (the write's own transaction), as its
+    last statement (the lock it takes on PostgreSQL is held until the commit)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CHANGES_LOCK})
     session.add(
         ChangeModel(
             kind=kind,

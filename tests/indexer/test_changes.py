@@ -3,6 +3,8 @@ in the write's own transaction; a rolled-back or refused write logs nothing."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from helpers.rows import random_row
 
 from polypindex.indexer.store import Store
-from polypindex.indexer.store_changes import ChangeLog
+from polypindex.indexer.store_changes import ChangeLog, record_change
 from polypindex.indexer.tables import TrackletRow
 from polypindex.model.core.errors import ConflictError, InvalidInputError
 
@@ -81,3 +83,26 @@ def test_a_refused_write_logs_nothing(store: Store) -> None:
     assert log.latest() == latest
     assert store.get_procedure("P1", "enc-a").source == "a"
     assert len(store.tracklet_ids_for_procedure("P1")) == 2
+
+
+@pytest.mark.postgres
+def test_changes_are_committed_in_number_order_on_postgresql(pg_url: str) -> None:
+    """A write that drew its change number holds the next writer until it commits: a
+    reader never sees a higher number committed before a lower one."""
+    store = Store(pg_url)
+    try:
+        log = ChangeLog(store)
+        other = threading.Thread(
+            target=store.replace_procedure, args=("P2", "ds", "b", "enc-a", _rows(2))
+        )
+        with store.sessions.begin() as session:
+            record_change(session, "written", "P1", "enc-a", [], [])
+            session.flush()
+            other.start()
+            time.sleep(0.5)
+            assert other.is_alive()  # waiting for this transaction's lock
+            assert log.latest() == 0  # nothing committed out of order meanwhile
+        other.join(10)
+        assert [c.uid for c in log.after(0)] == ["P1", "P2"]
+    finally:
+        store.close()
