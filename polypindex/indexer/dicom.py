@@ -44,6 +44,7 @@ from polypindex.indexer.sources import (
     SourceOptions,
     VideoReadError,
     check_in_roots,
+    decode_wanted,
 )
 from polypindex.model.core.errors import ConfigError, ImageReadError, InvalidInputError
 from polypindex.model.data.config import TrackletConfig
@@ -277,27 +278,15 @@ def _stream_h264(info: DicomInfo, todo: Sequence[int]) -> FrameStream:
         container = av.open(io.BytesIO(stream_bytes), mode="r", format="h264" if annex_b else None)
     except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
         raise VideoReadError(f"{info.path}: cannot open the encapsulated video: {exc}") from None
-    position, at = -1, 0
-    try:
-        video = container.streams.video[0]
-        try:
-            for frame in container.decode(video):
-                position += 1
-                if position < todo[at]:
-                    continue
-                yield position, frame.to_ndarray(format="rgb24")
-                at += 1
-                if at == len(todo):
-                    return
-        except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-            raise VideoReadError(
-                f"{info.path}: cannot decode the video after frame {position}: {exc}"
-            ) from None
-    finally:
-        container.close()
-    raise VideoReadError(
-        f"{info.path}: the video ends after frame {position}, but detections need frame "
-        f"{todo[at]} (NumberOfFrames says {info.n_frames}; missing frames)"
+    yield from decode_wanted(
+        container,
+        todo,
+        0,
+        lambda at, exc: f"{info.path}: cannot decode the video after frame {at}: {exc}",
+        lambda at, need: (
+            f"{info.path}: the video ends after frame {at}, but detections need "
+            f"frame {need} (NumberOfFrames says {info.n_frames}; missing frames)"
+        ),
     )
 
 

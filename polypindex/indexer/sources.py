@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypedDict, Unpack
+from typing import Any, BinaryIO, TypedDict, Unpack
 
 import numpy as np
 
@@ -269,20 +269,47 @@ def stream_video(
         VideoReadError: the file cannot be decoded (e.g. truncated) or ends before
             the last wanted frame.
     """
-    import av
 
     p = Path(path)
     todo = sorted({int(f) for f in wanted})
     if not todo:
         return
     container = _open_video(p, roots)
+    yield from decode_wanted(
+        container,
+        todo,
+        first_frame,
+        lambda at, exc: f"cannot decode video {p} after frame {at}: {exc} (truncated or corrupt?)",
+        lambda at, need: (
+            f"video {p} ends after frame {at}, but detections need frame {need} "
+            f"(truncated video, or detections of another video?)"
+        ),
+    )
+
+
+def decode_wanted(
+    container: Any,
+    todo: Sequence[int],
+    first_frame: int,
+    decode_error: Callable[[int, Exception], str],
+    too_short: Callable[[int, int], str],
+) -> FrameStream:
+    """The frames ``todo`` (sorted, not empty) of a PyAV container's first video stream,
+    decoded front to back, one held at a time; the container is closed at the end.
+
+    Raises:
+        VideoReadError: ``decode_error(last position, error)`` when decoding fails,
+            ``too_short(last position, next wanted)`` when the stream ends first.
+    """
+    import av
+
     position = first_frame - 1
     at = 0
     try:
-        stream = container.streams.video[0]  # type: ignore[attr-defined]
+        stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
-            for frame in container.decode(stream):  # type: ignore[attr-defined]
+            for frame in container.decode(stream):
                 position += 1
                 if position < todo[at]:
                     continue
@@ -291,15 +318,10 @@ def stream_video(
                 if at == len(todo):
                     return
         except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-            raise VideoReadError(
-                f"cannot decode video {p} after frame {position}: {exc} (truncated or corrupt?)"
-            ) from exc
+            raise VideoReadError(decode_error(position, exc)) from exc
     finally:
-        container.close()  # type: ignore[attr-defined]
-    raise VideoReadError(
-        f"video {p} ends after frame {position}, but detections need frame {todo[at]} "
-        f"(truncated video, or detections of another video?)"
-    )
+        container.close()
+    raise VideoReadError(too_short(position, todo[at]))
 
 
 def video_source(
