@@ -48,7 +48,9 @@ def test_every_operation_has_its_explicit_id(tmp_path: object) -> None:
         for path, ops in paths.items()  # type: ignore[attr-defined]
         for method, op in ops.items()
     }
-    assert found == EXPECTED_IDS  # no FastAPI default (search_search_post) left
+    assert EXPECTED_IDS.items() <= found.items()
+    for (path, method), op_id in found.items():  # a route added later too: its own name
+        assert not op_id.endswith(f"_{method}"), (path, op_id)  # FastAPI's search_search_post
     assert len(set(found.values())) == len(found)
 
 
