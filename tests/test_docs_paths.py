@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 # a backticked path: folders and files of the tree (model/core/files.py, indexer/kinds/)
 _PATH = re.compile(
     r"`((?:polypindex/|tests/|docs/|model/|training/|indexer/|service/|benchmarks/)[\w./-]*)`"

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
+from polypindex.indexer.av_frames import VideoReadError, decode_wanted
 from polypindex.indexer.detections import (
     check_boxes_inside,
     detection_tracklets,
@@ -42,9 +43,7 @@ from polypindex.indexer.sources import (
     FrameStream,
     ProcedureSource,
     SourceOptions,
-    VideoReadError,
     check_in_roots,
-    decode_wanted,
 )
 from polypindex.model.core.errors import ConfigError, ImageReadError, InvalidInputError
 from polypindex.model.data.config import TrackletConfig

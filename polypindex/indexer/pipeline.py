@@ -107,10 +107,15 @@ def commit_procedure(
     probes: Sequence[Probe] = (),
     calibration: Any = None,
     anchors: Anchors | None = None,
+    if_absent: bool = False,
 ) -> list[int]:
     """Write one embedded procedure: the probes' predictions added to its rows, its rows
     in one store transaction (replacing an older version of it: idempotent), then its
     vectors in the index, then its polyp entities. Returns the new tracklet ids.
+
+    ``if_absent``: the procedure was not stored when this run began (it indexes without
+    ``force``), so a copy stored since is another writer's: ConflictError, nothing kept
+    (docs/store.md#concurrent-writers).
 
     With ``anchors``, the source is stored relative to its data root or the home
     (:func:`indexer.locations.store_source`); without, as the source gives it."""
@@ -123,7 +128,7 @@ def commit_procedure(
     old_ids = store.tracklet_ids_for_procedure(uid)
     # 1) the source of truth, in one transaction ...
     new_ids = store.replace_procedure(
-        uid, procedure.dataset_id, source, encoder.version, result.rows
+        uid, procedure.dataset_id, source, encoder.version, result.rows, if_absent=if_absent
     )
     # 2) ... then the derived index (a crash here is repaired by the catch-up on open).
     index.remove(old_ids)
@@ -296,7 +301,15 @@ def index_sources(
             uid = procedure.uid
             result = embedder.finish(chunk.decoded, out_dir if thumbnails else None)
             new_ids = commit_procedure(
-                procedure, result, store, index, encoder, probes, calibration, anchors
+                procedure,
+                result,
+                store,
+                index,
+                encoder,
+                probes,
+                calibration,
+                anchors,
+                if_absent=not force,
             )
             dirty = True
             tally.add(uid, len(new_ids), result.frames, result.images_decoded)

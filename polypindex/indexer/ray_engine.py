@@ -201,7 +201,15 @@ def index_with_ray(
             del pending[position]
             result = embedder.finish(int(row["decoded"]), out_dir if thumbnails else None)
             new_ids = commit_procedure(
-                procedure, result, store, index, encoder, probes, calibration, anchors
+                procedure,
+                result,
+                store,
+                index,
+                encoder,
+                probes,
+                calibration,
+                anchors,
+                if_absent=not force,
             )
             tally.add(procedure.uid, len(new_ids), result.frames, result.images_decoded)
         index.save()

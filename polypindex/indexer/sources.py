@@ -30,10 +30,11 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TypedDict, Unpack
+from typing import BinaryIO, TypedDict, Unpack
 
 import numpy as np
 
+from polypindex.indexer.av_frames import VideoReadError, decode_wanted
 from polypindex.indexer.detections import (
     Detections,
     check_boxes_inside,
@@ -50,10 +51,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 FrameStream = Iterator[tuple[int, np.ndarray]]
 Roots = Sequence[str | Path]
-
-
-class VideoReadError(InvalidInputError):
-    """A video file cannot be opened or decoded, or ends before the frames it needs."""
 
 
 class PathNotAllowedError(InvalidInputError):
@@ -285,43 +282,6 @@ def stream_video(
             f"(truncated video, or detections of another video?)"
         ),
     )
-
-
-def decode_wanted(
-    container: Any,
-    todo: Sequence[int],
-    first_frame: int,
-    decode_error: Callable[[int, Exception], str],
-    too_short: Callable[[int, int], str],
-) -> FrameStream:
-    """The frames ``todo`` (sorted, not empty) of a PyAV container's first video stream,
-    decoded front to back, one held at a time; the container is closed at the end.
-
-    Raises:
-        VideoReadError: ``decode_error(last position, error)`` when decoding fails,
-            ``too_short(last position, next wanted)`` when the stream ends first.
-    """
-    import av
-
-    position = first_frame - 1
-    at = 0
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        try:
-            for frame in container.decode(stream):
-                position += 1
-                if position < todo[at]:
-                    continue
-                yield position, frame.to_ndarray(format="rgb24")
-                at += 1
-                if at == len(todo):
-                    return
-        except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-            raise VideoReadError(decode_error(position, exc)) from exc
-    finally:
-        container.close()
-    raise VideoReadError(too_short(position, todo[at]))
 
 
 def video_source(

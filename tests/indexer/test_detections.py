@@ -13,8 +13,8 @@ from polypindex.indexer.detections import (
     frame_files_for,
     read_detections_csv,
 )
-from polypindex.model.data.config import TrackletConfig
 from polypindex.model.core.errors import InvalidInputError
+from polypindex.model.data.config import TrackletConfig
 
 
 def _write(tmp_path: Path, text: str, name: str = "d.csv") -> Path:

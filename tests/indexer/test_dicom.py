@@ -272,8 +272,16 @@ def test_index_dicom_over_the_cli_then_search(
     assert json.loads(result.stdout)["procedures_skipped"] == 1
     result = CliRunner().invoke(
         app,
-        ["index", "dicom", str(folder / "a.dcm"), "--detections", str(dets / "a.csv")]
-        + ["--uid", "second-file", *args],
+        [
+            "index",
+            "dicom",
+            str(folder / "a.dcm"),
+            "--detections",
+            str(dets / "a.csv"),
+            "--uid",
+            "second-file",
+            *args,
+        ],
     )
     assert result.exit_code == 0, result.output  # ... unless it is given its own
     assert json.loads(result.stdout)["indexed_uids"] == ["second-file"]

@@ -15,12 +15,12 @@ from helpers.indexing import (
     write_video,
 )
 
+from polypindex.indexer.av_frames import VideoReadError
 from polypindex.indexer.detections import read_detections_csv
 from polypindex.indexer.generations import generation_dir, open_or_rebuild
 from polypindex.indexer.pipeline import index_sources
 from polypindex.indexer.sources import (
     PathNotAllowedError,
-    VideoReadError,
     check_in_roots,
     frames_source,
     stream_video,

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,7 @@ def test_sql_parameters_are_hidden(tmp_path: Path) -> None:
 def test_the_requeued_jobs_message_reaches_the_log(setup: Setup, log: Log, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     now = datetime.now(UTC)
+    dead = now - timedelta(hours=1)  # its process stopped renewing the lease an hour ago
     with Store(settings.database_url) as store, store.sessions.begin() as session:
         session.add(
             JobModel(
@@ -137,8 +138,8 @@ def test_the_requeued_jobs_message_reaches_the_log(setup: Setup, log: Log, tmp_p
                 status="running",
                 params_json=json.dumps({"kind": "coco", "root": "/nowhere"}),
                 progress_json="{}",
-                created_at=now,
-                updated_at=now,
+                created_at=dead,
+                updated_at=dead,
             )
         )
     with started(settings, FakeEncoder()):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers.auth import add_key, bearer, keys_settings
@@ -22,8 +21,19 @@ from helpers.service_api import (
 from polypindex.indexer.grouping import group_stored, procedure_polyps
 from polypindex.indexer.store import Store
 from polypindex.model.scoring.calibration import Calibration
+from polypindex.model.scoring.cosine_curve import CosineCalibration
+from polypindex.model.scoring.pairs import pair_evidence
+from polypindex.model.scoring.reid import decide
+from polypindex.service.decisions import facts_of_record
 
-CALIBRATION = Calibration("platt", {"a": 8.0, "b": -4.0}, threshold=0.7)
+# a model calibrated before calibration by context (one cosine curve): read as legacy
+CALIBRATION = Calibration.from_cosine(CosineCalibration("platt", {"a": 8.0, "b": -4.0}, 0.7))
+
+
+def expected_decision(store: Store, a: int, b: int, cosine: float):  # type: ignore[no-untyped-def]
+    """The decision the model's rule gives the stored pair (a, b)."""
+    facts = [facts_of_record(store.get_tracklet(t)) for t in (a, b)]
+    return decide(pair_evidence(cosine, *facts), CALIBRATION)
 
 
 class CalibratedEncoder(MeanColourEncoder):
@@ -95,12 +105,17 @@ def test_search_hits_carry_entity_and_calibrated_probability(
         for e in procedure_polyps(store, uid).entities
         for t in e.tracklet_ids
     }
-    store.close()
     for hit in hits:
         assert hit["entity_id"] == entities.get(hit["tracklet_id"])  # None for proc/c
-        assert hit["same_polyp_probability"] == pytest.approx(
-            float(CALIBRATION.probability(hit["score"]))
+        # the hit carries the model's decision for the pair (the probability /reid gives)
+        assert hit["same_polyp_probability"] == hit["decision"]["probability"]
+        r = client.post(
+            "/reid",
+            json={"a": {"tracklet_id": grouped.red_id}, "b": {"tracklet_id": hit["tracklet_id"]}},
         )
+        assert r.json()["probability"] == pytest.approx(hit["decision"]["probability"], abs=1e-6)
+        assert r.json()["answer"] == hit["decision"]["answer"]
+    store.close()
     assert any(h["entity_id"] is None for h in hits) and any(
         h["entity_id"] is not None for h in hits
     )
@@ -114,18 +129,26 @@ def test_reid_is_calibrated_when_the_model_has_a_calibration(
     assert r.status_code == 200, r.text
     body = r.json()
     cosine = float(grouped.vectors[a] @ grouped.vectors[b])
-    assert body["calibrated"] is True and body["threshold"] == 0.7
-    assert body["probability"] == pytest.approx(float(CALIBRATION.probability(cosine)), abs=1e-6)
-    assert body["same_polyp"] is (body["probability"] >= 0.7)
+    store = Store(grouped.settings.database_url)
+    expected = expected_decision(store, a, b, cosine)
+    store.close()
+    assert body["calibrated"] is True and body["answer"] == expected.answer
+    if expected.probability is None:
+        assert body["probability"] is None
+    else:
+        assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert body["same_polyp"] is (body["answer"] == "same")
 
 
-def test_reid_without_calibration_keeps_the_old_rule(grouped: Setup) -> None:
+def test_reid_without_calibration_gives_no_probability(grouped: Setup) -> None:
+    """An uncalibrated model has no P(same polyp): the answer abstains, with the cosine."""
     a, b = sorted(grouped.ids_of("proc/a"))[:2]
     with started(grouped.settings, MeanColourEncoder(reid_threshold=0.6)) as c:
         body = c.post("/reid", json={"a": {"tracklet_id": a}, "b": {"tracklet_id": b}}).json()
     cosine = float(grouped.vectors[a] @ grouped.vectors[b])
-    assert body["calibrated"] is False and body["threshold"] == 0.6
-    assert body["probability"] == pytest.approx(1 / (1 + np.exp(-cosine)), abs=1e-6)
+    assert body["calibrated"] is False and body["probability"] is None
+    assert body["similarity"] == pytest.approx(cosine, abs=1e-6)
+    assert body["answer"] == "uncertain" and body["same_polyp"] is False
 
 
 def test_polyps_need_a_read_key_in_keys_mode(grouped: Setup, tmp_path: Path) -> None:

@@ -177,6 +177,8 @@ def test_data_roots_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_a_job_left_running_by_a_dead_process_runs_after_a_restart(settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
     from sqlalchemy import update
 
     from polypindex.indexer.jobs import JobRunner
@@ -184,15 +186,16 @@ def test_a_job_left_running_by_a_dead_process_runs_after_a_restart(settings: Set
 
     data = write_coco(settings.data_roots[0] / "again")
     store = Store(settings.database_url)
-    try:  # a previous service queued and claimed it, then died
+    try:  # a previous service queued and claimed it, then died an hour ago (lease expired)
         job = JobRunner(store, settings.index_dir, FakeEncoder(), settings.data_roots).submit(
             "coco", {"root": str(data), "min_tracklet_length": 3}
         )
+        dead = datetime.now(UTC) - timedelta(hours=1)
         with store.sessions.begin() as session:
             session.execute(
                 update(JobModel)
                 .where(JobModel.id == job.id)
-                .values(status="running", worker="dead")
+                .values(status="running", worker="dead", heartbeat_at=dead, updated_at=dead)
             )
     finally:
         store.close()
