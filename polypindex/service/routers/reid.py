@@ -21,9 +21,12 @@ def reid(
     embed: QueryEmbedderDep,  # the store is needed only for inputs given by id
 ) -> ReidResponse:
     """Each side is an indexed tracklet id, frames or an embedding. Returns the cosine
-    similarity, the same-polyp `probability` and `same_polyp = probability >= threshold`.
-    A model with a fitted calibration (`calibrated: true`) gives its calibrated probability
-    and decision threshold; one without gives `probability = sigmoid(similarity)` and the
-    threshold stored with the model (`calibrated: false`).
+    similarity and the model's three-way `answer`: `same`, `different` or `uncertain`,
+    decided by the calibration of the pair's `context` (`within` one procedure, `cross`
+    procedures, or `unknown` for a side given as frames or an embedding). `same` and
+    `different` are given only where held-out precision / NPV reached the target; otherwise
+    the answer abstains and `reason` says why. `probability` is the calibrated P(same
+    polyp) (1 for the same tracklet; null without a calibration or a known context);
+    `same_polyp` is `answer == "same"`; `label` prints it without ambiguous rounding.
     """
     return reid_pair(body, embed)
