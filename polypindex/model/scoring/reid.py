@@ -18,6 +18,7 @@ the score of models without a calibration. numpy only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -77,6 +78,12 @@ def format_pair(p: float, threshold: float, digits: int = 2) -> tuple[str, str]:
         if a != b:
             return a, b
         d += 1
+    if p < threshold:  # closer than MAX_DIGITS decimals: round apart, still in order
+        scale = 10.0**d
+        below, above = math.floor(p * scale) / scale, math.ceil(threshold * scale) / scale
+        if below == above:  # threshold exactly on the grid: p lies in the cell below it
+            below -= 1.0 / scale
+        return format_probability(max(below, 0.0), d), format_probability(above, d)
     return format_probability(p, d), format_probability(threshold, d)
 
 
