@@ -296,8 +296,12 @@ def test_a_dicom_job_over_http_is_confined_and_searchable(tmp_path: Path) -> Non
     settings = Settings(home=tmp_path / "home", index_refresh_seconds=0)
     data = settings.home / "data"
     data.mkdir(parents=True)
-    dcm = write_jpeg_dicom(data / "s1.dcm")
-    csv = write_csv(data / "s1.csv", N)
+    dcm = write_h264_dicom(data / "s1.dcm")  # a DICOM video ...
+    csv = data / "s1.txt"  # ... with MOTChallenge detections (1-based frames, -1 ids)
+    csv.write_text(
+        "".join(f"{f + 1},-1,4,8,12,12,0.9,-1,-1,-1\n" for f in range(N))
+        + "".join(f"{f + 1},-1,30,20,14,14,0.9,-1,-1,-1\n" for f in range(N))
+    )
     outside = write_jpeg_dicom(tmp_path / "outside.dcm")
     with started(settings, ServiceFakeEncoder()) as client:
         body = {"kind": "dicom", "file": str(dcm), "detections": str(csv), "min_tracklet_length": 3}
